@@ -1,0 +1,7 @@
+"""One module per federated algorithm; each exposes ``XConfig`` and ``make(config, data, model)``."""
+
+from algorithms import dsfl, fedavg
+
+ALGORITHMS = {"fedavg": fedavg, "dsfl": dsfl}
+
+__all__ = ["ALGORITHMS", "dsfl", "fedavg"]

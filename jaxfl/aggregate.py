@@ -1,0 +1,48 @@
+"""Server-side aggregation rules over the client axis (axis 0)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+AGGREGATIONS = ("era", "sa")
+
+
+def weighted_mean(tree, weights: jax.Array):
+    """sum_k w_k x_k / sum_k w_k over the leading client axis of every leaf.
+
+    Args:
+      tree: pytree whose leaves are (m, ...).
+      weights: (m,) non-negative weights (e.g. client sample counts).
+    """
+    w = weights.astype(jnp.float32) / jnp.sum(weights)
+    return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1).astype(x.dtype), tree)
+
+
+def mean_soft_labels(client_probs: jax.Array) -> jax.Array:
+    """Simple average (SA) of the clients' probabilities: (m, P, L) -> (P, L)."""
+    return jnp.mean(client_probs, axis=0)
+
+
+def entropy_reduction(mean_probs: jax.Array, temperature: float) -> jax.Array:
+    """DS-FL's Entropy Reduction Aggregation: softmax(mean_probs / T) per sample, (P, L) -> (P, L).
+
+    With T < 1 this sharpens the averaged soft labels (lower entropy); T -> 0 gives one-hot
+    argmax labels, large T flattens towards uniform.
+    """
+    return jax.nn.softmax(mean_probs / temperature, axis=-1)
+
+
+def aggregate_soft_labels(client_probs: jax.Array, rule: str, temperature: float) -> jax.Array:
+    """DS-FL aggregation by name: ``"era"`` (sharpened mean) or ``"sa"`` (plain mean)."""
+    mean = mean_soft_labels(client_probs)
+    if rule == "era":
+        return entropy_reduction(mean, temperature)
+    if rule == "sa":
+        return mean
+    raise ValueError(f"unknown --aggregation {rule!r}; allowed: {', '.join(AGGREGATIONS)}")
+
+
+def entropy(probs: jax.Array) -> jax.Array:
+    """Shannon entropy (nats) of each row: (..., L) -> (...)."""
+    return -jnp.sum(jax.scipy.special.xlogy(probs, probs), axis=-1)

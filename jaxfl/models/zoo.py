@@ -1,0 +1,165 @@
+"""The model zoo: flax modules behind a pure ``Model(init, apply)`` pair.
+
+``apply(params, x)`` maps a batch (B, *feature_shape) to logits (B, L) and is pure, so it can be
+vmapped over a leading client axis of ``params``. Normalisation layers use GroupNorm (no batch
+statistics to carry per client), the usual choice for non-IID FL (Hsieh et al. 2020).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxfl.models.layers import Conv, default_conv_lowering, max_pool_2x2
+
+MODELS = ("logreg", "mlp", "cnn", "lenet5", "resnet8", "resnet20")
+IMAGE_MODELS = ("cnn", "lenet5", "resnet8", "resnet20")
+
+
+class LogReg(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+class MLP(nn.Module):
+    """FedAvg's "2NN": 784-200-200-10 with ReLU."""
+
+    num_classes: int
+    hidden: tuple[int, ...] = (200, 200)
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        for h in self.hidden:
+            x = nn.relu(nn.Dense(h)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+class FedAvgCNN(nn.Module):
+    """FedAvg's MNIST CNN: conv5x5@32, pool, conv5x5@64, pool, dense 512, dense L (1,663,370)."""
+
+    num_classes: int
+    lowering: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x):
+        x = max_pool_2x2(nn.relu(Conv(32, (5, 5), padding="SAME", lowering=self.lowering)(x)))
+        x = max_pool_2x2(nn.relu(Conv(64, (5, 5), padding="SAME", lowering=self.lowering)(x)))
+        x = nn.relu(nn.Dense(512)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(self.num_classes)(x)
+
+
+class LeNet5(nn.Module):
+    """The DS-FL lab's MNIST CNN: conv 6@5x5, pool, conv 16@5x5, pool, dense 120, 84, L."""
+
+    num_classes: int
+    lowering: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x):
+        x = max_pool_2x2(nn.relu(Conv(6, (5, 5), padding="VALID", lowering=self.lowering)(x)))
+        x = max_pool_2x2(nn.relu(Conv(16, (5, 5), padding="VALID", lowering=self.lowering)(x)))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(120)(x))
+        x = nn.relu(nn.Dense(84)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+class _Block(nn.Module):
+    features: int
+    stride: int
+    lowering: str
+
+    @nn.compact
+    def __call__(self, x):
+        groups = min(2, self.features)
+        y = Conv(self.features, (3, 3), self.stride, lowering=self.lowering, use_bias=False)(x)
+        y = nn.relu(nn.GroupNorm(num_groups=groups)(y))
+        y = Conv(self.features, (3, 3), 1, lowering=self.lowering, use_bias=False)(y)
+        y = nn.GroupNorm(num_groups=groups)(y)
+        if x.shape[-1] != self.features or self.stride != 1:
+            x = Conv(self.features, (1, 1), self.stride, lowering=self.lowering, use_bias=False)(x)
+            x = nn.GroupNorm(num_groups=groups)(x)
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet-(6n+2) (He et al. 2016) with GroupNorm: n=1 is ResNet-8, n=3 ResNet-20."""
+
+    num_classes: int
+    blocks_per_stage: int = 1
+    lowering: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x):
+        x = Conv(16, (3, 3), lowering=self.lowering, use_bias=False)(x)
+        x = nn.relu(nn.GroupNorm(num_groups=2)(x))
+        for stage, features in enumerate((16, 32, 64)):
+            for b in range(self.blocks_per_stage):
+                stride = 2 if stage > 0 and b == 0 else 1
+                x = _Block(features, stride, self.lowering)(x)
+        return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A pure model: ``init(key) -> params`` and ``apply(params, x) -> logits``.
+
+    Attributes:
+      name: zoo name.
+      init: PRNG key -> parameter pytree for one client.
+      apply: (params, x (B, *feature_shape)) -> logits (B, L).
+      feature_shape: input shape of one example.
+      num_classes: L.
+      num_params: parameter count of one client's model.
+    """
+
+    name: str
+    init: Callable
+    apply: Callable
+    feature_shape: tuple[int, ...]
+    num_classes: int
+    num_params: int
+
+
+def get_model(
+    name: str,
+    feature_shape: tuple[int, ...],
+    num_classes: int,
+    conv_lowering: str | None = None,
+) -> Model:
+    """Build zoo model ``name`` for inputs of ``feature_shape`` and ``num_classes`` labels."""
+    if name not in MODELS:
+        raise ValueError(f"unknown --model {name!r}; allowed: {', '.join(MODELS)}")
+    if name in IMAGE_MODELS and len(feature_shape) != 3:
+        raise ValueError(
+            f"--model {name} needs image inputs (H, W, C) but the data has shape {feature_shape}; "
+            "use --model mlp or logreg for vector data"
+        )
+    lowering = conv_lowering or default_conv_lowering()
+    module = {
+        "logreg": lambda: LogReg(num_classes),
+        "mlp": lambda: MLP(num_classes),
+        "cnn": lambda: FedAvgCNN(num_classes, lowering),
+        "lenet5": lambda: LeNet5(num_classes, lowering),
+        "resnet8": lambda: ResNet(num_classes, 1, lowering),
+        "resnet20": lambda: ResNet(num_classes, 3, lowering),
+    }[name]()
+    dummy = jnp.zeros((1, *feature_shape), jnp.float32)
+
+    def init(key: jax.Array):
+        return module.init(key, dummy)["params"]
+
+    def apply(params, x: jax.Array) -> jax.Array:
+        return module.apply({"params": params}, x)
+
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    num_params = sum(int(jnp.prod(jnp.array(s.shape))) for s in jax.tree.leaves(shapes))
+    return Model(name, init, apply, tuple(feature_shape), num_classes, num_params)

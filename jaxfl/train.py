@@ -1,0 +1,168 @@
+"""Local training as scans: minibatch schedules, SGD epochs, losses, prediction, accuracy.
+
+Everything here is written for ONE client and vmapped over the client axis by the algorithms.
+Shapes are static: a client with ``count`` valid examples out of ``capacity`` slots runs
+``epochs * ceil(capacity / B)`` scan steps, of which only the first ``ceil(count / B)`` per epoch
+are active; inactive steps leave parameters and optimizer state untouched, and padded slots of a
+partial batch are masked out of the loss mean. So padding never leaks into a batch or a mean, and
+the result equals training on the client's own examples alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def batch_schedule(
+    key: jax.Array, count: jax.Array, capacity: int, batch_size: int, epochs: int
+) -> tuple[jax.Array, jax.Array]:
+    """Positions to visit, reshuffled every epoch, and their validity mask.
+
+    Args:
+      key: PRNG key of this client.
+      count: () int number of valid slots (slots ``[0, count)`` hold data).
+      capacity: static number of slots.
+      batch_size: B.
+      epochs: E.
+
+    Returns:
+      positions: (E * S, B) int32 slot indices, S = ceil(capacity / B).
+      mask: (E * S, B) bool, True where the slot holds one of the ``count`` examples.
+    """
+    steps = -(-capacity // batch_size)
+    slots = jnp.arange(capacity)
+
+    def one_epoch(k):
+        u = jnp.where(slots < count, jax.random.uniform(k, (capacity,)), 2.0)
+        order = jnp.argsort(u).astype(jnp.int32)  # valid slots first, in random order
+        return jnp.pad(order, (0, steps * batch_size - capacity))
+
+    positions = jax.vmap(one_epoch)(jax.random.split(key, epochs))
+    mask = jnp.arange(steps * batch_size) < count
+    positions = positions.reshape(epochs * steps, batch_size)
+    mask = jnp.broadcast_to(mask, (epochs, steps * batch_size)).reshape(epochs * steps, batch_size)
+    return positions, mask
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``values`` (B,) over ``mask`` (B,) bool; 0 when nothing is valid."""
+    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """(B, L) logits, (B,) int labels -> (B,) cross-entropy."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def kl_to_target(logits: jax.Array, target_probs: jax.Array) -> jax.Array:
+    """KL(target || softmax(logits)) per example: (B, L), (B, L) -> (B,)."""
+    log_p = jax.nn.log_softmax(logits)
+    return jnp.sum(jax.scipy.special.xlogy(target_probs, target_probs) - target_probs * log_p, -1)
+
+
+def sgd_epochs(
+    loss_fn: Callable[[object, jax.Array, jax.Array], jax.Array],
+    optimizer: optax.GradientTransformation,
+    params,
+    key: jax.Array,
+    count: jax.Array,
+    capacity: int,
+    batch_size: int,
+    epochs: int,
+):
+    """Run ``epochs`` of minibatch training over one client's ``count`` examples.
+
+    Args:
+      loss_fn: ``(params, positions (B,), mask (B,)) -> scalar`` masked mean loss over the batch
+        of slots ``positions``.
+      optimizer: an optax transformation, initialised fresh here (per-round client optimizer).
+      params: one client's parameter pytree.
+      key: PRNG key for the shuffles.
+      count: () number of valid slots.
+      capacity, batch_size, epochs: static sizes.
+
+    Returns:
+      (params, mean loss over the active steps).
+    """
+    positions, mask = batch_schedule(key, count, capacity, batch_size, epochs)
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def step(carry, batch):
+        params, opt_state = carry
+        pos, m = batch
+        active = m[0]  # a step is active iff its first slot is valid
+        loss, grads = grad_fn(params, pos, m)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jnp.where(active, new, old)
+        carry = (jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state))
+        return carry, (jnp.where(active, loss, 0.0), active)
+
+    (params, _), (losses, active) = jax.lax.scan(
+        step, (params, optimizer.init(params)), (positions, mask)
+    )
+    return params, jnp.sum(losses) / jnp.maximum(jnp.sum(active), 1)
+
+
+def private_loss(apply: Callable, train_x: jax.Array, train_y: jax.Array, idx_row: jax.Array):
+    """Cross-entropy loss over a client's private slots: ``loss(params, positions, mask)``.
+
+    Args:
+      apply: model apply.
+      train_x: (N, ...) all private examples; train_y: (N,).
+      idx_row: (n_max,) this client's indices into ``train_x``.
+    """
+
+    def loss(params, positions, mask):
+        idx = idx_row[positions]
+        return masked_mean(cross_entropy(apply(params, train_x[idx]), train_y[idx]), mask)
+
+    return loss
+
+
+def distill_loss(apply: Callable, inputs: jax.Array, targets: jax.Array):
+    """KL(target || model) over a shared distillation set: ``loss(params, positions, mask)``.
+
+    Args:
+      apply: model apply.
+      inputs: (P, ...) distillation inputs (e.g. this round's open subset).
+      targets: (P, L) target probabilities.
+    """
+
+    def loss(params, positions, mask):
+        return masked_mean(kl_to_target(apply(params, inputs[positions]), targets[positions]), mask)
+
+    return loss
+
+
+def batched_apply(apply: Callable, params, x: jax.Array, batch_size: int = 500) -> jax.Array:
+    """``apply(params, x)`` on (M, ...) inputs, ``batch_size`` rows at a time (bounded memory)."""
+    m = x.shape[0]
+    batch_size = min(batch_size, m)
+    n_batches = -(-m // batch_size)
+    pad = n_batches * batch_size - m
+    xb = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+    out = jax.lax.map(lambda xs: apply(params, xs), xb.reshape(n_batches, batch_size, *x.shape[1:]))
+    return out.reshape(n_batches * batch_size, -1)[:m]
+
+
+def predict_probs(apply: Callable, params, inputs: jax.Array, batch_size: int = 500) -> jax.Array:
+    """Softmax probabilities (P, L) of one model on ``inputs`` (P, ...)."""
+    return jax.nn.softmax(batched_apply(apply, params, inputs, batch_size))
+
+
+def accuracy(apply: Callable, params, x: jax.Array, y: jax.Array, batch_size: int = 1000):
+    """Accuracy of one model on (M, ...) inputs ``x`` with (M,) labels ``y``."""
+    logits = batched_apply(apply, params, x, batch_size)
+    return jnp.mean(jnp.argmax(logits, -1) == y)
+
+
+def client_accuracy(apply: Callable, params, x: jax.Array, y: jax.Array, idx_row, count):
+    """Accuracy of one model on one client's test split (``idx_row`` (t_max,), ``count`` ())."""
+    valid = jnp.arange(idx_row.shape[0]) < count
+    hits = jnp.argmax(apply(params, x[idx_row]), -1) == y[idx_row]
+    return jnp.sum(hits & valid) / jnp.maximum(count, 1)
