@@ -27,8 +27,10 @@ def mean_soft_labels(client_probs: jax.Array) -> jax.Array:
 def entropy_reduction(mean_probs: jax.Array, temperature: float) -> jax.Array:
     """DS-FL's Entropy Reduction Aggregation: softmax(mean_probs / T) per sample, (P, L) -> (P, L).
 
-    With T < 1 this sharpens the averaged soft labels (lower entropy); T -> 0 gives one-hot
-    argmax labels, large T flattens towards uniform.
+    T -> 0 gives one-hot argmax labels and large T flattens towards uniform. Note that the
+    input is a probability vector, so softmax(p / T) sharpens only where the ensemble is already
+    confident (e.g. T = 0.1 turns 0.6 : 0.3 into 0.95 : 0.05); a near-uniform average gets
+    *flatter* (0.12 : 0.08 becomes exp(1.2) : exp(0.8)). tests/test_aggregate.py checks both.
     """
     return jax.nn.softmax(mean_probs / temperature, axis=-1)
 

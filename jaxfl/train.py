@@ -37,7 +37,10 @@ def batch_schedule(
     slots = jnp.arange(capacity)
 
     def one_epoch(k):
-        u = jnp.where(slots < count, jax.random.uniform(k, (capacity,)), 2.0)
+        # one draw per slot from fold_in(k, slot): the order of the valid slots does not depend on
+        # the padded capacity, so padding cannot change a client's result
+        draws = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(k, i)))(slots)
+        u = jnp.where(slots < count, draws, 2.0)
         order = jnp.argsort(u).astype(jnp.int32)  # valid slots first, in random order
         return jnp.pad(order, (0, steps * batch_size - capacity))
 

@@ -27,7 +27,7 @@ TFDS_DATASETS = {
     "cifar10": ("cifar10", "image", 10),
     "cifar100": ("cifar100", "image", 100),
 }
-EMBEDDED_DATASETS = ("synthetic",)
+EMBEDDED_DATASETS = ("synthetic", "synthetic_iid")
 DATASETS = tuple(TFDS_DATASETS) + EMBEDDED_DATASETS
 
 
@@ -224,13 +224,14 @@ def load_dataset(
       name: data set name.
       data_dir: a folder of IDX files (MNIST family) to read instead of TFDS; for TFDS names a
         folder that is not IDX is passed on to TFDS as its ``data_dir``.
-      num_clients, seed, synthetic_alpha, synthetic_beta: used by the embedded ``synthetic`` set,
-        which generates one natural client per simulated client.
+      num_clients, seed, synthetic_alpha, synthetic_beta: used by the embedded ``synthetic`` and
+        ``synthetic_iid`` sets, which generate one natural client per simulated client.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown --dataset {name!r}; allowed: {', '.join(DATASETS)}")
-    if name == "synthetic":
-        return synthetic_federated(num_clients, synthetic_alpha, synthetic_beta, seed=seed)
+    if name in EMBEDDED_DATASETS:
+        return synthetic_federated(num_clients, synthetic_alpha, synthetic_beta, seed=seed,
+                                   iid=name == "synthetic_iid")
     if data_dir is not None and _find_idx(Path(data_dir), "train-images-idx3-ubyte"):
         return load_idx_folder(data_dir, name=name, num_classes=TFDS_DATASETS[name][2])
     return load_tfds(name, data_dir=data_dir)

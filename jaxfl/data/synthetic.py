@@ -23,10 +23,12 @@ def synthetic_federated(
     seed: int = 0,
     max_size: int = 400,
     test_fraction: float = 0.2,
+    iid: bool = False,
 ):
     """Generate Synthetic(alpha, beta) with ``num_clients`` natural clients.
 
-    Returns a :class:`jaxfl.data.sources.Dataset` whose ``train_groups``/``test_groups`` hold each
+    ``iid=True`` gives FedProx's Synthetic-IID: one shared (W, b) and v = 0 for every client, so
+    only the sizes differ. Returns a :class:`jaxfl.data.sources.Dataset` whose ``train_groups``/``test_groups`` hold each
     client's own train and test samples; the global test split is the union of the clients' tests.
     """
     from jaxfl.data.sources import Dataset
@@ -36,12 +38,16 @@ def synthetic_federated(
     test_sizes = np.maximum(1, (sizes * test_fraction).astype(np.int64))
     sigma = np.arange(1, DIM + 1, dtype=np.float64) ** -1.2
     xs, ys, txs, tys = [], [], [], []
+    shared_w, shared_b = rng.normal(0.0, 1.0, (DIM, CLASSES)), rng.normal(0.0, 1.0, CLASSES)
     for k in range(num_clients):
-        u = rng.normal(0.0, np.sqrt(alpha))
-        b_mean = rng.normal(0.0, np.sqrt(beta))
-        w = rng.normal(u, 1.0, (DIM, CLASSES))
-        b = rng.normal(u, 1.0, CLASSES)
-        v = rng.normal(b_mean, 1.0, DIM)
+        if iid:
+            w, b, v = shared_w, shared_b, np.zeros(DIM)
+        else:
+            u = rng.normal(0.0, np.sqrt(alpha))
+            b_mean = rng.normal(0.0, np.sqrt(beta))
+            w = rng.normal(u, 1.0, (DIM, CLASSES))
+            b = rng.normal(u, 1.0, CLASSES)
+            v = rng.normal(b_mean, 1.0, DIM)
         n = int(sizes[k] + test_sizes[k])
         x = rng.normal(v, np.sqrt(sigma), (n, DIM))
         y = np.argmax(x @ w + b, axis=1)
@@ -52,7 +58,7 @@ def synthetic_federated(
     train_bounds = np.concatenate([[0], np.cumsum(sizes)])
     test_bounds = np.concatenate([[0], np.cumsum(test_sizes)])
     return Dataset(
-        name=f"synthetic({alpha:g},{beta:g})",
+        name="synthetic_iid" if iid else f"synthetic({alpha:g},{beta:g})",
         train_x=np.concatenate(xs).astype(np.float32),
         train_y=np.concatenate(ys).astype(np.int32),
         test_x=np.concatenate(txs).astype(np.float32),

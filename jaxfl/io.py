@@ -1,0 +1,115 @@
+"""The results folder of a run: config.json, metrics.jsonl, summary.json and plots.
+
+``metrics.jsonl`` gets one complete line per evaluated round, flushed as it is written, so a run
+that stops early keeps every line it reached. An existing non-empty folder is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class ResultsExistError(FileExistsError):
+    """The results folder already holds files."""
+
+
+def default_results_dir(algo: str, dataset: str, root: str | Path = "results") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{algo}-{dataset}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+def check_results_dir(path: str | Path) -> Path:
+    """Fail early (before any expensive work) if ``path`` already holds files."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ResultsExistError(
+            f"--out {path} already exists and is not empty; choose a new --out (nothing was "
+            "overwritten)"
+        )
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(payload), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class ResultsWriter:
+    """Writes a run's results folder; attach it to a Simulation with :meth:`attach`."""
+
+    def __init__(self, path: str | Path, config: dict):
+        self.path = check_results_dir(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.path / "config.json", config)
+        self.metrics_file = (self.path / "metrics.jsonl").open("a")
+        self.history: list[dict] = []
+
+    def attach(self, sim) -> ResultsWriter:
+        sim.on("evaluate", lambda record, **_: self.log(record))
+        return self
+
+    def log(self, record: dict) -> None:
+        self.history.append(record)
+        self.metrics_file.write(json.dumps(_jsonable(record), sort_keys=True) + "\n")
+        self.metrics_file.flush()
+        os.fsync(self.metrics_file.fileno())
+
+    def finish(self, summary: dict, client_acc: np.ndarray | None = None) -> None:
+        """Write summary.json and the plots; close the metrics file."""
+        self.metrics_file.close()
+        if client_acc is not None:
+            np.save(self.path / "client_acc.npy", np.asarray(client_acc))
+        write_json(self.path / "summary.json", summary)
+        if self.history:
+            plot_history(self.history, self.path / "accuracy.png")
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Accuracy over rounds (server/global and client mean) and cumulative communication."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [h["round"] for h in history]
+    fig, (ax_acc, ax_comm) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("test_acc", "global/server model, test set"),
+                       ("client_acc_mean", "clients, own test split (mean)")):
+        if key in history[0]:
+            ax_acc.plot(rounds, [h[key] for h in history], marker="o", ms=3, label=label)
+    ax_acc.set(xlabel="round", ylabel="accuracy", title="Accuracy")
+    ax_acc.grid(alpha=0.3)
+    ax_acc.legend()
+    up = [h["comm_up_bytes_total"] / 2**20 for h in history]
+    down = [h["comm_down_bytes_total"] / 2**20 for h in history]
+    ax_comm.plot(rounds, up, label="uplink (all clients)")
+    ax_comm.plot(rounds, down, label="downlink (all clients)")
+    ax_comm.set(xlabel="round", ylabel="MiB (cumulative)", title="Communication")
+    ax_comm.grid(alpha=0.3)
+    ax_comm.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,46 @@
+"""Shared fixtures: small federations built from embedded or generated data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxfl.data import Dataset, FederationSpec, build_federation
+
+MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXFL_CACHE", str(tmp_path / "cache"))
+
+
+def tiny_image_dataset(n_train=240, n_test=60, classes=4, shape=(28, 28, 1), seed=0) -> Dataset:
+    """Random images whose label is encoded in their mean brightness (learnable, tiny)."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(classes, size=n).astype(np.int32)
+        x = rng.normal(0, 0.3, (n, *shape)).astype(np.float32) + (y / classes)[:, None, None, None]
+        return x.astype(np.float32), y
+
+    (tx, ty), (vx, vy) = make(n_train), make(n_test)
+    return Dataset("tiny", tx, ty, vx, vy, classes, source="generated")
+
+
+@pytest.fixture
+def tiny_federation():
+    """6 clients of unequal sizes (quantity skew) over 28x28 noise images, public set of 40."""
+    ds = tiny_image_dataset()
+    spec = FederationSpec(num_clients=6, partition="quantity", alpha=2.0, public_size=40, seed=1)
+    fed, _ = build_federation(ds, spec)
+    counts = np.asarray(fed.client_count)
+    assert counts.min() != counts.max(), "fixture must have unequal client sizes"
+    return fed
+
+
+def mnist_available() -> bool:
+    return (MNIST_DIR / "train-images-idx3-ubyte.gz").exists() or os.environ.get("JAXFL_MNIST")

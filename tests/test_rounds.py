@@ -1,0 +1,124 @@
+"""Whole vmapped rounds against the per-client Python-loop reference and the papers' equations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from algorithms import dsfl, fedavg
+from jaxfl import aggregate, train
+from jaxfl.algorithm import sample_clients
+from jaxfl.models import get_model
+
+
+def _assert_trees_close(a, b, rtol=1e-4, atol=1e-5):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+FEDAVG = fedavg.FedAvgConfig(clients_per_round=4, local_epochs=2, batch_size=8, lr=0.1)
+DSFL = dsfl.DSFLConfig(clients_per_round=4, local_epochs=1, batch_size=8, lr=0.1,
+                       distill_epochs=2, public_per_round=16, temperature=0.1)
+
+
+@pytest.mark.parametrize("module,config", [(fedavg, FEDAVG), (dsfl, DSFL)])
+@pytest.mark.parametrize("model_name", ["lenet5", "mlp"])
+def test_vmapped_round_equals_loop_reference(tiny_federation, module, config, model_name):
+    model = get_model(model_name, tiny_federation.feature_shape, tiny_federation.num_classes)
+    algo = module.make(config, tiny_federation, model)
+    state_v = state_l = algo.init(jax.random.key(0))
+    for r in range(3):  # round 0 has no soft labels yet, rounds 1-2 exercise distillation
+        key = jax.random.key(10 + r)
+        state_v, metrics_v = algo.round(state_v, key)
+        state_l, metrics_l = algo.round_loop(state_l, key)
+        _assert_trees_close(state_v, state_l)
+        _assert_trees_close(metrics_v, metrics_l)
+
+
+@pytest.mark.parametrize("module,config", [(fedavg, FEDAVG), (dsfl, DSFL)])
+def test_client_chunking_gives_the_same_round(tiny_federation, module, config):
+    model = get_model("mlp", tiny_federation.feature_shape, tiny_federation.num_classes)
+    whole = module.make(config, tiny_federation, model)
+    chunked = module.make(
+        type(config)(**{**config.__dict__, "client_chunk": 3}), tiny_federation, model
+    )  # 4 sampled clients in chunks of 3: exercises the padded last chunk
+    state = whole.init(jax.random.key(0))
+    key = jax.random.key(5)
+    _assert_trees_close(whole.round(state, key), chunked.round(state, key))
+
+
+def test_fedavg_is_the_count_weighted_mean_of_local_models(tiny_federation):
+    """w_{t+1} = sum_k n_k w_k / sum_k n_k with plain server SGD at lr 1."""
+    data = tiny_federation
+    model = get_model("mlp", data.feature_shape, data.num_classes)
+    algo = fedavg.make(FEDAVG, data, model)
+    state = algo.init(jax.random.key(0))
+    key = jax.random.key(3)
+    new_state, _ = algo.round(state, key)
+    k_sample, k_clients = jax.random.split(key)
+    sampled = np.asarray(sample_clients(k_sample, data.num_clients, 4))
+    keys = jax.random.split(k_clients, 4)
+    local, weights = [], []
+    for i, k in enumerate(sampled):
+        loss_fn = train.private_loss(model.apply, data.train_x, data.train_y, data.client_idx[k])
+        w_k, _ = train.sgd_epochs(loss_fn, optax.sgd(FEDAVG.lr), state.params, keys[i],
+                                  data.client_count[k], data.capacity, FEDAVG.batch_size,
+                                  FEDAVG.local_epochs)
+        local.append(w_k)
+        weights.append(float(data.client_count[k]))
+    expected = jax.tree.map(
+        lambda *ws: sum(w * x for w, x in zip(weights, ws)) / sum(weights), *local
+    )
+    _assert_trees_close(new_state.params, expected)
+
+
+@pytest.mark.parametrize("rule", ["era", "sa"])
+def test_dsfl_soft_labels_follow_the_equations(tiny_federation, rule):
+    """y_hat = softmax(mean_k softmax(f_k(x)) / T) (ERA) or the mean itself (SA), on O_t."""
+    data = tiny_federation
+    model = get_model("mlp", data.feature_shape, data.num_classes)
+    config = dsfl.DSFLConfig(**{**DSFL.__dict__, "aggregation": rule})
+    algo = dsfl.make(config, data, model)
+    state, _ = algo.round(algo.init(jax.random.key(0)), jax.random.key(1))
+    new_state, _ = algo.round(state, jax.random.key(2))
+    changed = [
+        k for k in range(data.num_clients)
+        if not np.allclose(jax.tree.leaves(state.client_params)[0][k],
+                           jax.tree.leaves(new_state.client_params)[0][k])
+    ]
+    assert len(changed) == 4  # exactly the sampled clients were updated
+    open_x = data.public_x[new_state.open_idx]
+    probs = jnp.stack([
+        jax.nn.softmax(model.apply(jax.tree.map(lambda p, k=k: p[k], new_state.client_params),
+                                   open_x))
+        for k in changed
+    ])
+    mean = probs.mean(0)
+    expected = jax.nn.softmax(mean / config.temperature, -1) if rule == "era" else mean
+    np.testing.assert_allclose(new_state.soft_labels, expected, rtol=1e-4, atol=1e-6)
+    if rule == "era":
+        assert float(aggregate.entropy(new_state.soft_labels).mean()) < float(
+            aggregate.entropy(mean).mean())
+
+
+def test_dsfl_clients_distill_towards_the_previous_soft_labels(tiny_federation):
+    """Step 1 of the round: with local training off (lr 0), a client's model moves towards the
+    previous round's global soft labels, and only from round 1 on."""
+    data = tiny_federation
+    model = get_model("mlp", data.feature_shape, data.num_classes)
+    config = dsfl.DSFLConfig(**{**DSFL.__dict__, "lr": 1e-9, "distill_lr": 0.5,
+                                "distill_epochs": 5, "clients_per_round": data.num_clients})
+    algo = dsfl.make(config, data, model)
+    state0 = algo.init(jax.random.key(0))
+    state1, m1 = algo.round(state0, jax.random.key(1))
+    assert float(m1["client_distill_loss"]) == 0.0  # nothing to distill from in round 0
+    prev_x = data.public_x[state1.open_idx]
+
+    def kl(params):
+        return jax.vmap(lambda p: jnp.mean(train.kl_to_target(model.apply(p, prev_x),
+                                                              state1.soft_labels)))(params)
+
+    state2, m2 = algo.round(state1, jax.random.key(2))
+    assert float(m2["client_distill_loss"]) > 0.0
+    assert np.all(np.asarray(kl(state2.client_params)) < np.asarray(kl(state1.client_params)))
