@@ -175,12 +175,9 @@ def build_federation(
     if spec.partition == "natural" and dataset.test_groups is not None:
         test_parts = list(dataset.test_groups)
     else:
-        m = len(dataset.test_y)
-        per_client = spec.client_test_size or max(1, m // spec.num_clients)
+        per_client = spec.client_test_size or max(1, len(dataset.test_y) // spec.num_clients)
         sizes = np.full(spec.num_clients, per_client)
-        reps = -(-int(sizes.sum()) // m)  # more test slots than test examples: reuse examples
-        tiled = np.tile(dataset.test_y, reps)
-        test_parts = [p % m for p in P.allocate_by_priors(tiled, sizes, priors, rng)]
+        test_parts = P.sample_by_priors(dataset.test_y, sizes, priors, rng)
     client_idx, client_count = pack(parts)
     test_idx, test_count = pack(test_parts)
     fed = Federation(

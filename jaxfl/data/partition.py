@@ -65,6 +65,26 @@ def allocate_by_priors(
     return out
 
 
+def sample_by_priors(
+    labels: np.ndarray, sizes: np.ndarray, priors: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Client k draws ``sizes[k]`` examples with label counts ~ Multinomial(sizes[k], priors[k]).
+
+    Used for per-client *test* splits: each client's draw is without replacement (with
+    replacement only if a class has fewer examples than asked), clients draw independently, so
+    test splits may overlap but always follow the client's own label distribution exactly.
+    """
+    pools = [np.flatnonzero(labels == c) for c in range(priors.shape[1])]
+    out = []
+    for k, size in enumerate(sizes):
+        p = priors[k] * np.array([len(pool) > 0 for pool in pools])
+        counts = rng.multinomial(int(size), p / p.sum())
+        idx = [rng.choice(pools[c], counts[c], replace=counts[c] > len(pools[c]))
+               for c in np.flatnonzero(counts)]
+        out.append(rng.permutation(np.concatenate(idx)))
+    return out
+
+
 def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Uniformly shuffled, near-equal shares."""
     balanced_sizes(len(labels), num_clients)

@@ -1,0 +1,60 @@
+"""Models: parameter counts, conv lowerings agree (values and gradients), vmap over clients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfl.models import CONV_LOWERINGS, get_model, im2col
+
+
+@pytest.mark.parametrize("name,count", [("cnn", 1_663_370), ("lenet5", 44_426),
+                                        ("mlp", 199_210), ("logreg", 7_850)])
+def test_parameter_counts(name, count):
+    assert get_model(name, (28, 28, 1), 10).num_params == count
+
+
+@pytest.mark.parametrize("name,shape", [("lenet5", (28, 28, 1)), ("cnn", (28, 28, 1)),
+                                        ("resnet8", (32, 32, 3))])
+def test_conv_lowerings_agree_in_value_and_gradient(name, shape):
+    models = {lo: get_model(name, shape, 10, lo) for lo in CONV_LOWERINGS}
+    params = models["xla"].init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (3, *shape))
+    y = jnp.array([1, 2, 3])
+
+    def loss(p, model):
+        logits = model.apply(p, x)
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), y])
+
+    ref_out = models["xla"].apply(params, x)
+    ref_grad = jax.grad(loss)(params, models["xla"])
+    for lo in ("im2col", "patches"):
+        np.testing.assert_allclose(models[lo].apply(params, x), ref_out, rtol=1e-4, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(jax.grad(loss)(params, models[lo])),
+                        jax.tree.leaves(ref_grad)):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_im2col_matches_definition_with_stride_and_same_padding():
+    x = jax.random.normal(jax.random.key(0), (1, 5, 5, 2))
+    cols = im2col(x, (3, 3), 2, "SAME")
+    assert cols.shape == (1, 3, 3, 18)
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    np.testing.assert_allclose(cols[0, 1, 2], padded[0, 2:5, 4:7, :].reshape(-1))
+
+
+def test_vmapped_client_models_equal_per_client_loop():
+    model = get_model("lenet5", (28, 28, 1), 10)
+    params = jax.vmap(model.init)(jax.random.split(jax.random.key(0), 4))
+    x = jax.random.normal(jax.random.key(1), (4, 5, 28, 28, 1))
+    batched = jax.vmap(model.apply)(params, x)
+    for k in range(4):
+        one = jax.tree.map(lambda p, k=k: p[k], params)
+        np.testing.assert_allclose(batched[k], model.apply(one, x[k]), rtol=1e-5, atol=1e-5)
+
+
+def test_model_errors_name_the_flag():
+    with pytest.raises(ValueError, match="--model"):
+        get_model("vgg", (28, 28, 1), 10)
+    with pytest.raises(ValueError, match="--model lenet5 needs image inputs"):
+        get_model("lenet5", (60,), 10)
