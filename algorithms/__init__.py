@@ -1,4 +1,4 @@
-"""One module per federated algorithm; each exposes ``XConfig`` and ``make(config, data, model)``."""
+"""One module per federated algorithm, each with ``XConfig`` and ``make(config, data, model)``."""
 
 from algorithms import dsfl, fedavg
 

@@ -49,11 +49,17 @@ class DSFLConfig:
 def config_from_args(args, clients_per_round: int, client_chunk: int | None) -> DSFLConfig:
     """The DSFLConfig of scripts/run.py's flags."""
     return DSFLConfig(
-        clients_per_round=clients_per_round, local_epochs=args.local_epochs,
-        batch_size=args.batch_size, lr=args.lr, distill_epochs=args.distill_epochs,
-        distill_batch_size=args.distill_batch_size, distill_lr=args.distill_lr,
-        public_per_round=args.public_per_round, temperature=args.temperature,
-        aggregation=args.aggregation, client_chunk=client_chunk,
+        clients_per_round=clients_per_round,
+        local_epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        distill_epochs=args.distill_epochs,
+        distill_batch_size=args.distill_batch_size,
+        distill_lr=args.distill_lr,
+        public_per_round=args.public_per_round,
+        temperature=args.temperature,
+        aggregation=args.aggregation,
+        client_chunk=client_chunk,
     )
 
 
@@ -77,8 +83,9 @@ def make(config: DSFLConfig, data: Federation, model: Model):
 
     def distill(params, inputs, targets, key):
         loss_fn = train.distill_loss(model.apply, inputs, targets)
-        return train.sgd_epochs(loss_fn, kd_opt, params, key, jnp.int32(n_open), n_open,
-                                kd_batch, config.distill_epochs)
+        return train.sgd_epochs(
+            loss_fn, kd_opt, params, key, jnp.int32(n_open), n_open, kd_batch, config.distill_epochs
+        )
 
     def init(key):
         k_server, k_clients = jax.random.split(key)
@@ -94,10 +101,19 @@ def make(config: DSFLConfig, data: Federation, model: Model):
         k_sample, k_open, k_clients, k_server = jax.random.split(key, 4)
         sampled = sample_clients(k_sample, data.num_clients, m)
         next_open = jax.random.permutation(k_open, data.public_size)[:n_open].astype(jnp.int32)
-        shared = (data, data.public_x[state.open_idx], state.soft_labels,
-                  data.public_x[next_open], state.round > 0)
-        client_args = (gather(state.client_params, sampled), jax.random.split(k_clients, m),
-                       data.client_idx[sampled], data.client_count[sampled])
+        shared = (
+            data,
+            data.public_x[state.open_idx],
+            state.soft_labels,
+            data.public_x[next_open],
+            state.round > 0,
+        )
+        client_args = (
+            gather(state.client_params, sampled),
+            jax.random.split(k_clients, m),
+            data.client_idx[sampled],
+            data.client_count[sampled],
+        )
         return shared, client_args, (sampled, next_open, k_server)
 
     def client_update(shared, params, key, idx_row, count):
@@ -110,8 +126,16 @@ def make(config: DSFLConfig, data: Federation, model: Model):
             params,
         )
         loss_fn = train.private_loss(model.apply, data.train_x, data.train_y, idx_row)
-        params, train_loss = train.sgd_epochs(loss_fn, opt, params, k_train, count, data.capacity,
-                                              config.batch_size, config.local_epochs)
+        params, train_loss = train.sgd_epochs(
+            loss_fn,
+            opt,
+            params,
+            k_train,
+            count,
+            data.capacity,
+            config.batch_size,
+            config.local_epochs,
+        )
         return params, train.predict_probs(model.apply, params, open_x), train_loss, kd_loss
 
     def finish(state, ctx, outputs, data):
@@ -141,16 +165,28 @@ def make(config: DSFLConfig, data: Federation, model: Model):
         return {
             "test_acc": metrics.global_test_accuracy(model.apply, state.server_params, data),
             "client_acc": metrics.per_client_accuracy(
-                model.apply, state.client_params, data, personal=True,
+                model.apply,
+                state.client_params,
+                data,
+                personal=True,
                 chunk_size=config.client_chunk,
             ),
         }
 
     floats = n_open * data.num_classes
     return make_algorithm(
-        "dsfl", RoundParts(prepare, client_update, finish), init, evaluate, data,
-        clients_per_round=m, client_chunk=config.client_chunk,
+        "dsfl",
+        RoundParts(prepare, client_update, finish),
+        init,
+        evaluate,
+        data,
+        clients_per_round=m,
+        client_chunk=config.client_chunk,
         # up: soft labels on O_t; down: global soft labels on O_{t-1} + the indices of O_{t-1}, O_t
-        communication={"up_floats": floats, "down_floats": floats,
-                       "up_bytes": 4 * floats, "down_bytes": 4 * floats + 4 * 2 * n_open},
+        communication={
+            "up_floats": floats,
+            "down_floats": floats,
+            "up_bytes": 4 * floats,
+            "down_bytes": 4 * floats + 4 * 2 * n_open,
+        },
     )

@@ -43,9 +43,13 @@ class FedAvgConfig:
 def config_from_args(args, clients_per_round: int, client_chunk: int | None) -> FedAvgConfig:
     """The FedAvgConfig of scripts/run.py's flags."""
     return FedAvgConfig(
-        clients_per_round=clients_per_round, local_epochs=args.local_epochs,
-        batch_size=args.batch_size, lr=args.lr, server_opt=args.server_opt,
-        server_lr=args.server_lr, client_chunk=client_chunk,
+        clients_per_round=clients_per_round,
+        local_epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        server_opt=args.server_opt,
+        server_lr=args.server_lr,
+        client_chunk=client_chunk,
     )
 
 
@@ -63,7 +67,9 @@ def server_optimizer(config: FedAvgConfig) -> optax.GradientTransformation:
         return optax.sgd(config.server_lr, momentum=config.server_momentum)
     if config.server_opt == "adam":
         return optax.adam(config.server_lr)
-    raise ValueError(f"unknown --server-opt {config.server_opt!r}; allowed: {', '.join(SERVER_OPTS)}")
+    raise ValueError(
+        f"unknown --server-opt {config.server_opt!r}; allowed: {', '.join(SERVER_OPTS)}"
+    )
 
 
 def make(config: FedAvgConfig, data: Federation, model: Model):
@@ -90,8 +96,14 @@ def make(config: FedAvgConfig, data: Federation, model: Model):
         data, global_params = shared
         loss_fn = train.private_loss(model.apply, data.train_x, data.train_y, idx_row)
         params, loss = train.sgd_epochs(
-            loss_fn, client_opt, global_params, key, count,
-            data.capacity, config.batch_size, config.local_epochs,
+            loss_fn,
+            client_opt,
+            global_params,
+            key,
+            count,
+            data.capacity,
+            config.batch_size,
+            config.local_epochs,
         )
         return jax.tree.map(jnp.subtract, params, global_params), loss
 
@@ -100,7 +112,9 @@ def make(config: FedAvgConfig, data: Federation, model: Model):
         mean_delta = aggregate.weighted_mean(deltas, counts)
         pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
         updates, opt_state = server_opt.update(pseudo_grad, state.opt_state, state.params)
-        new_state = FedAvgState(optax.apply_updates(state.params, updates), opt_state, state.round + 1)
+        new_state = FedAvgState(
+            optax.apply_updates(state.params, updates), opt_state, state.round + 1
+        )
         return new_state, {"train_loss": jnp.sum(losses * counts) / jnp.sum(counts)}
 
     def evaluate(state, data):
@@ -113,8 +127,17 @@ def make(config: FedAvgConfig, data: Federation, model: Model):
 
     floats = model.num_params
     return make_algorithm(
-        "fedavg", RoundParts(prepare, client_update, finish), init, evaluate, data,
-        clients_per_round=m, client_chunk=config.client_chunk,
-        communication={"up_floats": floats, "down_floats": floats,
-                       "up_bytes": 4 * floats, "down_bytes": 4 * floats},
+        "fedavg",
+        RoundParts(prepare, client_update, finish),
+        init,
+        evaluate,
+        data,
+        clients_per_round=m,
+        client_chunk=config.client_chunk,
+        communication={
+            "up_floats": floats,
+            "down_floats": floats,
+            "up_bytes": 4 * floats,
+            "down_bytes": 4 * floats,
+        },
     )

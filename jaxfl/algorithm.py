@@ -87,8 +87,10 @@ def loop_clients(fn: Callable, shared, *client_args):
     """
     jitted = _jit_cache.setdefault(fn, jax.jit(fn))
     m = jax.tree.leaves(client_args)[0].shape[0]
-    outs = [jitted(shared, *(jax.tree.map(lambda x, i=i: x[i], a) for a in client_args))
-            for i in range(m)]
+    outs = [
+        jitted(shared, *(jax.tree.map(lambda x, i=i: x[i], a) for a in client_args))
+        for i in range(m)
+    ]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 

@@ -29,59 +29,120 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a = parser.add_argument
     a("--algo", default="dsfl", help=f"federated algorithm: {', '.join(ALGORITHMS)} (default dsfl)")
     a("--clients", type=int, default=100, help="number of simulated clients C (default 100)")
-    a("--clients-per-round", type=int, default=None,
-      help="clients sampled per round, uniform without replacement (default: all C)")
-    a("--dataset", default="mnist",
-      help=f"data set: {', '.join(DATASETS)} (default mnist, through tensorflow-datasets or "
-           "--data-dir; 'synthetic' (FedProx Synthetic(1,1)) and 'synthetic_iid' are embedded and need no download)")
-    a("--data-dir", default=None,
-      help="folder of MNIST-family IDX files (train-images-idx3-ubyte[.gz], ...) to read instead "
-           "of downloading; otherwise passed to TFDS as its data_dir")
-    a("--partition", default=None,
-      help=f"how to split data over clients: {', '.join(PARTITIONS)} (default: natural for "
-           "synthetic, dirichlet otherwise)")
-    a("--alpha", type=float, default=1.0,
-      help="Dirichlet concentration for --partition dirichlet/quantity; smaller is more skewed "
-           "(default 1.0)")
+    a(
+        "--clients-per-round",
+        type=int,
+        default=None,
+        help="clients sampled per round, uniform without replacement (default: all C)",
+    )
+    a(
+        "--dataset",
+        default="mnist",
+        help=f"data set: {', '.join(DATASETS)} (default mnist, through tensorflow-datasets or "
+        "--data-dir; 'synthetic' (FedProx Synthetic(1,1)) and 'synthetic_iid' are embedded "
+        "and need no download)",
+    )
+    a(
+        "--data-dir",
+        default=None,
+        help="folder of MNIST-family IDX files (train-images-idx3-ubyte[.gz], ...) to read instead "
+        "of downloading; otherwise passed to TFDS as its data_dir",
+    )
+    a(
+        "--partition",
+        default=None,
+        help=f"how to split data over clients: {', '.join(PARTITIONS)} (default: natural for "
+        "synthetic, dirichlet otherwise)",
+    )
+    a(
+        "--alpha",
+        type=float,
+        default=1.0,
+        help="Dirichlet concentration for --partition dirichlet/quantity; smaller is more skewed "
+        "(default 1.0)",
+    )
     a("--shards-per-client", type=int, default=2, help="shards per client for --partition shards")
-    a("--classes-per-client", type=int, default=2,
-      help="labels per client for --partition classes (DS-FL's non-IID setting; default 2)")
-    a("--model", default=None,
-      help=f"model: {', '.join(MODELS)} (default: lenet5 for 28x28 images, resnet8 for 32x32, "
-           "mlp for vectors)")
-    a("--conv-lowering", default=None,
-      help=f"how conv layers are computed: {', '.join(CONV_LOWERINGS)} (default: the measured "
-           "fastest on this backend)")
+    a(
+        "--classes-per-client",
+        type=int,
+        default=2,
+        help="labels per client for --partition classes (DS-FL's non-IID setting; default 2)",
+    )
+    a(
+        "--model",
+        default=None,
+        help=f"model: {', '.join(MODELS)} (default: lenet5 for 28x28 images, resnet8 for 32x32, "
+        "mlp for vectors)",
+    )
+    a(
+        "--conv-lowering",
+        default=None,
+        help=f"how conv layers are computed: {', '.join(CONV_LOWERINGS)} (default: the measured "
+        "fastest on this backend)",
+    )
     a("--rounds", type=int, default=20, help="communication rounds (default 20)")
     a("--local-epochs", type=int, default=5, help="local epochs on private data (default 5)")
     a("--batch-size", type=int, default=50, help="local minibatch size (default 50)")
     a("--lr", type=float, default=0.1, help="client SGD learning rate (default 0.1)")
-    a("--public-size", type=int, default=None,
-      help="unlabeled public (open) set size, drawn from the train split disjoint from all "
-           "clients (default: one sixth of the train split, 10,000 on MNIST)")
-    a("--public-dataset", default=None,
-      help="take the public set from this data set's train split instead (labels dropped)")
-    a("--public-per-round", type=int, default=1000,
-      help="DS-FL: open samples drawn from the public set each round (default 1000)")
+    a(
+        "--public-size",
+        type=int,
+        default=None,
+        help="unlabeled public (open) set size, drawn from the train split disjoint from all "
+        "clients (default: one sixth of the train split, 10,000 on MNIST)",
+    )
+    a(
+        "--public-dataset",
+        default=None,
+        help="take the public set from this data set's train split instead (labels dropped)",
+    )
+    a(
+        "--public-per-round",
+        type=int,
+        default=1000,
+        help="DS-FL: open samples drawn from the public set each round (default 1000)",
+    )
     a("--distill-epochs", type=int, default=5, help="DS-FL: distillation epochs (default 5)")
     a("--distill-lr", type=float, default=None, help="DS-FL: distillation lr (default: --lr)")
-    a("--distill-batch-size", type=int, default=None,
-      help="DS-FL: distillation batch size (default: --batch-size)")
-    a("--temperature", type=float, default=0.1,
-      help="DS-FL: ERA softmax temperature T > 0 (default 0.1)")
-    a("--aggregation", default="era",
-      help=f"DS-FL soft-label aggregation: {', '.join(AGGREGATIONS)} (era: entropy reduction, "
-           "sa: simple average; default era)")
-    a("--server-opt", default="sgd",
-      help="FedAvg server optimizer: sgd (FedAvg), momentum (FedAvgM), adam (FedAdam)")
+    a(
+        "--distill-batch-size",
+        type=int,
+        default=None,
+        help="DS-FL: distillation batch size (default: --batch-size)",
+    )
+    a(
+        "--temperature",
+        type=float,
+        default=0.1,
+        help="DS-FL: ERA softmax temperature T > 0 (default 0.1)",
+    )
+    a(
+        "--aggregation",
+        default="era",
+        help=f"DS-FL soft-label aggregation: {', '.join(AGGREGATIONS)} (era: entropy reduction, "
+        "sa: simple average; default era)",
+    )
+    a(
+        "--server-opt",
+        default="sgd",
+        help="FedAvg server optimizer: sgd (FedAvg), momentum (FedAvgM), adam (FedAdam)",
+    )
     a("--server-lr", type=float, default=1.0, help="FedAvg server learning rate (default 1.0)")
-    a("--client-test-size", type=int, default=None,
-      help="examples in each client's own test split, drawn from the test set with the client's "
-           "label distribution (default: test size / C)")
+    a(
+        "--client-test-size",
+        type=int,
+        default=None,
+        help="examples in each client's own test split, drawn from the test set with the client's "
+        "label distribution (default: test size / C)",
+    )
     a("--eval-every", type=int, default=1, help="evaluate every N rounds (default 1)")
-    a("--client-chunk", type=int, default=None,
-      help="process sampled clients K at a time inside the jitted round to bound memory "
-           "(default: chosen from device memory)")
+    a(
+        "--client-chunk",
+        type=int,
+        default=None,
+        help="process sampled clients K at a time inside the jitted round to bound memory "
+        "(default: chosen from device memory)",
+    )
     a("--seed", type=int, default=0, help="seed for data partition, init and every round")
     return parser
 
@@ -110,8 +171,15 @@ def validate(args: argparse.Namespace) -> None:
         _fail("--server-opt", args.server_opt, "sgd, momentum, adam")
     if args.temperature <= 0:
         _fail("--temperature", args.temperature, "a number > 0")
-    for flag in ("clients", "rounds", "local_epochs", "batch_size", "eval_every", "distill_epochs",
-                 "public_per_round"):
+    for flag in (
+        "clients",
+        "rounds",
+        "local_epochs",
+        "batch_size",
+        "eval_every",
+        "distill_epochs",
+        "public_per_round",
+    ):
         if getattr(args, flag) < 1:
             _fail("--" + flag.replace("_", "-"), getattr(args, flag), "an integer >= 1")
     if args.clients_per_round is not None and not 1 <= args.clients_per_round <= args.clients:
@@ -129,6 +197,7 @@ class Experiment:
     data_info: dict
     model: object  # Model
     algorithm: object  # FederatedAlgorithm
+    algorithm_config: object  # the algorithm's XConfig
     config: dict  # every resolved setting
 
 
@@ -141,15 +210,20 @@ def estimate_client_bytes(model, batch_size: int, predict_batch: int = 500) -> i
     return int(4 * model.num_params * 8 + act_per_example * (3 * batch_size + predict_batch))
 
 
-def build(args: argparse.Namespace) -> Experiment:
-    """Load the data, partition it, build the model and bind the algorithm."""
+def build(args: argparse.Namespace, dataset=None) -> Experiment:
+    """Load the data (unless ``dataset`` is given), partition it, build the model, bind the
+    algorithm."""
     validate(args)
-    dataset = load_dataset(args.dataset, args.data_dir, num_clients=args.clients, seed=args.seed)
+    if dataset is None:
+        dataset = load_dataset(
+            args.dataset, args.data_dir, num_clients=args.clients, seed=args.seed
+        )
     partition = args.partition or ("natural" if dataset.train_groups is not None else "dirichlet")
     public_pool = None
     if args.public_dataset is not None:
-        public = load_dataset(args.public_dataset, args.data_dir, num_clients=args.clients,
-                              seed=args.seed)
+        public = load_dataset(
+            args.public_dataset, args.data_dir, num_clients=args.clients, seed=args.seed
+        )
         if public.feature_shape != dataset.feature_shape:
             raise ConfigError(
                 f"--public-dataset {args.public_dataset} has inputs {public.feature_shape}, "
@@ -157,9 +231,14 @@ def build(args: argparse.Namespace) -> Experiment:
             )
         public_pool = public.train_x
     spec = FederationSpec(
-        num_clients=args.clients, partition=partition, alpha=args.alpha,
-        shards_per_client=args.shards_per_client, classes_per_client=args.classes_per_client,
-        public_size=args.public_size, client_test_size=args.client_test_size, seed=args.seed,
+        num_clients=args.clients,
+        partition=partition,
+        alpha=args.alpha,
+        shards_per_client=args.shards_per_client,
+        classes_per_client=args.classes_per_client,
+        public_size=args.public_size,
+        client_test_size=args.client_test_size,
+        seed=args.seed,
     )
     data, info = build_federation(dataset, spec, public_pool)
     if args.algo == "dsfl":
@@ -178,7 +257,9 @@ def build(args: argparse.Namespace) -> Experiment:
     model_name = args.model or _default_model(dataset.feature_shape)
     model = get_model(model_name, dataset.feature_shape, dataset.num_classes, args.conv_lowering)
     m = args.clients_per_round or args.clients
-    chunk = args.client_chunk or default_chunk_size(m, estimate_client_bytes(model, args.batch_size))
+    chunk = args.client_chunk or default_chunk_size(
+        m, estimate_client_bytes(model, args.batch_size)
+    )
     module = ALGORITHMS[args.algo]
     algo_config = module.config_from_args(args, clients_per_round=m, client_chunk=chunk)
     algorithm = module.make(algo_config, data, model)
@@ -197,7 +278,7 @@ def build(args: argparse.Namespace) -> Experiment:
         "devices": [str(d) for d in jax.devices()],
         "jax_version": jax.__version__,
     }
-    return Experiment(args, data, info, model, algorithm, config)
+    return Experiment(args, data, info, model, algorithm, algo_config, config)
 
 
 def _resolved_lowering() -> str:
@@ -215,8 +296,9 @@ def _default_model(feature_shape) -> str:
 def parse(argv: list[str] | None = None, description: str = "") -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     add_arguments(parser)
-    parser.add_argument("--out", default=None,
-                        help="results folder (default results/ALGO-DATASET-TIMESTAMP); must not "
-                             "exist or be empty")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results folder (default results/ALGO-DATASET-TIMESTAMP); must not exist or be empty",
+    )
     return parser.parse_args(argv)
-

@@ -96,8 +96,10 @@ def plot_history(history: list[dict], path: Path) -> None:
 
     rounds = [h["round"] for h in history]
     fig, (ax_acc, ax_comm) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("test_acc", "global/server model, test set"),
-                       ("client_acc_mean", "clients, own test split (mean)")):
+    for key, label in (
+        ("test_acc", "global/server model, test set"),
+        ("client_acc_mean", "clients, own test split (mean)"),
+    ):
         if key in history[0]:
             ax_acc.plot(rounds, [h[key] for h in history], marker="o", ms=3, label=label)
     ax_acc.set(xlabel="round", ylabel="accuracy", title="Accuracy")

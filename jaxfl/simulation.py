@@ -43,7 +43,9 @@ class Simulation:
       seed: seeds the model initialisation and every round's key.
     """
 
-    def __init__(self, algorithm: FederatedAlgorithm, rounds: int, eval_every: int = 1, seed: int = 0):
+    def __init__(
+        self, algorithm: FederatedAlgorithm, rounds: int, eval_every: int = 1, seed: int = 0
+    ):
         if rounds < 1:
             raise ValueError(f"--rounds must be >= 1, got {rounds}")
         if eval_every < 1:
@@ -115,8 +117,12 @@ def progress_bar(sim: Simulation, metric: str = "test_acc"):
         bar.update(1)
 
     def on_evaluate(record, **_):
-        bar.set_postfix({metric: f"{record.get(metric, float('nan')):.4f}",
-                         "clients": f"{record.get('client_acc_mean', float('nan')):.4f}"})
+        bar.set_postfix(
+            {
+                metric: f"{record.get(metric, float('nan')):.4f}",
+                "clients": f"{record.get('client_acc_mean', float('nan')):.4f}",
+            }
+        )
 
     def on_run_end(**_):
         bar.close()

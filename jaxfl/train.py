@@ -102,7 +102,10 @@ def sgd_epochs(
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         keep = lambda new, old: jnp.where(active, new, old)
-        carry = (jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state))
+        carry = (
+            jax.tree.map(keep, new_params, params),
+            jax.tree.map(keep, new_opt_state, opt_state),
+        )
         return carry, (jnp.where(active, loss, 0.0), active)
 
     (params, _), (losses, active) = jax.lax.scan(

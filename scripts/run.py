@@ -30,15 +30,22 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         exp = experiment.build(args)
         writer = ResultsWriter(out, {**exp.config, "out": str(out)})
-    except (experiment.ConfigError, PartitionError, DataUnavailableError, ResultsExistError,
-            ValueError) as err:
+    except (
+        experiment.ConfigError,
+        PartitionError,
+        DataUnavailableError,
+        ResultsExistError,
+        ValueError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     info = exp.data_info
-    print(f"{exp.algorithm.name} on {info['dataset']} ({info['source']}): {info['num_clients']} "
-          f"clients, partition {info['partition']}, model {exp.config['model']} "
-          f"({exp.model.num_params:,} params), {exp.config['clients_per_round']} per round "
-          f"-> {out}")
+    print(
+        f"{exp.algorithm.name} on {info['dataset']} ({info['source']}): {info['num_clients']} "
+        f"clients, partition {info['partition']}, model {exp.config['model']} "
+        f"({exp.model.num_params:,} params), {exp.config['clients_per_round']} per round "
+        f"-> {out}"
+    )
     sim = Simulation(exp.algorithm, args.rounds, args.eval_every, args.seed)
     writer.attach(sim)
     progress_bar(sim)
@@ -60,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         "communication_per_client_per_round": exp.algorithm.communication,
     }
     writer.finish(summary, last_client_acc.get("value"))
-    print(f"round {final['round']}: test_acc {final['test_acc']:.4f}, clients' mean accuracy "
-          f"{final['client_acc_mean']:.4f}; results in {out}")
+    print(
+        f"round {final['round']}: test_acc {final['test_acc']:.4f}, clients' mean accuracy "
+        f"{final['client_acc_mean']:.4f}; results in {out}"
+    )
     return 0
 
 

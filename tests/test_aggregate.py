@@ -18,11 +18,13 @@ def test_era_hand_computed():
     mean = np.array([0.6, 0.3, 0.1])
     e = np.exp(mean / 0.1)
     expected = e / e.sum()  # softmax([6, 3, 1])
-    np.testing.assert_allclose(aggregate.aggregate_soft_labels(probs, "era", 0.1)[0], expected,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        aggregate.aggregate_soft_labels(probs, "era", 0.1)[0], expected, rtol=1e-6
+    )
     np.testing.assert_allclose(expected, [0.946499, 0.047123, 0.006377], atol=1e-6)
-    np.testing.assert_allclose(aggregate.aggregate_soft_labels(probs, "sa", 0.1)[0], mean,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        aggregate.aggregate_soft_labels(probs, "sa", 0.1)[0], mean, rtol=1e-6
+    )
 
 
 def test_era_sharpens_confident_ensembles():
@@ -45,7 +47,8 @@ def test_era_flattens_near_uniform_averages():
     exp(1.2) : exp(0.8), a smaller ratio than 1.5, so the entropy goes up."""
     p = jnp.array([[0.12, 0.08, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]])
     assert float(aggregate.entropy(aggregate.entropy_reduction(p, 0.1))[0]) > float(
-        aggregate.entropy(p)[0])
+        aggregate.entropy(p)[0]
+    )
 
 
 def test_unknown_rule_names_the_flag():

@@ -11,8 +11,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import run  # noqa: E402
 
-SMALL = ["--dataset", "synthetic_iid", "--clients", "8", "--rounds", "2", "--local-epochs", "1",
-         "--public-per-round", "100", "--distill-epochs", "1", "--batch-size", "20"]
+SMALL = [
+    "--dataset",
+    "synthetic_iid",
+    "--clients",
+    "8",
+    "--rounds",
+    "2",
+    "--local-epochs",
+    "1",
+    "--public-per-round",
+    "100",
+    "--distill-epochs",
+    "1",
+    "--batch-size",
+    "20",
+]
 
 
 def test_run_writes_results_folder(tmp_path, capsys):
@@ -33,22 +47,27 @@ def test_run_writes_results_folder(tmp_path, capsys):
 def test_same_seed_same_numbers(tmp_path):
     for name in ("a", "b"):
         assert run.main(["--algo", "fedavg", *SMALL, "--out", str(tmp_path / name)]) == 0
-    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "round_time_s"}
-                       for x in (p / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda p: [
+        {k: v for k, v in json.loads(x).items() if k != "round_time_s"}
+        for x in (p / "metrics.jsonl").read_text().splitlines()
+    ]
     assert strip(tmp_path / "a") == strip(tmp_path / "b")
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--algo", "fedprox"], "--algo 'fedprox' is not allowed; allowed: fedavg, dsfl"),
-    (["--clients-per-round", "9"], "--clients-per-round 9"),
-    (["--temperature", "0"], "--temperature 0.0"),
-    (["--dataset", "imagenet"], "--dataset 'imagenet'"),
-    (["--partition", "pathological"], "--partition 'pathological'"),
-    (["--model", "vgg"], "--model 'vgg'"),
-    (["--aggregation", "median"], "--aggregation 'median'"),
-    (["--partition", "shards", "--shards-per-client", "100000"], "--shards-per-client 100000"),
-    (["--public-size", "10"], "distillation batch"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--algo", "fedprox"], "--algo 'fedprox' is not allowed; allowed: fedavg, dsfl"),
+        (["--clients-per-round", "9"], "--clients-per-round 9"),
+        (["--temperature", "0"], "--temperature 0.0"),
+        (["--dataset", "imagenet"], "--dataset 'imagenet'"),
+        (["--partition", "pathological"], "--partition 'pathological'"),
+        (["--model", "vgg"], "--model 'vgg'"),
+        (["--aggregation", "median"], "--aggregation 'median'"),
+        (["--partition", "shards", "--shards-per-client", "100000"], "--shards-per-client 100000"),
+        (["--public-size", "10"], "distillation batch"),
+    ],
+)
 def test_bad_input_is_a_clear_error(tmp_path, capsys, argv, needle):
     out = tmp_path / "res"
     args = [*SMALL, *argv, "--out", str(out)]  # later flags win in argparse
@@ -79,10 +98,32 @@ def test_nan_loss_stops_with_round_and_metric_and_keeps_results(tmp_path, capsys
 
 
 def test_help_explains_every_flag():
-    text = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), "--help"],
-                          capture_output=True, text=True, check=True).stdout
-    for flag in ["--algo", "--clients", "--clients-per-round", "--dataset", "--data-dir",
-                 "--partition", "--alpha", "--model", "--rounds", "--local-epochs",
-                 "--batch-size", "--lr", "--public-size", "--public-per-round", "--temperature",
-                 "--aggregation", "--eval-every", "--seed", "--out", "--client-chunk"]:
+    text = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "run.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for flag in [
+        "--algo",
+        "--clients",
+        "--clients-per-round",
+        "--dataset",
+        "--data-dir",
+        "--partition",
+        "--alpha",
+        "--model",
+        "--rounds",
+        "--local-epochs",
+        "--batch-size",
+        "--lr",
+        "--public-size",
+        "--public-per-round",
+        "--temperature",
+        "--aggregation",
+        "--eval-every",
+        "--seed",
+        "--out",
+        "--client-chunk",
+    ]:
         assert flag in text

@@ -6,15 +6,15 @@ import hashlib
 import numpy as np
 import pytest
 
-from jaxfl.data import DataUnavailableError, load_dataset
-from jaxfl.data import sources
+from jaxfl.data import DataUnavailableError, load_dataset, sources
 
 from .conftest import MNIST_DIR
 
 
 def _write_idx(path, array):
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape)
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
     with gzip.open(path, "wb") as f:
         f.write(header + array.astype(np.uint8).tobytes())
 
@@ -23,8 +23,12 @@ def test_idx_folder_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (12, 28, 28))
     labels = rng.integers(0, 10, 12)
-    for stem, arr in [("train-images-idx3-ubyte", imgs), ("train-labels-idx1-ubyte", labels),
-                      ("t10k-images-idx3-ubyte", imgs[:4]), ("t10k-labels-idx1-ubyte", labels[:4])]:
+    for stem, arr in [
+        ("train-images-idx3-ubyte", imgs),
+        ("train-labels-idx1-ubyte", labels),
+        ("t10k-images-idx3-ubyte", imgs[:4]),
+        ("t10k-labels-idx1-ubyte", labels[:4]),
+    ]:
         _write_idx(tmp_path / f"{stem}.gz", arr)
     ds = load_dataset("mnist", str(tmp_path))
     assert ds.train_x.shape == (12, 28, 28, 1) and ds.train_x.dtype == np.float32
@@ -78,13 +82,27 @@ def test_synthetic_is_non_iid_and_deterministic():
     assert np.abs(dists - dists.mean(0)).sum(1).mean() > 0.5  # label mixes differ by client
 
 
-@pytest.mark.skipif(not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
-                    reason=f"real MNIST not found at {MNIST_DIR}")
+@pytest.mark.skipif(
+    not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
+    reason=f"real MNIST not found at {MNIST_DIR}",
+)
 def test_real_mnist_from_shared_idx_files():
-    raw = gzip.open(MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read()
+    with gzip.open(MNIST_DIR / "t10k-labels-idx1-ubyte.gz") as f:
+        raw = f.read()
     assert hashlib.sha256(raw).hexdigest() == (
-        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2")
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
+    )
     ds = sources.load_idx_folder(MNIST_DIR)
     assert ds.train_x.shape == (60000, 28, 28, 1) and ds.test_x.shape == (10000, 28, 28, 1)
-    assert np.bincount(ds.train_y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265,
-                                                 5851, 5949]
+    assert np.bincount(ds.train_y).tolist() == [
+        5923,
+        6742,
+        5958,
+        6131,
+        5842,
+        5421,
+        5918,
+        6265,
+        5851,
+        5949,
+    ]

@@ -8,14 +8,16 @@ import pytest
 from jaxfl.models import CONV_LOWERINGS, get_model, im2col
 
 
-@pytest.mark.parametrize("name,count", [("cnn", 1_663_370), ("lenet5", 44_426),
-                                        ("mlp", 199_210), ("logreg", 7_850)])
+@pytest.mark.parametrize(
+    "name,count", [("cnn", 1_663_370), ("lenet5", 44_426), ("mlp", 199_210), ("logreg", 7_850)]
+)
 def test_parameter_counts(name, count):
     assert get_model(name, (28, 28, 1), 10).num_params == count
 
 
-@pytest.mark.parametrize("name,shape", [("lenet5", (28, 28, 1)), ("cnn", (28, 28, 1)),
-                                        ("resnet8", (32, 32, 3))])
+@pytest.mark.parametrize(
+    "name,shape", [("lenet5", (28, 28, 1)), ("cnn", (28, 28, 1)), ("resnet8", (32, 32, 3))]
+)
 def test_conv_lowerings_agree_in_value_and_gradient(name, shape):
     models = {lo: get_model(name, shape, 10, lo) for lo in CONV_LOWERINGS}
     params = models["xla"].init(jax.random.key(0))
@@ -30,8 +32,11 @@ def test_conv_lowerings_agree_in_value_and_gradient(name, shape):
     ref_grad = jax.grad(loss)(params, models["xla"])
     for lo in ("im2col", "patches"):
         np.testing.assert_allclose(models[lo].apply(params, x), ref_out, rtol=1e-4, atol=1e-5)
-        for a, b in zip(jax.tree.leaves(jax.grad(loss)(params, models[lo])),
-                        jax.tree.leaves(ref_grad)):
+        for a, b in zip(
+            jax.tree.leaves(jax.grad(loss)(params, models[lo])),
+            jax.tree.leaves(ref_grad),
+            strict=True,
+        ):
             np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 

@@ -24,7 +24,7 @@ def test_iid_balanced_and_deterministic():
     b = P.iid(LABELS, 7, np.random.default_rng(0))
     _check_disjoint_cover(a, len(LABELS))
     assert max(map(len, a)) - min(map(len, a)) <= 1
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=False))
 
 
 @pytest.mark.parametrize("alpha", [100.0, 0.1])
@@ -81,8 +81,9 @@ def test_too_many_clients_is_a_clear_error():
 
 def test_federation_public_disjoint_and_test_splits_follow_labels():
     ds = tiny_image_dataset(n_train=600, n_test=300, classes=4)
-    spec = FederationSpec(num_clients=5, partition="classes", classes_per_client=1,
-                          public_size=100, seed=0)
+    spec = FederationSpec(
+        num_clients=5, partition="classes", classes_per_client=1, public_size=100, seed=0
+    )
     fed, info = build_federation(ds, spec)
     idx = np.asarray(fed.client_idx)
     counts = np.asarray(fed.client_count)

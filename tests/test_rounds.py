@@ -18,8 +18,15 @@ def _assert_trees_close(a, b, rtol=1e-4, atol=1e-5):
 
 
 FEDAVG = fedavg.FedAvgConfig(clients_per_round=4, local_epochs=2, batch_size=8, lr=0.1)
-DSFL = dsfl.DSFLConfig(clients_per_round=4, local_epochs=1, batch_size=8, lr=0.1,
-                       distill_epochs=2, public_per_round=16, temperature=0.1)
+DSFL = dsfl.DSFLConfig(
+    clients_per_round=4,
+    local_epochs=1,
+    batch_size=8,
+    lr=0.1,
+    distill_epochs=2,
+    public_per_round=16,
+    temperature=0.1,
+)
 
 
 @pytest.mark.parametrize("module,config", [(fedavg, FEDAVG), (dsfl, DSFL)])
@@ -62,13 +69,20 @@ def test_fedavg_is_the_count_weighted_mean_of_local_models(tiny_federation):
     local, weights = [], []
     for i, k in enumerate(sampled):
         loss_fn = train.private_loss(model.apply, data.train_x, data.train_y, data.client_idx[k])
-        w_k, _ = train.sgd_epochs(loss_fn, optax.sgd(FEDAVG.lr), state.params, keys[i],
-                                  data.client_count[k], data.capacity, FEDAVG.batch_size,
-                                  FEDAVG.local_epochs)
+        w_k, _ = train.sgd_epochs(
+            loss_fn,
+            optax.sgd(FEDAVG.lr),
+            state.params,
+            keys[i],
+            data.client_count[k],
+            data.capacity,
+            FEDAVG.batch_size,
+            FEDAVG.local_epochs,
+        )
         local.append(w_k)
         weights.append(float(data.client_count[k]))
     expected = jax.tree.map(
-        lambda *ws: sum(w * x for w, x in zip(weights, ws)) / sum(weights), *local
+        lambda *ws: sum(w * x for w, x in zip(weights, ws, strict=False)) / sum(weights), *local
     )
     _assert_trees_close(new_state.params, expected)
 
@@ -83,23 +97,30 @@ def test_dsfl_soft_labels_follow_the_equations(tiny_federation, rule):
     state, _ = algo.round(algo.init(jax.random.key(0)), jax.random.key(1))
     new_state, _ = algo.round(state, jax.random.key(2))
     changed = [
-        k for k in range(data.num_clients)
-        if not np.allclose(jax.tree.leaves(state.client_params)[0][k],
-                           jax.tree.leaves(new_state.client_params)[0][k])
+        k
+        for k in range(data.num_clients)
+        if not np.allclose(
+            jax.tree.leaves(state.client_params)[0][k],
+            jax.tree.leaves(new_state.client_params)[0][k],
+        )
     ]
     assert len(changed) == 4  # exactly the sampled clients were updated
     open_x = data.public_x[new_state.open_idx]
-    probs = jnp.stack([
-        jax.nn.softmax(model.apply(jax.tree.map(lambda p, k=k: p[k], new_state.client_params),
-                                   open_x))
-        for k in changed
-    ])
+    probs = jnp.stack(
+        [
+            jax.nn.softmax(
+                model.apply(jax.tree.map(lambda p, k=k: p[k], new_state.client_params), open_x)
+            )
+            for k in changed
+        ]
+    )
     mean = probs.mean(0)
     expected = jax.nn.softmax(mean / config.temperature, -1) if rule == "era" else mean
     np.testing.assert_allclose(new_state.soft_labels, expected, rtol=1e-4, atol=1e-6)
     if rule == "era":
         assert float(aggregate.entropy(new_state.soft_labels).mean()) < float(
-            aggregate.entropy(mean).mean())
+            aggregate.entropy(mean).mean()
+        )
 
 
 def test_dsfl_clients_distill_towards_the_previous_soft_labels(tiny_federation):
@@ -107,8 +128,15 @@ def test_dsfl_clients_distill_towards_the_previous_soft_labels(tiny_federation):
     previous round's global soft labels, and only from round 1 on."""
     data = tiny_federation
     model = get_model("mlp", data.feature_shape, data.num_classes)
-    config = dsfl.DSFLConfig(**{**DSFL.__dict__, "lr": 1e-9, "distill_lr": 0.5,
-                                "distill_epochs": 5, "clients_per_round": data.num_clients})
+    config = dsfl.DSFLConfig(
+        **{
+            **DSFL.__dict__,
+            "lr": 1e-9,
+            "distill_lr": 0.5,
+            "distill_epochs": 5,
+            "clients_per_round": data.num_clients,
+        }
+    )
     algo = dsfl.make(config, data, model)
     state0 = algo.init(jax.random.key(0))
     state1, m1 = algo.round(state0, jax.random.key(1))
@@ -116,8 +144,9 @@ def test_dsfl_clients_distill_towards_the_previous_soft_labels(tiny_federation):
     prev_x = data.public_x[state1.open_idx]
 
     def kl(params):
-        return jax.vmap(lambda p: jnp.mean(train.kl_to_target(model.apply(p, prev_x),
-                                                              state1.soft_labels)))(params)
+        return jax.vmap(
+            lambda p: jnp.mean(train.kl_to_target(model.apply(p, prev_x), state1.soft_labels))
+        )(params)
 
     state2, m2 = algo.round(state1, jax.random.key(2))
     assert float(m2["client_distill_loss"]) > 0.0

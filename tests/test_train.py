@@ -41,13 +41,15 @@ def test_padded_client_equals_unpadded_reference():
     key, lr, batch, epochs, count = jax.random.key(7), 0.3, 3, 2, 7
     x, y, own, idx_row = _client_setup(count, capacity=16)
     loss_fn = train.private_loss(model.apply, x, y, idx_row)
-    got, _ = train.sgd_epochs(loss_fn, optax.sgd(lr), params0, key, jnp.int32(count), 16, batch,
-                              epochs)
+    got, _ = train.sgd_epochs(
+        loss_fn, optax.sgd(lr), params0, key, jnp.int32(count), 16, batch, epochs
+    )
     # the same client with no padding at all
     _, _, _, tight_row = _client_setup(count, capacity=count)
     tight_loss = train.private_loss(model.apply, x, y, tight_row)
-    tight, _ = train.sgd_epochs(tight_loss, optax.sgd(lr), params0, key, jnp.int32(count), count,
-                                batch, epochs)
+    tight, _ = train.sgd_epochs(
+        tight_loss, optax.sgd(lr), params0, key, jnp.int32(count), count, batch, epochs
+    )
     # explicit reference: per epoch, the client's examples in the schedule's order, mean CE per
     # batch (last batch smaller), one SGD step per batch
     positions, mask = train.batch_schedule(key, jnp.int32(count), 16, batch, epochs)
@@ -62,7 +64,8 @@ def test_padded_client_equals_unpadded_reference():
 
             grads = jax.grad(ce)(params)
             params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
-    for a, b, c in zip(jax.tree.leaves(got), jax.tree.leaves(tight), jax.tree.leaves(params)):
+    leaves = zip(jax.tree.leaves(got), jax.tree.leaves(tight), jax.tree.leaves(params), strict=True)
+    for a, b, c in leaves:
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
 
@@ -81,7 +84,8 @@ def test_batched_apply_and_accuracy():
     model = get_model("mlp", (6,), 4)
     params = model.init(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (23, 6))
-    np.testing.assert_allclose(train.batched_apply(model.apply, params, x, 5),
-                               model.apply(params, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        train.batched_apply(model.apply, params, x, 5), model.apply(params, x), rtol=1e-5, atol=1e-6
+    )
     y = jnp.argmax(model.apply(params, x), -1)
     assert float(train.accuracy(model.apply, params, x, y, batch_size=4)) == 1.0

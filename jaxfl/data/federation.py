@@ -159,12 +159,11 @@ def build_federation(
         groups = [g[keep[g]] for g in dataset.train_groups]
         if len(groups) != spec.num_clients and spec.partition == "natural":
             raise P.PartitionError(
-                f"{dataset.name} has {len(groups)} natural clients, not --clients {spec.num_clients}"
+                f"{dataset.name} has {len(groups)} natural clients, "
+                f"not --clients {spec.num_clients}"
             )
         groups = [np.searchsorted(private, g) for g in groups]
-    parts, priors = _partition(
-        dataset.train_y[private], spec, dataset.num_classes, rng, groups
-    )
+    parts, priors = _partition(dataset.train_y[private], spec, dataset.num_classes, rng, groups)
     parts = [private[p] for p in parts]
     empty = [k for k, p in enumerate(parts) if len(p) == 0]
     if empty:

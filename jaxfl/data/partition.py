@@ -23,7 +23,9 @@ def balanced_sizes(total: int, num_clients: int) -> np.ndarray:
         raise PartitionError(
             f"{total} examples cannot give each of --clients {num_clients} at least one"
         )
-    return np.full(num_clients, total // num_clients) + (np.arange(num_clients) < total % num_clients)
+    return np.full(num_clients, total // num_clients) + (
+        np.arange(num_clients) < total % num_clients
+    )
 
 
 def allocate_by_priors(
@@ -79,8 +81,10 @@ def sample_by_priors(
     for k, size in enumerate(sizes):
         p = priors[k] * np.array([len(pool) > 0 for pool in pools])
         counts = rng.multinomial(int(size), p / p.sum())
-        idx = [rng.choice(pools[c], counts[c], replace=counts[c] > len(pools[c]))
-               for c in np.flatnonzero(counts)]
+        idx = [
+            rng.choice(pools[c], counts[c], replace=counts[c] > len(pools[c]))
+            for c in np.flatnonzero(counts)
+        ]
         out.append(rng.permutation(np.concatenate(idx)))
     return out
 
@@ -168,7 +172,7 @@ def classes_per_client(
                 f"class {c} has {len(pool)} examples for {len(ks)} clients; lower --clients or "
                 "raise --classes-per-client"
             )
-        for k, piece in zip(ks, np.array_split(pool, len(ks)) if ks else []):
+        for k, piece in zip(ks, np.array_split(pool, len(ks)) if ks else [], strict=False):
             parts[k].append(piece)
     return [rng.permutation(np.concatenate(p)) for p in parts]
 

@@ -107,7 +107,7 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def load_idx_folder(folder: str | Path, name: str = "mnist", num_classes: int = 10) -> Dataset:
-    """Load MNIST-family IDX files (``train-images-idx3-ubyte[.gz]`` and friends) from ``folder``."""
+    """Load MNIST-family IDX files (``train-images-idx3-ubyte[.gz]``, ...) from ``folder``."""
     folder = Path(folder)
     stems = {
         "train_x": "train-images-idx3-ubyte",
@@ -120,7 +120,8 @@ def load_idx_folder(folder: str | Path, name: str = "mnist", num_classes: int = 
     if missing:
         raise DataUnavailableError(
             f"--data-dir {folder}: missing IDX files {missing} (expected the MNIST-family layout: "
-            "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz],"
+            "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+            "t10k-images-idx3-ubyte[.gz],"
             " t10k-labels-idx1-ubyte[.gz])"
         )
     arrays = {k: read_idx(p) for k, p in paths.items()}
@@ -230,8 +231,9 @@ def load_dataset(
     if name not in DATASETS:
         raise ValueError(f"unknown --dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if name in EMBEDDED_DATASETS:
-        return synthetic_federated(num_clients, synthetic_alpha, synthetic_beta, seed=seed,
-                                   iid=name == "synthetic_iid")
+        return synthetic_federated(
+            num_clients, synthetic_alpha, synthetic_beta, seed=seed, iid=name == "synthetic_iid"
+        )
     if data_dir is not None and _find_idx(Path(data_dir), "train-images-idx3-ubyte"):
         return load_idx_folder(data_dir, name=name, num_classes=TFDS_DATASETS[name][2])
     return load_tfds(name, data_dir=data_dir)

@@ -28,7 +28,8 @@ def synthetic_federated(
     """Generate Synthetic(alpha, beta) with ``num_clients`` natural clients.
 
     ``iid=True`` gives FedProx's Synthetic-IID: one shared (W, b) and v = 0 for every client, so
-    only the sizes differ. Returns a :class:`jaxfl.data.sources.Dataset` whose ``train_groups``/``test_groups`` hold each
+    only the sizes differ. Returns a :class:`jaxfl.data.sources.Dataset` whose
+    ``train_groups``/``test_groups`` hold each
     client's own train and test samples; the global test split is the union of the clients' tests.
     """
     from jaxfl.data.sources import Dataset

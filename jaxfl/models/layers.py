@@ -44,8 +44,15 @@ def im2col(x: jax.Array, kernel_size: Sequence[int], stride: int, padding: str) 
     """(N, H, W, C) -> (N, Ho, Wo, kh*kw*C) patches, ordered (kh, kw, C) like a flax kernel."""
     kh, kw = kernel_size
     if padding == "SAME":
-        x = jnp.pad(x, ((0, 0), _same_padding(x.shape[1], kh, stride),
-                        _same_padding(x.shape[2], kw, stride), (0, 0)))
+        x = jnp.pad(
+            x,
+            (
+                (0, 0),
+                _same_padding(x.shape[1], kh, stride),
+                _same_padding(x.shape[2], kw, stride),
+                (0, 0),
+            ),
+        )
     h, w = x.shape[1], x.shape[2]
     ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
     cols = [
@@ -70,12 +77,13 @@ class Conv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kh, kw = self.kernel_size
         cin = x.shape[-1]
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (kh, kw, cin, self.features)
-        )
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, cin, self.features))
         if self.lowering == "xla":
             y = jax.lax.conv_general_dilated(
-                x, kernel, (self.stride, self.stride), self.padding,
+                x,
+                kernel,
+                (self.stride, self.stride),
+                self.padding,
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
         elif self.lowering == "im2col":
@@ -83,7 +91,10 @@ class Conv(nn.Module):
             y = patches @ kernel.reshape(kh * kw * cin, self.features)
         elif self.lowering == "patches":
             patches = jax.lax.conv_general_dilated_patches(
-                x, (kh, kw), (self.stride, self.stride), self.padding,
+                x,
+                (kh, kw),
+                (self.stride, self.stride),
+                self.padding,
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )  # feature order (C, kh, kw)
             y = patches @ kernel.transpose(2, 0, 1, 3).reshape(cin * kh * kw, self.features)

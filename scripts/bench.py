@@ -1,0 +1,285 @@
+#!/usr/bin/env python
+"""Benchmark one FL round: vmapped jitted round vs a per-client Python loop, side by side.
+
+Default workload: the DS-FL authors' lab setting on MNIST (Dirichlet alpha 1.0, LeNet-5,
+5 local epochs, batch 50, lr 0.1, 5 distillation epochs, open set 10,000 with 1,000 per round,
+ERA T=0.1), for C = 10, 100, 1000 clients, every client sampled each round. For each C and conv
+lowering it prints compile time, steady round time, clients/s, samples/s, peak memory, achieved
+FLOP/s and its fraction of a dense GEMM measured in the same run, and the per-client loop's round
+time with the ratio loop/vmap. Writes the rows as JSON.
+
+FLOPs: XLA's cost analysis counts a loop body once, so the round's FLOPs are computed from
+loop-free pieces (one client's train step, one prediction batch) times the steps the round
+executes (masked padding steps included: they are computed).
+
+The per-client loop calls the same jitted one-client function once per client; for large C it is
+timed on ``--loop-clients`` clients and scaled linearly (the loop's cost is linear in clients by
+construction), which the table marks with '~'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from jaxfl import experiment, train  # noqa: E402
+from jaxfl.algorithm import _jit_cache  # noqa: E402
+from jaxfl.data import Dataset, DataUnavailableError, load_dataset  # noqa: E402
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def gemm_flops_per_s(n: int = 2048, repeats: int = 10) -> float:
+    """Achieved FLOP/s of a dense float32 n x n matmul on the default device."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = f(a)
+    out.block_until_ready()
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def _flops(fn, *args) -> float:
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0))
+
+
+def round_flops(exp) -> tuple[float, float]:
+    """(executed FLOPs, samples visited) of one steady-state round, from loop-free pieces."""
+    model, data, cfg = exp.model, exp.data, exp.algorithm_config
+    params = model.init(jax.random.key(0))
+    b = cfg.batch_size
+    x = jnp.zeros((b, *model.feature_shape))
+    y = jnp.zeros((b,), jnp.int32)
+    opt = optax.sgd(0.1)
+
+    def step(p, x, y):
+        g = jax.grad(lambda q: jnp.mean(train.cross_entropy(model.apply(q, x), y)))(p)
+        return optax.apply_updates(p, opt.update(g, opt.init(p), p)[0])
+
+    step_flops = _flops(step, params, x, y)
+    m = exp.algorithm.clients_per_round
+    steps_per_epoch = math.ceil(data.capacity / b)
+    counts = np.asarray(data.client_count)
+    flops = m * cfg.local_epochs * steps_per_epoch * step_flops
+    samples = cfg.local_epochs * counts.mean() * m
+    if exp.args.algo == "dsfl":
+        kd_b = cfg.distill_batch_size or b
+        kd_steps = cfg.distill_epochs * math.ceil(cfg.public_per_round / kd_b)
+        kd_flops = _flops(
+            step, params, jnp.zeros((kd_b, *model.feature_shape)), jnp.zeros((kd_b,), jnp.int32)
+        )
+        pred = _flops(model.apply, params, jnp.zeros((cfg.public_per_round, *model.feature_shape)))
+        flops += m * (kd_steps * kd_flops + pred) + kd_steps * kd_flops  # clients + server
+        samples += (m + 1) * cfg.distill_epochs * cfg.public_per_round + m * cfg.public_per_round
+    return flops, samples
+
+
+def peak_memory_bytes() -> int:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process peak RSS
+
+
+def time_loop(exp, state, key, loop_clients: int) -> tuple[float, bool]:
+    """Round time of the per-client Python loop over the same jitted one-client function."""
+    algo, data = exp.algorithm, exp.data
+    parts = algo.parts
+    prepare, finish = jax.jit(parts.prepare), jax.jit(parts.finish)
+    client_fn = _jit_cache.setdefault(parts.client_update, jax.jit(parts.client_update))
+    shared, client_args, ctx = prepare(state, key, data)
+    m = algo.clients_per_round
+    k = min(m, loop_clients)
+    one = lambda i: jax.tree.map(lambda a: a[i], client_args)
+    jax.block_until_ready(client_fn(shared, *one(0)))  # compile once
+    start = time.perf_counter()
+    outs = [client_fn(shared, *one(i)) for i in range(k)]
+    jax.block_until_ready(outs)
+    per_client = (time.perf_counter() - start) / k
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *([outs[0]] * m))
+    jax.block_until_ready(finish(state, ctx, stacked, data))  # compile
+    start = time.perf_counter()
+    jax.block_until_ready(prepare(state, key, data))
+    jax.block_until_ready(finish(state, ctx, stacked, data))
+    overhead = time.perf_counter() - start
+    return overhead + per_client * m, k < m
+
+
+def bench_one(argv: list[str], dataset: Dataset, gemm: float, rounds: int, loop_clients: int):
+    args = experiment.parse(argv)
+    exp = experiment.build(args, dataset=dataset)
+    algo, data = exp.algorithm, exp.data
+    state = algo.init(jax.random.key(0))
+    key0 = jax.random.key(1)
+    start = time.perf_counter()
+    compiled = jax.jit(algo.round_fn).lower(state, key0, data).compile()
+    compile_s = time.perf_counter() - start
+    state, _ = compiled(state, key0, data)  # round 0 (no distillation yet)
+    jax.block_until_ready(state)
+    times = []
+    for r in range(rounds):
+        key = jax.random.key(2 + r)
+        start = time.perf_counter()
+        state, metrics = compiled(state, key, data)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - start)
+    round_s = float(np.median(times))
+    loop_s, scaled = time_loop(exp, state, jax.random.key(99), loop_clients)
+    flops, samples = round_flops(exp)
+    m = algo.clients_per_round
+    return {
+        "algo": args.algo,
+        "model": exp.config["model"],
+        "lowering": exp.config["conv_lowering"],
+        "clients": args.clients,
+        "clients_per_round": m,
+        "client_chunk": exp.config["client_chunk"],
+        "compile_s": compile_s,
+        "round_s": round_s,
+        "clients_per_s": m / round_s,
+        "samples_per_s": samples / round_s,
+        "peak_mem_gb": peak_memory_bytes() / 2**30,
+        "round_gflop": flops / 1e9,
+        "gflop_per_s": flops / round_s / 1e9,
+        "gemm_fraction": flops / round_s / gemm,
+        "loop_round_s": loop_s,
+        "loop_extrapolated": scaled,
+        "loop_over_vmap": loop_s / round_s,
+        "dataset": exp.data_info["dataset"],
+        "data_source": exp.data_info["source"],
+    }
+
+
+def load_bench_data(args) -> Dataset:
+    for folder in ([args.data_dir] if args.data_dir else []) + [str(SHARED_MNIST)]:
+        if folder and Path(folder).exists():
+            return load_dataset("mnist", folder)
+    try:
+        return load_dataset("mnist")
+    except DataUnavailableError:
+        print("MNIST unavailable: timing on random 28x28 images of the same shape", flush=True)
+        rng = np.random.default_rng(0)
+        x = rng.uniform(-1, 1, (60000, 28, 28, 1)).astype(np.float32)
+        y = rng.integers(10, size=60000).astype(np.int32)
+        return Dataset("random-mnist-shape", x, y, x[:10000], y[:10000], 10, source="generated")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--algo", nargs="+", default=["dsfl"], help="algorithms to time (dsfl fedavg)")
+    p.add_argument(
+        "--clients",
+        nargs="+",
+        type=int,
+        default=[10, 100, 1000],
+        help="population sizes C to sweep (all sampled each round)",
+    )
+    p.add_argument(
+        "--models", nargs="+", default=["lenet5"], help="models to time (lenet5 cnn mlp logreg)"
+    )
+    p.add_argument(
+        "--lowerings",
+        nargs="+",
+        default=["im2col", "patches", "xla"],
+        help="conv lowerings to time for conv models",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="timed steady-state rounds (median)")
+    p.add_argument(
+        "--loop-clients",
+        type=int,
+        default=20,
+        help="clients the per-client loop is timed on before scaling to C",
+    )
+    p.add_argument("--data-dir", default=None, help="MNIST IDX folder (default ../shared/data)")
+    p.add_argument("--client-chunk", type=int, default=None, help="as in run.py")
+    p.add_argument("--extra", default="", help="more run.py flags, e.g. '--local-epochs 1'")
+    p.add_argument("--json", default="bench-results/bench.json", help="where to write the rows")
+    args = p.parse_args(argv)
+    dataset = load_bench_data(args)
+    gemm = gemm_flops_per_s()
+    print(
+        f"{platform.processor() or platform.machine()} | backend {jax.default_backend()} | "
+        f"{jax.devices()[0].device_kind} | dense f32 GEMM {gemm / 1e9:.1f} GFLOP/s",
+        flush=True,
+    )
+    rows = []
+    header = (
+        f"{'algo':6} {'model':7} {'lowering':8} {'C':>5} {'compile s':>9} {'round s':>8} "
+        f"{'clients/s':>9} {'samples/s':>10} {'mem GB':>6} {'GFLOP/s':>8} {'%GEMM':>6} "
+        f"{'loop s':>8} {'loop/vmap':>9}"
+    )
+    print(header, flush=True)
+    for algo in args.algo:
+        for model in args.models:
+            lowerings = (
+                args.lowerings if model in ("lenet5", "cnn", "resnet8", "resnet20") else ["-"]
+            )
+            for lowering in lowerings:
+                for c in args.clients:
+                    run_argv = [
+                        "--algo",
+                        algo,
+                        "--clients",
+                        str(c),
+                        "--model",
+                        model,
+                        "--partition",
+                        "dirichlet",
+                        "--alpha",
+                        "1.0",
+                        "--public-size",
+                        "10000",
+                        *args.extra.split(),
+                    ]
+                    if lowering != "-":
+                        run_argv += ["--conv-lowering", lowering]
+                    if args.client_chunk:
+                        run_argv += ["--client-chunk", str(args.client_chunk)]
+                    row = bench_one(run_argv, dataset, gemm, args.rounds, args.loop_clients)
+                    row["gemm_gflop_per_s"] = gemm / 1e9
+                    rows.append(row)
+                    print(
+                        f"{algo:6} {model:7} {lowering:8} {c:>5} {row['compile_s']:>9.1f} "
+                        f"{row['round_s']:>8.2f} {row['clients_per_s']:>9.1f} "
+                        f"{row['samples_per_s']:>10.0f} {row['peak_mem_gb']:>6.1f} "
+                        f"{row['gflop_per_s']:>8.1f} {100 * row['gemm_fraction']:>5.1f}% "
+                        f"{'~' if row['loop_extrapolated'] else ' '}{row['loop_round_s']:>7.2f} "
+                        f"{row['loop_over_vmap']:>9.2f}",
+                        flush=True,
+                    )
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "machine": platform.platform(),
+                "backend": jax.default_backend(),
+                "device": jax.devices()[0].device_kind,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
