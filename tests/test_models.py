@@ -30,7 +30,7 @@ def test_conv_lowerings_agree_in_value_and_gradient(name, shape):
 
     ref_out = models["xla"].apply(params, x)
     ref_grad = jax.grad(loss)(params, models["xla"])
-    for lo in ("im2col", "patches"):
+    for lo in ("rows", "im2col", "patches"):
         np.testing.assert_allclose(models[lo].apply(params, x), ref_out, rtol=1e-4, atol=1e-5)
         for a, b in zip(
             jax.tree.leaves(jax.grad(loss)(params, models[lo])),
@@ -63,3 +63,18 @@ def test_model_errors_name_the_flag():
         get_model("vgg", (28, 28, 1), 10)
     with pytest.raises(ValueError, match="--model lenet5 needs image inputs"):
         get_model("lenet5", (60,), 10)
+
+
+def test_rows_lowering_with_stride_and_same_padding_matches_xla():
+    from jaxfl.models.layers import conv_rows
+
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    for stride in (1, 2):
+        for padding in ("SAME", "VALID"):
+            ref = jax.lax.conv_general_dilated(
+                x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            np.testing.assert_allclose(
+                conv_rows(x, kernel, stride, padding), ref, rtol=1e-4, atol=1e-4
+            )

@@ -7,6 +7,13 @@ backend runs well. :class:`Conv` keeps the parameter layout of ``flax.linen.Conv
 ``(kh, kw, cin, cout)``, bias ``(cout,)``) so all lowerings are interchangeable and testable
 against each other:
 
+- ``"rows"``: row-Toeplitz GEMM. Only the kh row offsets are stacked (contiguous block copies);
+  the kw taps are folded into a banded weight matrix T (built from the kernel with a constant 0/1
+  shift tensor), so the convolution is ONE matmul ``(N*Ho, kh*W*Cin) @ (kh*W*Cin, Wo*Cout)`` and
+  both gradients are matmuls too. It does W/kw times the multiply-adds of the convolution, but in
+  a large well-shaped GEMM; on the 2-core CPU it ran LeNet-5's conv layers 2.8-4x faster than
+  im2col under a 100-client vmap (forward + gradients), because building im2col's patches
+  (interleaving kh*kw slices along the minor axis) cost 5x the copies themselves.
 - ``"im2col"``: shift-and-concatenate patches (kh*kw strided slices) then ``patches @ kernel``.
 - ``"patches"``: ``lax.conv_general_dilated_patches`` then a matmul.
 - ``"xla"``: ``lax.conv_general_dilated`` (XLA's native convolution).
@@ -18,15 +25,16 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
-CONV_LOWERINGS = ("im2col", "patches", "xla")
+CONV_LOWERINGS = ("rows", "im2col", "patches", "xla")
 
 
 # The lowering measured fastest under client vmap, per backend (scripts/bench.py --lowerings
 # prints each one's figures). Backends not measured yet fall back to im2col, whose batched GEMM
 # is the form every backend's BLAS/cuBLAS handles well.
-MEASURED_BEST_LOWERING = {"cpu": "im2col"}
+MEASURED_BEST_LOWERING = {"cpu": "rows"}
 
 
 def default_conv_lowering(backend: str | None = None) -> str:
@@ -63,6 +71,35 @@ def im2col(x: jax.Array, kernel_size: Sequence[int], stride: int, padding: str) 
     return jnp.concatenate(cols, axis=-1)
 
 
+def _shift_tensor(w_in: int, w_out: int, kw: int, stride: int) -> np.ndarray:
+    """S[p, q, j] = 1 where input column p feeds output column q through kernel tap j."""
+    s = np.zeros((w_in, w_out, kw), np.float32)
+    for q in range(w_out):
+        s[q * stride + np.arange(kw), q, np.arange(kw)] = 1.0
+    return s
+
+
+def conv_rows(x: jax.Array, kernel: jax.Array, stride: int, padding: str) -> jax.Array:
+    """Convolution as one row-Toeplitz GEMM: (N, H, W, Cin) -> (N, Ho, Wo, Cout)."""
+    kh, kw, cin, cout = kernel.shape
+    if padding == "SAME":
+        x = jnp.pad(
+            x,
+            (
+                (0, 0),
+                _same_padding(x.shape[1], kh, stride),
+                _same_padding(x.shape[2], kw, stride),
+                (0, 0),
+            ),
+        )
+    n, h, w, _ = x.shape
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    rows = jnp.stack([x[:, i : i + stride * (ho - 1) + 1 : stride] for i in range(kh)], axis=2)
+    toeplitz = jnp.einsum("pqj,ijco->ipcqo", _shift_tensor(w, wo, kw, stride), kernel)
+    out = rows.reshape(n * ho, kh * w * cin) @ toeplitz.reshape(kh * w * cin, wo * cout)
+    return out.reshape(n, ho, wo, cout)
+
+
 class Conv(nn.Module):
     """2-D convolution (NHWC) with a selectable lowering; parameters as ``flax.linen.Conv``."""
 
@@ -71,7 +108,7 @@ class Conv(nn.Module):
     stride: int = 1
     padding: str = "SAME"
     use_bias: bool = True
-    lowering: str = "im2col"
+    lowering: str = "rows"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -86,6 +123,8 @@ class Conv(nn.Module):
                 self.padding,
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
+        elif self.lowering == "rows":
+            y = conv_rows(x, kernel, self.stride, self.padding)
         elif self.lowering == "im2col":
             patches = im2col(x, self.kernel_size, self.stride, self.padding)
             y = patches @ kernel.reshape(kh * kw * cin, self.features)
