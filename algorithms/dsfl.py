@@ -46,21 +46,7 @@ class DSFLConfig:
     client_chunk: int | None = None
 
 
-def config_from_args(args, clients_per_round: int, client_chunk: int | None) -> DSFLConfig:
-    """The DSFLConfig of scripts/run.py's flags."""
-    return DSFLConfig(
-        clients_per_round=clients_per_round,
-        local_epochs=args.local_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        distill_epochs=args.distill_epochs,
-        distill_batch_size=args.distill_batch_size,
-        distill_lr=args.distill_lr,
-        public_per_round=args.public_per_round,
-        temperature=args.temperature,
-        aggregation=args.aggregation,
-        client_chunk=client_chunk,
-    )
+CONFIG = DSFLConfig  # the config class scripts/run.py fills from its flags of the same names
 
 
 @struct.dataclass

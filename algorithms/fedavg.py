@@ -40,17 +40,7 @@ class FedAvgConfig:
     client_chunk: int | None = None
 
 
-def config_from_args(args, clients_per_round: int, client_chunk: int | None) -> FedAvgConfig:
-    """The FedAvgConfig of scripts/run.py's flags."""
-    return FedAvgConfig(
-        clients_per_round=clients_per_round,
-        local_epochs=args.local_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        server_opt=args.server_opt,
-        server_lr=args.server_lr,
-        client_chunk=client_chunk,
-    )
+CONFIG = FedAvgConfig  # the config class scripts/run.py fills from its flags of the same names
 
 
 @struct.dataclass

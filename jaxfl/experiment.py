@@ -261,7 +261,7 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         m, estimate_client_bytes(model, args.batch_size)
     )
     module = ALGORITHMS[args.algo]
-    algo_config = module.config_from_args(args, clients_per_round=m, client_chunk=chunk)
+    algo_config = config_from_args(module.CONFIG, args, clients_per_round=m, client_chunk=chunk)
     algorithm = module.make(algo_config, data, model)
     config = {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -279,6 +279,16 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         "jax_version": jax.__version__,
     }
     return Experiment(args, data, info, model, algorithm, algo_config, config)
+
+
+def config_from_args(config_cls, args: argparse.Namespace, **overrides):
+    """Fill an algorithm's config dataclass from the flags of the same names."""
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(config_cls)
+        if hasattr(args, f.name)
+    }
+    return config_cls(**{**values, **overrides})
 
 
 def _resolved_lowering() -> str:

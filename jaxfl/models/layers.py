@@ -48,19 +48,17 @@ def _same_padding(size: int, k: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _pad_same(x: jax.Array, kh: int, kw: int, stride: int) -> jax.Array:
+    """Zero-pad NHWC ``x`` so a VALID convolution gives SAME's output size."""
+    pads = (_same_padding(x.shape[1], kh, stride), _same_padding(x.shape[2], kw, stride))
+    return jnp.pad(x, ((0, 0), *pads, (0, 0)))
+
+
 def im2col(x: jax.Array, kernel_size: Sequence[int], stride: int, padding: str) -> jax.Array:
     """(N, H, W, C) -> (N, Ho, Wo, kh*kw*C) patches, ordered (kh, kw, C) like a flax kernel."""
     kh, kw = kernel_size
     if padding == "SAME":
-        x = jnp.pad(
-            x,
-            (
-                (0, 0),
-                _same_padding(x.shape[1], kh, stride),
-                _same_padding(x.shape[2], kw, stride),
-                (0, 0),
-            ),
-        )
+        x = _pad_same(x, kh, kw, stride)
     h, w = x.shape[1], x.shape[2]
     ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
     cols = [
@@ -83,15 +81,7 @@ def conv_rows(x: jax.Array, kernel: jax.Array, stride: int, padding: str) -> jax
     """Convolution as one row-Toeplitz GEMM: (N, H, W, Cin) -> (N, Ho, Wo, Cout)."""
     kh, kw, cin, cout = kernel.shape
     if padding == "SAME":
-        x = jnp.pad(
-            x,
-            (
-                (0, 0),
-                _same_padding(x.shape[1], kh, stride),
-                _same_padding(x.shape[2], kw, stride),
-                (0, 0),
-            ),
-        )
+        x = _pad_same(x, kh, kw, stride)
     n, h, w, _ = x.shape
     ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
     rows = jnp.stack([x[:, i : i + stride * (ho - 1) + 1 : stride] for i in range(kh)], axis=2)
