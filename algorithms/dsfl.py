@@ -13,6 +13,13 @@ network. Round t, with O_t the open subset drawn this round and S_t the sampled 
 
 Defaults follow the authors' lab code: 100 clients, open set 10,000 with 1,000 per round,
 5 local epochs, batch 50, lr 0.1, 5 distillation epochs, Dirichlet alpha 1.0.
+
+Customisation inside the compiled round is by pure functions passed to :func:`make`:
+``select_clients(key, C, m) -> (m,) int32``, ``aggregate_soft_labels(client_probs (m, P, L),
+weights (m,)) -> (P, L)`` (default the ERA/SA of step 4, over the received clients) and
+``client_loss_term(params, anchor_params) -> scalar`` added to every private batch loss (anchor:
+the client's model before step 2). Faults (:mod:`jaxfl.faults`): dropout (the soft labels average
+only the received uploads), stragglers (part of step 2), label flipping, random or scaled logits.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import aggregate, metrics, train
+from jaxfl import aggregate, faults, metrics, train
 from jaxfl.algorithm import RoundParts, gather, make_algorithm, sample_clients, scatter
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
@@ -47,6 +54,7 @@ class DSFLConfig:
 
 
 CONFIG = DSFLConfig  # the config class scripts/run.py fills from its flags of the same names
+ATTACKS = ("label_flip", "random_logits", "scaled_logits")
 
 
 @struct.dataclass
@@ -58,14 +66,43 @@ class DSFLState:
     round: jax.Array  # () int32
 
 
-def make(config: DSFLConfig, data: Federation, model: Model):
-    """Bind DS-FL to a federation and a model; returns a FederatedAlgorithm."""
+def make(
+    config: DSFLConfig,
+    data: Federation,
+    model: Model,
+    *,
+    fault_config: faults.FaultConfig | None = None,
+    seed: int = 0,
+    select_clients=sample_clients,
+    aggregate_soft_labels=None,
+    client_loss_term=None,
+):
+    """Bind DS-FL to a federation and a model; returns a FederatedAlgorithm.
+
+    ``fault_config`` and ``seed`` (which draws the fixed adversarial set) simulate faults; the
+    three functions customise the round (see the module docstring).
+    """
     m = config.clients_per_round or data.num_clients
+    fault_config = fault_config or faults.FaultConfig()
+    fault_config.check(ATTACKS, m)
+    adversary = jnp.asarray(
+        faults.adversaries(data.num_clients, fault_config.adversary_fraction, seed)
+    )
+    attack = fault_config.attack
+    if aggregate_soft_labels is None:
+
+        def aggregate_soft_labels(client_probs, weights):
+            return aggregate.aggregate_soft_labels(
+                client_probs, config.aggregation, config.temperature, weights
+            )
+
     n_open = config.public_per_round
     kd_batch = config.distill_batch_size or config.batch_size
     opt = optax.sgd(config.lr)
     kd_opt = optax.sgd(config.distill_lr or config.lr)
-    aggregate.aggregate_soft_labels(jnp.ones((1, 1, 2)), config.aggregation, config.temperature)
+    aggregate.aggregate_soft_labels(
+        jnp.ones((1, 1, 2)), config.aggregation, config.temperature
+    )  # validates --aggregation now
 
     def distill(params, inputs, targets, key):
         loss_fn = train.distill_loss(model.apply, inputs, targets)
@@ -85,7 +122,8 @@ def make(config: DSFLConfig, data: Federation, model: Model):
 
     def prepare(state, key, data):
         k_sample, k_open, k_clients, k_server = jax.random.split(key, 4)
-        sampled = sample_clients(k_sample, data.num_clients, m)
+        sampled = select_clients(k_sample, data.num_clients, m)
+        received, work = faults.round_faults(key, m, fault_config)
         next_open = jax.random.permutation(k_open, data.public_size)[:n_open].astype(jnp.int32)
         shared = (
             data,
@@ -99,10 +137,12 @@ def make(config: DSFLConfig, data: Federation, model: Model):
             jax.random.split(k_clients, m),
             data.client_idx[sampled],
             data.client_count[sampled],
+            work,
+            adversary[sampled],
         )
-        return shared, client_args, (sampled, next_open, k_server)
+        return shared, client_args, (sampled, next_open, k_server, received)
 
-    def client_update(shared, params, key, idx_row, count):
+    def client_update(shared, params, key, idx_row, count, work, is_adversary):
         data, prev_x, prev_labels, open_x, has_labels = shared
         k_kd, k_train = jax.random.split(key)
         params, kd_loss = jax.lax.cond(
@@ -111,7 +151,19 @@ def make(config: DSFLConfig, data: Federation, model: Model):
             lambda p: (p, jnp.float32(0.0)),
             params,
         )
-        loss_fn = train.private_loss(model.apply, data.train_x, data.train_y, idx_row)
+        anchor = params
+        loss_fn = train.private_loss(
+            model.apply,
+            data.train_x,
+            data.train_y,
+            idx_row,
+            label_map=(
+                (lambda y: faults.flip_labels(y, data.num_classes, is_adversary))
+                if attack == "label_flip"
+                else None
+            ),
+            extra_term=(lambda p: client_loss_term(p, anchor)) if client_loss_term else None,
+        )
         params, train_loss = train.sgd_epochs(
             loss_fn,
             opt,
@@ -121,26 +173,47 @@ def make(config: DSFLConfig, data: Federation, model: Model):
             data.capacity,
             config.batch_size,
             config.local_epochs,
+            max_steps=(
+                faults.step_budget(work, count, config.batch_size, config.local_epochs)
+                if fault_config.straggler_fraction > 0
+                else None
+            ),
         )
-        return params, train.predict_probs(model.apply, params, open_x), train_loss, kd_loss
+        if attack in ("random_logits", "scaled_logits"):
+            probs = faults.attack_probs(
+                train.batched_apply(model.apply, params, open_x),
+                jax.random.fold_in(key, faults.FAULT_STREAM),
+                attack,
+                fault_config.attack_scale,
+                is_adversary,
+            )
+        else:
+            probs = train.predict_probs(model.apply, params, open_x)
+        return params, probs, train_loss, kd_loss
 
     def finish(state, ctx, outputs, data):
-        sampled, next_open, k_server = ctx
+        sampled, next_open, k_server, received = ctx
         client_params, client_probs, train_loss, kd_loss = outputs
-        soft_labels = aggregate.aggregate_soft_labels(
-            client_probs, config.aggregation, config.temperature
-        )
+        soft_labels = aggregate_soft_labels(client_probs, received.astype(jnp.float32))
         server_params, server_loss = distill(
             state.server_params, data.public_x[next_open], soft_labels, k_server
         )
+        applied = faults.applied(received, fault_config.min_received)
+        server = faults.select(
+            applied,
+            (server_params, soft_labels, next_open),
+            (state.server_params, state.soft_labels, state.open_idx),
+        )
         new_state = DSFLState(
             client_params=scatter(state.client_params, sampled, client_params),
-            server_params=server_params,
-            soft_labels=soft_labels,
-            open_idx=next_open,
+            server_params=server[0],
+            soft_labels=server[1],
+            open_idx=server[2],
             round=state.round + 1,
         )
         return new_state, {
+            "received": jnp.sum(received),
+            "applied": applied,
             "train_loss": jnp.mean(train_loss),
             "client_distill_loss": jnp.mean(kd_loss),
             "server_distill_loss": server_loss,

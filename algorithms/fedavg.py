@@ -8,6 +8,14 @@ Per round t, with S_t the m sampled clients and n_k client k's sample count:
 
 With ``server_opt="sgd"`` and ``server_lr=1`` this is plain FedAvg (w_t+1 = weighted mean of w_k);
 ``momentum`` gives FedAvgM and ``adam`` FedAdam.
+
+Customisation inside the compiled round is by pure functions passed to :func:`make`:
+``select_clients(key, C, m) -> (m,) int32`` (default uniform without replacement),
+``aggregate_updates(deltas, weights) -> delta`` over the leading client axis (default the
+weighted mean; ``weights`` (m,) are the sample counts, 0 for a dropped client) and
+``client_loss_term(params, global_params) -> scalar`` added to every local batch loss (e.g.
+FedProx's (mu/2)||w - w_t||^2). Faults (:mod:`jaxfl.faults`): dropout, stragglers, label flipping
+and scaled updates.
 """
 
 from __future__ import annotations
@@ -20,12 +28,13 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import aggregate, metrics, train
+from jaxfl import aggregate, faults, metrics, train
 from jaxfl.algorithm import RoundParts, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
 
 SERVER_OPTS = ("sgd", "momentum", "adam")
+ATTACKS = ("label_flip", "scaled_update")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +71,31 @@ def server_optimizer(config: FedAvgConfig) -> optax.GradientTransformation:
     )
 
 
-def make(config: FedAvgConfig, data: Federation, model: Model):
-    """Bind FedAvg to a federation and a model; returns a FederatedAlgorithm."""
+def make(
+    config: FedAvgConfig,
+    data: Federation,
+    model: Model,
+    *,
+    fault_config: faults.FaultConfig | None = None,
+    seed: int = 0,
+    select_clients=sample_clients,
+    aggregate_updates=aggregate.weighted_mean,
+    client_loss_term=None,
+):
+    """Bind FedAvg to a federation and a model; returns a FederatedAlgorithm.
+
+    ``fault_config`` and ``seed`` (which draws the fixed adversarial set) simulate faults; the
+    three functions customise the round (see the module docstring).
+    """
     m = config.clients_per_round or data.num_clients
+    fault_config = fault_config or faults.FaultConfig()
+    fault_config.check(ATTACKS, m)
     server_opt = server_optimizer(config)
     client_opt = optax.sgd(config.lr)
+    adversary = jnp.asarray(
+        faults.adversaries(data.num_clients, fault_config.adversary_fraction, seed)
+    )
+    attack = fault_config.attack
 
     def init(key):
         params = model.init(key)
@@ -74,17 +103,33 @@ def make(config: FedAvgConfig, data: Federation, model: Model):
 
     def prepare(state, key, data):
         k_sample, k_clients = jax.random.split(key)
-        sampled = sample_clients(k_sample, data.num_clients, m)
+        sampled = select_clients(k_sample, data.num_clients, m)
+        received, work = faults.round_faults(key, m, fault_config)
         client_args = (
             jax.random.split(k_clients, m),
             data.client_idx[sampled],
             data.client_count[sampled],
+            work,
+            adversary[sampled],
         )
-        return (data, state.params), client_args, data.client_count[sampled]
+        return (data, state.params), client_args, (data.client_count[sampled], received)
 
-    def client_update(shared, key, idx_row, count):
+    def client_update(shared, key, idx_row, count, work, is_adversary):
         data, global_params = shared
-        loss_fn = train.private_loss(model.apply, data.train_x, data.train_y, idx_row)
+        loss_fn = train.private_loss(
+            model.apply,
+            data.train_x,
+            data.train_y,
+            idx_row,
+            label_map=(
+                (lambda y: faults.flip_labels(y, data.num_classes, is_adversary))
+                if attack == "label_flip"
+                else None
+            ),
+            extra_term=(
+                (lambda p: client_loss_term(p, global_params)) if client_loss_term else None
+            ),
+        )
         params, loss = train.sgd_epochs(
             loss_fn,
             client_opt,
@@ -94,18 +139,35 @@ def make(config: FedAvgConfig, data: Federation, model: Model):
             data.capacity,
             config.batch_size,
             config.local_epochs,
+            max_steps=(
+                faults.step_budget(work, count, config.batch_size, config.local_epochs)
+                if fault_config.straggler_fraction > 0
+                else None
+            ),
         )
-        return jax.tree.map(jnp.subtract, params, global_params), loss
+        delta = jax.tree.map(jnp.subtract, params, global_params)
+        if attack == "scaled_update":
+            scale = jnp.where(is_adversary, fault_config.attack_scale, 1.0)
+            delta = jax.tree.map(lambda d: scale * d, delta)
+        return delta, loss
 
-    def finish(state, counts, outputs, data):
+    def finish(state, ctx, outputs, data):
+        counts, received = ctx
         deltas, losses = outputs
-        mean_delta = aggregate.weighted_mean(deltas, counts)
+        mean_delta = aggregate_updates(deltas, counts * received)
         pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
         updates, opt_state = server_opt.update(pseudo_grad, state.opt_state, state.params)
+        applied = faults.applied(received, fault_config.min_received)
         new_state = FedAvgState(
-            optax.apply_updates(state.params, updates), opt_state, state.round + 1
+            faults.select(applied, optax.apply_updates(state.params, updates), state.params),
+            faults.select(applied, opt_state, state.opt_state),
+            state.round + 1,
         )
-        return new_state, {"train_loss": jnp.sum(losses * counts) / jnp.sum(counts)}
+        return new_state, {
+            "train_loss": jnp.sum(losses * counts) / jnp.sum(counts),
+            "received": jnp.sum(received),
+            "applied": applied,
+        }
 
     def evaluate(state, data):
         return {

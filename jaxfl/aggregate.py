@@ -15,13 +15,18 @@ def weighted_mean(tree, weights: jax.Array):
       tree: pytree whose leaves are (m, ...).
       weights: (m,) non-negative weights (e.g. client sample counts).
     """
-    w = weights.astype(jnp.float32) / jnp.sum(weights)
+    w = weights.astype(jnp.float32) / jnp.maximum(jnp.sum(weights), 1e-30)
     return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1).astype(x.dtype), tree)
 
 
-def mean_soft_labels(client_probs: jax.Array) -> jax.Array:
-    """Simple average (SA) of the clients' probabilities: (m, P, L) -> (P, L)."""
-    return jnp.mean(client_probs, axis=0)
+def mean_soft_labels(client_probs: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Simple average (SA) of the clients' probabilities: (m, P, L) -> (P, L).
+
+    ``weights`` (m,): optional, e.g. the received mask under dropout (0 = not received).
+    """
+    if weights is None:
+        return jnp.mean(client_probs, axis=0)
+    return weighted_mean(client_probs, weights)
 
 
 def entropy_reduction(mean_probs: jax.Array, temperature: float) -> jax.Array:
@@ -35,9 +40,16 @@ def entropy_reduction(mean_probs: jax.Array, temperature: float) -> jax.Array:
     return jax.nn.softmax(mean_probs / temperature, axis=-1)
 
 
-def aggregate_soft_labels(client_probs: jax.Array, rule: str, temperature: float) -> jax.Array:
-    """DS-FL aggregation by name: ``"era"`` (sharpened mean) or ``"sa"`` (plain mean)."""
-    mean = mean_soft_labels(client_probs)
+def aggregate_soft_labels(
+    client_probs: jax.Array, rule: str, temperature: float, weights: jax.Array | None = None
+) -> jax.Array:
+    """DS-FL aggregation by name: ``"era"`` (sharpened mean) or ``"sa"`` (plain mean).
+
+    Args:
+      client_probs: (m, P, L) each client's probabilities on the open subset.
+      weights: optional (m,) weights of the mean (the received mask under dropout).
+    """
+    mean = mean_soft_labels(client_probs, weights)
     if rule == "era":
         return entropy_reduction(mean, temperature)
     if rule == "sa":

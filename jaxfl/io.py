@@ -1,7 +1,9 @@
 """The results folder of a run: config.json, metrics.jsonl, summary.json and plots.
 
-``metrics.jsonl`` gets one complete line per evaluated round, flushed as it is written, so a run
-that stops early keeps every line it reached. An existing non-empty folder is never overwritten.
+``metrics.jsonl`` gets one complete line per evaluated round, written with one ``write`` and
+fsynced, so a run that stops early (even by SIGKILL) keeps every line it reached. An existing
+non-empty folder is never overwritten; a resumed run (``resume_round``) keeps the lines of rounds
+up to its checkpoint and drops the rest, which the resumed run writes again.
 """
 
 from __future__ import annotations
@@ -57,15 +59,45 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-class ResultsWriter:
-    """Writes a run's results folder; attach it to a Simulation with :meth:`attach`."""
+def read_metrics(path: str | Path) -> list[dict]:
+    """The complete records of a metrics.jsonl (a torn last line from a killed run is skipped)."""
+    path = Path(path)
+    records = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
 
-    def __init__(self, path: str | Path, config: dict):
-        self.path = check_results_dir(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+
+class ResultsWriter:
+    """Writes a run's results folder; attach it to a Simulation with :meth:`attach`.
+
+    Args:
+      path: the results folder (must not exist or be empty, unless resuming).
+      config: every resolved setting, written to config.json.
+      resume_round: continue the run in ``path`` after this round: metrics of later rounds are
+        dropped (the resumed run writes them again).
+    """
+
+    def __init__(self, path: str | Path, config: dict, resume_round: int | None = None):
+        self.path = Path(path)
+        self.history: list[dict] = []
+        if resume_round is None:
+            check_results_dir(self.path)
+            self.path.mkdir(parents=True, exist_ok=True)
+        else:
+            kept = [
+                r for r in read_metrics(self.path / "metrics.jsonl") if r["round"] <= resume_round
+            ]
+            tmp = self.path / "metrics.jsonl.tmp"
+            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+            os.replace(tmp, self.path / "metrics.jsonl")
+            self.history = kept
         write_json(self.path / "config.json", config)
         self.metrics_file = (self.path / "metrics.jsonl").open("a")
-        self.history: list[dict] = []
 
     def attach(self, sim) -> ResultsWriter:
         sim.on("evaluate", lambda record, **_: self.log(record))

@@ -5,12 +5,18 @@ registering handlers (after FederatedScope's event-driven design)::
 
     sim = Simulation(algorithm, rounds=50, eval_every=5, seed=0)
     sim.on("evaluate", lambda record, **_: print(record["test_acc"]))
+    sim.on("round_end", save_something, when=events.every(10))   # a condition trigger
+    events.early_stopping(sim, "test_acc", patience=5)            # a built-in handler
     state, history = sim.run()
 
-Events and their keyword payloads:
-  ``run_start(sim, state)``, ``round_end(sim, record, state)``,
-  ``evaluate(sim, record, state, client_acc)``, ``run_end(sim, state, history)``.
-The progress bar and the results writer (``jaxfl.io``) are handlers on this same API.
+Events and their keyword payloads (every handler also gets ``sim``):
+  ``run_start(state, start_round)``, ``evaluate(record, state, client_acc)``,
+  ``round_end(record, state)``, ``checkpoint(round, path)``, ``converged(round, reason)``,
+  ``run_end(state, history, stop_reason)``.
+In a round, ``evaluate`` (on evaluation rounds) comes before ``round_end``; a handler that calls
+:meth:`Simulation.stop` ends the run after the current round, which then emits ``converged``.
+The progress bar, results writer, checkpointer, early stopping and TensorBoard logging are all
+handlers on this same API (:mod:`jaxfl.events`, :mod:`jaxfl.io`, :mod:`jaxfl.checkpoint`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 from jaxfl.algorithm import FederatedAlgorithm
 from jaxfl.metrics import summarize_clients
 
-EVENTS = ("run_start", "round_end", "evaluate", "run_end")
+EVENTS = ("run_start", "round_end", "evaluate", "checkpoint", "converged", "run_end")
 
 
 class NonFiniteError(FloatingPointError):
@@ -34,11 +40,14 @@ class NonFiniteError(FloatingPointError):
 
 
 class Simulation:
-    """Runs ``rounds`` rounds of an algorithm; round r uses key ``fold_in(key, r)``.
+    """Runs rounds ``start_round..rounds`` of an algorithm; round r uses ``fold_in(key, r)``.
+
+    Because round r's key depends only on the seed and r, a run resumed from round k's state
+    computes exactly what the uninterrupted run computed.
 
     Args:
       algorithm: a :class:`jaxfl.algorithm.FederatedAlgorithm`.
-      rounds: number of rounds.
+      rounds: the last round.
       eval_every: evaluate every this many rounds (and after the last).
       seed: seeds the model initialisation and every round's key.
     """
@@ -53,29 +62,54 @@ class Simulation:
         self.algorithm = algorithm
         self.rounds = rounds
         self.eval_every = eval_every
+        self.seed = seed
         self.init_key, self.round_key = jax.random.split(jax.random.key(seed))
-        self.handlers: dict[str, list[Callable]] = defaultdict(list)
+        self.handlers: dict[str, list[tuple[Callable, Callable | None]]] = defaultdict(list)
         self.history: list[dict] = []
+        self.stop_reason: str | None = None
+        self.start_time = time.perf_counter()
+        self.round = 0
 
-    def on(self, event: str, handler: Callable) -> Callable:
-        """Register ``handler(**payload)`` for ``event``; handlers run in registration order."""
+    def on(self, event: str, handler: Callable, when: Callable | None = None) -> Callable:
+        """Register ``handler(sim=..., **payload)`` for ``event``, run in registration order.
+
+        ``when``: an optional trigger ``(sim, **payload) -> bool`` (see :mod:`jaxfl.events`);
+        the handler runs only when it returns True.
+        """
         if event not in EVENTS:
             raise ValueError(f"unknown event {event!r}; allowed: {', '.join(EVENTS)}")
-        self.handlers[event].append(handler)
+        self.handlers[event].append((handler, when))
         return handler
 
     def emit(self, event: str, **payload) -> None:
-        for handler in self.handlers[event]:
-            handler(sim=self, **payload)
+        for handler, when in self.handlers[event]:
+            if when is None or when(self, **payload):
+                handler(sim=self, **payload)
 
-    def run(self, state=None):
-        """Run all rounds from ``state`` (default: a fresh ``init``); returns (state, history)."""
+    def stop(self, reason: str) -> None:
+        """Ask the loop to end after the current round (emits ``converged`` with ``reason``)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def run(self, state=None, start_round: int = 1, history: list[dict] | None = None):
+        """Run rounds ``start_round..rounds``; returns (state, history).
+
+        Args:
+          state: the state after round ``start_round - 1`` (default: a fresh ``init``).
+          start_round: the first round to run (> 1 when resuming).
+          history: the evaluated records of rounds before ``start_round`` (resuming).
+        """
         algo = self.algorithm
         state = algo.init(self.init_key) if state is None else state
+        self.history = list(history or [])
         comm = algo.communication
-        up_total = down_total = 0.0
-        self.emit("run_start", state=state)
-        for r in range(1, self.rounds + 1):
+        done = start_round - 1
+        up_total = done * algo.clients_per_round * comm["up_bytes"]
+        down_total = done * algo.clients_per_round * comm["down_bytes"]
+        self.start_time = time.perf_counter()
+        self.emit("run_start", state=state, start_round=start_round)
+        for r in range(start_round, self.rounds + 1):
+            self.round = r
             start = time.perf_counter()
             state, round_metrics = algo.round(state, jax.random.fold_in(self.round_key, r))
             record = {"round": r, **{k: float(v) for k, v in round_metrics.items()}}
@@ -85,17 +119,26 @@ class Simulation:
             down_total += algo.clients_per_round * comm["down_bytes"]
             record["comm_up_bytes_total"] = up_total
             record["comm_down_bytes_total"] = down_total
-            if r % self.eval_every == 0 or r == self.rounds:
-                evaluated = algo.evaluate(state)
-                client_acc = np.asarray(evaluated.pop("client_acc"))
-                record.update({k: float(v) for k, v in evaluated.items()})
-                record.update(summarize_clients(client_acc, "client_acc"))
-                _check_finite(record, r)
-                self.history.append(record)
-                self.emit("evaluate", record=record, state=state, client_acc=client_acc)
+            evaluated = r % self.eval_every == 0 or r == self.rounds
+            if evaluated:
+                self._evaluate(state, record)
             self.emit("round_end", record=record, state=state)
-        self.emit("run_end", state=state, history=self.history)
+            if self.stop_reason is not None:
+                if not evaluated:  # the run's last round is always evaluated
+                    self._evaluate(state, record)
+                self.emit("converged", round=r, reason=self.stop_reason)
+                break
+        self.emit("run_end", state=state, history=self.history, stop_reason=self.stop_reason)
         return state, self.history
+
+    def _evaluate(self, state, record: dict) -> None:
+        evaluated = self.algorithm.evaluate(state)
+        client_acc = np.asarray(evaluated.pop("client_acc"))
+        record.update({k: float(v) for k, v in evaluated.items()})
+        record.update(summarize_clients(client_acc, "client_acc"))
+        _check_finite(record, record["round"])
+        self.history.append(record)
+        self.emit("evaluate", record=record, state=state, client_acc=client_acc)
 
 
 def _check_finite(record: dict, round_index: int) -> None:
@@ -105,29 +148,3 @@ def _check_finite(record: dict, round_index: int) -> None:
                 f"round {round_index}: metric {name!r} is {value}; training diverged "
                 "(try a smaller --lr or --server-lr). Results written so far are kept."
             )
-
-
-def progress_bar(sim: Simulation, metric: str = "test_acc"):
-    """Attach a tqdm progress bar over rounds showing the latest ``metric``."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=sim.rounds, desc=sim.algorithm.name, unit="round", dynamic_ncols=True)
-
-    def on_round_end(record, **_):
-        bar.update(1)
-
-    def on_evaluate(record, **_):
-        bar.set_postfix(
-            {
-                metric: f"{record.get(metric, float('nan')):.4f}",
-                "clients": f"{record.get('client_acc_mean', float('nan')):.4f}",
-            }
-        )
-
-    def on_run_end(**_):
-        bar.close()
-
-    sim.on("round_end", on_round_end)
-    sim.on("evaluate", on_evaluate)
-    sim.on("run_end", on_run_end)
-    return bar

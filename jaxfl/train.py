@@ -76,6 +76,7 @@ def sgd_epochs(
     capacity: int,
     batch_size: int,
     epochs: int,
+    max_steps: jax.Array | None = None,
 ):
     """Run ``epochs`` of minibatch training over one client's ``count`` examples.
 
@@ -87,6 +88,7 @@ def sgd_epochs(
       key: PRNG key for the shuffles.
       count: () number of valid slots.
       capacity, batch_size, epochs: static sizes.
+      max_steps: optional () int: stop after this many active steps (a straggler's budget).
 
     Returns:
       (params, mean loss over the active steps).
@@ -95,9 +97,11 @@ def sgd_epochs(
     grad_fn = jax.value_and_grad(loss_fn)
 
     def step(carry, batch):
-        params, opt_state = carry
+        params, opt_state, done = carry
         pos, m = batch
         active = m[0]  # a step is active iff its first slot is valid
+        if max_steps is not None:
+            active = active & (done < max_steps)
         loss, grads = grad_fn(params, pos, m)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
@@ -105,27 +109,39 @@ def sgd_epochs(
         carry = (
             jax.tree.map(keep, new_params, params),
             jax.tree.map(keep, new_opt_state, opt_state),
+            done + active,
         )
         return carry, (jnp.where(active, loss, 0.0), active)
 
-    (params, _), (losses, active) = jax.lax.scan(
-        step, (params, optimizer.init(params)), (positions, mask)
+    (params, _, _), (losses, active) = jax.lax.scan(
+        step, (params, optimizer.init(params), jnp.int32(0)), (positions, mask)
     )
     return params, jnp.sum(losses) / jnp.maximum(jnp.sum(active), 1)
 
 
-def private_loss(apply: Callable, train_x: jax.Array, train_y: jax.Array, idx_row: jax.Array):
+def private_loss(
+    apply: Callable,
+    train_x: jax.Array,
+    train_y: jax.Array,
+    idx_row: jax.Array,
+    label_map: Callable | None = None,
+    extra_term: Callable | None = None,
+):
     """Cross-entropy loss over a client's private slots: ``loss(params, positions, mask)``.
 
     Args:
       apply: model apply.
       train_x: (N, ...) all private examples; train_y: (N,).
       idx_row: (n_max,) this client's indices into ``train_x``.
+      label_map: optional ``labels (B,) -> labels (B,)`` applied before the loss (label flipping).
+      extra_term: optional ``params -> scalar`` added to the batch loss (e.g. a proximal term).
     """
 
     def loss(params, positions, mask):
         idx = idx_row[positions]
-        return masked_mean(cross_entropy(apply(params, train_x[idx]), train_y[idx]), mask)
+        labels = train_y[idx] if label_map is None else label_map(train_y[idx])
+        value = masked_mean(cross_entropy(apply(params, train_x[idx]), labels), mask)
+        return value if extra_term is None else value + extra_term(params)
 
     return loss
 

@@ -10,7 +10,10 @@ time with the ratio loop/vmap. Writes the rows as JSON.
 
 FLOPs: XLA's cost analysis counts a loop body once, so the round's FLOPs are computed from
 loop-free pieces (one client's train step, one prediction batch) times the steps the round
-executes (masked padding steps included: they are computed).
+executes (masked padding steps included: they are computed). They are the model's useful FLOPs,
+counted on the same architecture with XLA's native convolution, so a lowering that does extra
+arithmetic (``rows`` computes W/kw times the convolution's multiply-adds) gets no credit for it
+and every lowering's GFLOP/s is comparable.
 
 The per-client loop calls the same jitted one-client function once per client; for large C it is
 timed on ``--loop-clients`` clients and scaled linearly (the loop's cost is linear in clients by
@@ -38,6 +41,7 @@ import optax  # noqa: E402
 from jaxfl import experiment, train  # noqa: E402
 from jaxfl.algorithm import _jit_cache  # noqa: E402
 from jaxfl.data import Dataset, DataUnavailableError, load_dataset  # noqa: E402
+from jaxfl.models import CONV_LOWERINGS, get_model  # noqa: E402
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
@@ -62,7 +66,8 @@ def _flops(fn, *args) -> float:
 
 def round_flops(exp) -> tuple[float, float]:
     """(executed FLOPs, samples visited) of one steady-state round, from loop-free pieces."""
-    model, data, cfg = exp.model, exp.data, exp.algorithm_config
+    data, cfg = exp.data, exp.algorithm_config
+    model = get_model(exp.model.name, exp.model.feature_shape, exp.model.num_classes, "xla")
     params = model.init(jax.random.key(0))
     b = cfg.batch_size
     x = jnp.zeros((b, *model.feature_shape))
@@ -197,7 +202,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--lowerings",
         nargs="+",
-        default=["im2col", "patches", "xla"],
+        default=list(CONV_LOWERINGS),
         help="conv lowerings to time for conv models",
     )
     p.add_argument("--rounds", type=int, default=2, help="timed steady-state rounds (median)")

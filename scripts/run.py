@@ -4,7 +4,8 @@
     python scripts/run.py --algo dsfl --clients 1000 --dataset synthetic --rounds 5
 
 The results folder holds config.json (every resolved setting, the data set actually used),
-metrics.jsonl (one line per evaluated round), summary.json and accuracy.png.
+metrics.jsonl (one line per evaluated round), summary.json, accuracy.png and checkpoints/
+(Orbax, every --checkpoint-every rounds); a stopped run continues with --resume FOLDER.
 """
 
 from __future__ import annotations
@@ -13,30 +14,96 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
-from jaxfl import experiment  # noqa: E402
+from jaxfl import checkpoint, events, experiment, flags  # noqa: E402
 from jaxfl.data import DataUnavailableError, PartitionError  # noqa: E402
-from jaxfl.io import ResultsExistError, ResultsWriter, check_results_dir, default_results_dir  # noqa: E402
-from jaxfl.simulation import NonFiniteError, Simulation, progress_bar  # noqa: E402
+from jaxfl.io import (  # noqa: E402
+    ResultsExistError,
+    ResultsWriter,
+    check_results_dir,
+    default_results_dir,
+)
+from jaxfl.simulation import NonFiniteError, Simulation  # noqa: E402
+
+CONFIG_ERRORS = (
+    flags.ConfigError,
+    PartitionError,
+    DataUnavailableError,
+    ResultsExistError,
+    FileNotFoundError,
+    ValueError,
+)
+
+
+def setup(argv: list[str] | None):
+    """Flags, data, algorithm, results folder and, when resuming, the restored state.
+
+    Returns (args, exp, out, writer, state, start_round); every check that can fail runs before
+    anything is written.
+    """
+    args = flags.parse(argv, description=__doc__.split("\n\n")[0])
+    if args.resume:
+        args = flags.resume_args(argv, args.resume)
+    flags.validate(args)
+    out = Path(args.out) if args.out else default_results_dir(args.algo, args.dataset)
+    ckpt_dir = out / checkpoint.CHECKPOINT_DIR
+    resume_round = None
+    if args.resume:
+        resume_round = checkpoint.latest_round(ckpt_dir)
+        if resume_round is None:
+            raise FileNotFoundError(
+                f"--resume {out}: no complete checkpoint under {ckpt_dir} (was the run started "
+                "with --checkpoint-every 0, or stopped before its first checkpoint?)"
+            )
+    else:
+        check_results_dir(out)
+    exp = experiment.build(args)
+    state, start_round = None, 1
+    if resume_round is not None:
+        like = jax.eval_shape(exp.algorithm.init, jax.random.key(0))
+        state, meta = checkpoint.restore(ckpt_dir, like, resume_round)
+        if meta.get("seed") != args.seed or meta.get("algorithm") != exp.algorithm.name:
+            raise flags.ConfigError(f"--resume {out}: the checkpoint does not match config.json")
+        start_round = resume_round + 1
+    writer = ResultsWriter(out, {**exp.config, "out": str(out)}, resume_round)
+    return args, exp, out, writer, state, start_round
+
+
+def attach_handlers(sim: Simulation, args, out: Path, writer: ResultsWriter) -> dict:
+    """The built-in handlers run.py uses; returns a dict that tracks the last client accuracies."""
+    writer.attach(sim)
+    events.progress_bar(sim, args.early_stop_metric)
+    if args.checkpoint_every > 0:
+        checkpoint.Checkpointer(
+            out / checkpoint.CHECKPOINT_DIR,
+            args.checkpoint_every,
+            args.keep_checkpoints,
+            meta={"partition_seed": args.seed, "clients": args.clients},
+        ).attach(sim)
+    if args.early_stop_patience > 0:
+        events.early_stopping(sim, args.early_stop_metric, args.early_stop_patience)
+    if args.target is not None:
+        events.stop_at_target(sim, args.early_stop_metric, args.target)
+    if args.time_budget is not None:
+        events.time_budget(sim, args.time_budget)
+    if args.tensorboard:
+        events.tensorboard(sim, str(out / "tensorboard"))
+    last = {}
+    sim.on("evaluate", lambda client_acc, **_: last.update(client_acc=client_acc))
+    sim.on(
+        "converged", lambda round, reason, **_: print(f"\nstopped after round {round}: {reason}")
+    )
+    return last
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = experiment.parse(argv, description=__doc__.split("\n\n")[0])
+    start = time.perf_counter()
     try:
-        experiment.validate(args)
-        out = Path(args.out) if args.out else default_results_dir(args.algo, args.dataset)
-        check_results_dir(out)
-        start = time.perf_counter()
-        exp = experiment.build(args)
-        writer = ResultsWriter(out, {**exp.config, "out": str(out)})
-    except (
-        experiment.ConfigError,
-        PartitionError,
-        DataUnavailableError,
-        ResultsExistError,
-        ValueError,
-    ) as err:
+        args, exp, out, writer, state, start_round = setup(argv)
+    except CONFIG_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     info = exp.data_info
@@ -44,29 +111,38 @@ def main(argv: list[str] | None = None) -> int:
         f"{exp.algorithm.name} on {info['dataset']} ({info['source']}): {info['num_clients']} "
         f"clients, partition {info['partition']}, model {exp.config['model']} "
         f"({exp.model.num_params:,} params), {exp.config['clients_per_round']} per round "
-        f"-> {out}"
+        f"-> {out}" + (f" (resuming at round {start_round})" if start_round > 1 else "")
     )
     sim = Simulation(exp.algorithm, args.rounds, args.eval_every, args.seed)
-    writer.attach(sim)
-    progress_bar(sim)
-    last_client_acc = {}
-    sim.on("evaluate", lambda client_acc, **_: last_client_acc.update(value=client_acc))
+    last = attach_handlers(sim, args, out, writer)
     try:
-        _, history = sim.run()
+        _, history = sim.run(state, start_round, writer.history)
     except NonFiniteError as err:
-        writer.finish({"status": "failed", "error": str(err)}, last_client_acc.get("value"))
+        writer.finish({"status": "failed", "error": str(err)}, last.get("client_acc"))
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        writer.finish(
+            {"status": "interrupted", "resume": f"python scripts/run.py --resume {out}"},
+            last.get("client_acc"),
+        )
+        print(f"interrupted; continue with: python scripts/run.py --resume {out}", file=sys.stderr)
+        return 130
+    if not history:
+        writer.finish({"status": "completed", "rounds": args.rounds}, None)
+        print(f"nothing to run: round {args.rounds} was already reached; results in {out}")
+        return 0
     final = history[-1]
     summary = {
-        "status": "completed",
-        "rounds": args.rounds,
+        "status": "stopped early" if sim.stop_reason else "completed",
+        "stop_reason": sim.stop_reason,
+        "rounds": final["round"],
         "wall_time_s": time.perf_counter() - start,
         "final": final,
         "best_test_acc": max(h.get("test_acc", 0.0) for h in history),
         "communication_per_client_per_round": exp.algorithm.communication,
     }
-    writer.finish(summary, last_client_acc.get("value"))
+    writer.finish(summary, last.get("client_acc"))
     print(
         f"round {final['round']}: test_acc {final['test_acc']:.4f}, clients' mean accuracy "
         f"{final['client_acc_mean']:.4f}; results in {out}"

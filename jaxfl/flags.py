@@ -1,0 +1,382 @@
+"""Every command-line flag of scripts/run.py: definitions with help, validation, config files.
+
+:func:`parse` reads flags, optionally on top of a config file (``--config FILE``, TOML or JSON,
+keys named like the flags); :func:`validate` checks the cheap things before any data is loaded;
+:func:`resume_args` rebuilds a stopped run's flags from its results folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from algorithms import ALGORITHMS
+from jaxfl.aggregate import AGGREGATIONS
+from jaxfl.data import DATASETS, PARTITIONS
+from jaxfl.faults import ATTACKS
+from jaxfl.models import CONV_LOWERINGS, MODELS
+
+
+class ConfigError(ValueError):
+    """A flag has a value that cannot work; the message names the flag and the allowed values."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    a = parser.add_argument
+    a("--algo", default="dsfl", help=f"federated algorithm: {', '.join(ALGORITHMS)} (default dsfl)")
+    a("--clients", type=int, default=100, help="number of simulated clients C (default 100)")
+    a(
+        "--clients-per-round",
+        type=int,
+        default=None,
+        help="clients sampled per round, uniform without replacement (default: all C)",
+    )
+    a(
+        "--dataset",
+        default="mnist",
+        help=f"data set: {', '.join(DATASETS)} (default mnist, through tensorflow-datasets or "
+        "--data-dir; 'synthetic' (FedProx Synthetic(1,1)) and 'synthetic_iid' are embedded "
+        "and need no download)",
+    )
+    a(
+        "--data-dir",
+        default=None,
+        help="folder of MNIST-family IDX files (train-images-idx3-ubyte[.gz], ...) to read instead "
+        "of downloading; otherwise passed to TFDS as its data_dir",
+    )
+    a(
+        "--partition",
+        default=None,
+        help=f"how to split data over clients: {', '.join(PARTITIONS)} (default: natural for "
+        "synthetic, dirichlet otherwise)",
+    )
+    a(
+        "--alpha",
+        type=float,
+        default=1.0,
+        help="Dirichlet concentration for --partition dirichlet/quantity; smaller is more skewed "
+        "(default 1.0)",
+    )
+    a("--shards-per-client", type=int, default=2, help="shards per client for --partition shards")
+    a(
+        "--classes-per-client",
+        type=int,
+        default=2,
+        help="labels per client for --partition classes (DS-FL's non-IID setting; default 2)",
+    )
+    a(
+        "--model",
+        default=None,
+        help=f"model: {', '.join(MODELS)} (default: lenet5 for 28x28 images, resnet8 for 32x32, "
+        "mlp for vectors)",
+    )
+    a(
+        "--conv-lowering",
+        default=None,
+        help=f"how conv layers are computed: {', '.join(CONV_LOWERINGS)} (default: the measured "
+        "fastest on this backend)",
+    )
+    a("--rounds", type=int, default=20, help="communication rounds (default 20)")
+    a("--local-epochs", type=int, default=5, help="local epochs on private data (default 5)")
+    a("--batch-size", type=int, default=50, help="local minibatch size (default 50)")
+    a("--lr", type=float, default=0.1, help="client SGD learning rate (default 0.1)")
+    a(
+        "--public-size",
+        type=int,
+        default=None,
+        help="unlabeled public (open) set size, drawn from the train split disjoint from all "
+        "clients (default: one sixth of the train split, 10,000 on MNIST)",
+    )
+    a(
+        "--public-dataset",
+        default=None,
+        help="take the public set from this data set's train split instead (labels dropped)",
+    )
+    a(
+        "--public-per-round",
+        type=int,
+        default=1000,
+        help="DS-FL: open samples drawn from the public set each round (default 1000)",
+    )
+    a("--distill-epochs", type=int, default=5, help="DS-FL: distillation epochs (default 5)")
+    a("--distill-lr", type=float, default=None, help="DS-FL: distillation lr (default: --lr)")
+    a(
+        "--distill-batch-size",
+        type=int,
+        default=None,
+        help="DS-FL: distillation batch size (default: --batch-size)",
+    )
+    a(
+        "--temperature",
+        type=float,
+        default=0.1,
+        help="DS-FL: ERA softmax temperature T > 0 (default 0.1)",
+    )
+    a(
+        "--aggregation",
+        default="era",
+        help=f"DS-FL soft-label aggregation: {', '.join(AGGREGATIONS)} (era: entropy reduction, "
+        "sa: simple average; default era)",
+    )
+    a(
+        "--server-opt",
+        default="sgd",
+        help="FedAvg server optimizer: sgd (FedAvg), momentum (FedAvgM), adam (FedAdam)",
+    )
+    a("--server-lr", type=float, default=1.0, help="FedAvg server learning rate (default 1.0)")
+    a(
+        "--client-test-size",
+        type=int,
+        default=None,
+        help="examples in each client's own test split, drawn from the test set with the client's "
+        "label distribution (default: test size / C)",
+    )
+    a("--eval-every", type=int, default=1, help="evaluate every N rounds (default 1)")
+    a(
+        "--client-chunk",
+        type=int,
+        default=None,
+        help="process sampled clients K at a time inside the jitted round to bound memory "
+        "(default: chosen from device memory)",
+    )
+    a("--seed", type=int, default=0, help="seed for data partition, init and every round")
+    _add_fault_arguments(a)
+    return parser
+
+
+def _add_fault_arguments(a) -> None:
+    a(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="faults: probability that a sampled client's upload is lost each round; "
+        "aggregation uses only received updates (default 0)",
+    )
+    a(
+        "--min-received",
+        type=int,
+        default=1,
+        help="faults: apply a round only if at least this many updates arrive (default 1)",
+    )
+    a(
+        "--straggler-fraction",
+        type=float,
+        default=0.0,
+        help="faults: fraction of the sampled clients that are stragglers each round (default 0)",
+    )
+    a(
+        "--straggler-work",
+        type=float,
+        default=0.5,
+        help="faults: fraction of its local steps a straggler completes (default 0.5)",
+    )
+    a(
+        "--adversary-fraction",
+        type=float,
+        default=0.0,
+        help="faults: fraction of all clients that are adversarial, a fixed set drawn from "
+        "--seed (default 0)",
+    )
+    a(
+        "--attack",
+        default="none",
+        help=f"faults: what adversaries do: {', '.join(ATTACKS)} (label_flip: any algorithm; "
+        "random_logits, scaled_logits: dsfl; scaled_update: fedavg; default none)",
+    )
+    a(
+        "--attack-scale",
+        type=float,
+        default=10.0,
+        help="faults: the factor of scaled_update/scaled_logits, the std of random_logits "
+        "(default 10)",
+    )
+
+
+def _fail(flag: str, value, allowed) -> None:
+    raise ConfigError(f"{flag} {value!r} is not allowed; allowed: {allowed}")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Cheap checks, before any data is loaded."""
+    if args.algo not in ALGORITHMS:
+        _fail("--algo", args.algo, ", ".join(ALGORITHMS))
+    if args.dataset not in DATASETS:
+        _fail("--dataset", args.dataset, ", ".join(DATASETS))
+    if args.public_dataset is not None and args.public_dataset not in DATASETS:
+        _fail("--public-dataset", args.public_dataset, ", ".join(DATASETS))
+    if args.partition is not None and args.partition not in PARTITIONS:
+        _fail("--partition", args.partition, ", ".join(PARTITIONS))
+    if args.model is not None and args.model not in MODELS:
+        _fail("--model", args.model, ", ".join(MODELS))
+    if args.conv_lowering is not None and args.conv_lowering not in CONV_LOWERINGS:
+        _fail("--conv-lowering", args.conv_lowering, ", ".join(CONV_LOWERINGS))
+    if args.aggregation not in AGGREGATIONS:
+        _fail("--aggregation", args.aggregation, ", ".join(AGGREGATIONS))
+    if args.server_opt not in ("sgd", "momentum", "adam"):
+        _fail("--server-opt", args.server_opt, "sgd, momentum, adam")
+    if args.temperature <= 0:
+        _fail("--temperature", args.temperature, "a number > 0")
+    for flag in (
+        "clients",
+        "rounds",
+        "local_epochs",
+        "batch_size",
+        "eval_every",
+        "distill_epochs",
+        "public_per_round",
+    ):
+        if getattr(args, flag) < 1:
+            _fail("--" + flag.replace("_", "-"), getattr(args, flag), "an integer >= 1")
+    if args.clients_per_round is not None and not 1 <= args.clients_per_round <= args.clients:
+        _fail("--clients-per-round", args.clients_per_round, f"1..--clients ({args.clients})")
+    if args.client_chunk is not None and args.client_chunk < 1:
+        _fail("--client-chunk", args.client_chunk, "an integer >= 1")
+    if args.lr <= 0 or args.server_lr <= 0:
+        _fail("--lr/--server-lr", (args.lr, args.server_lr), "numbers > 0")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of the host loop: results folder, checkpoints, resuming, stopping, logging."""
+    a = parser.add_argument
+    a(
+        "--config",
+        default=None,
+        help="TOML or JSON file of flag values (keys named like the flags, e.g. dropout = 0.2 or "
+        "'clients-per-round' = 10); flags on the command line override it",
+    )
+    a(
+        "--out",
+        default=None,
+        help="results folder (default results/ALGO-DATASET-TIMESTAMP); must not exist or be empty",
+    )
+    a(
+        "--checkpoint-every",
+        type=int,
+        default=10,
+        help="write an Orbax checkpoint of the whole simulation every N rounds and at the end, "
+        "under OUT/checkpoints, for --resume (default 10; 0: no checkpoints)",
+    )
+    a(
+        "--keep-checkpoints",
+        type=int,
+        default=3,
+        help="how many of the newest checkpoints to keep (default 3)",
+    )
+    a(
+        "--resume",
+        default=None,
+        metavar="RESULTS_DIR",
+        help="continue the stopped run in RESULTS_DIR from its newest checkpoint, with its saved "
+        "flags (only --rounds may be given with it, to extend the run)",
+    )
+    a(
+        "--early-stop-patience",
+        type=int,
+        default=0,
+        help="stop after this many evaluations without a better --early-stop-metric (default 0: "
+        "off)",
+    )
+    a(
+        "--early-stop-metric",
+        default="test_acc",
+        help="the metric (larger is better) that --early-stop-patience and --target watch "
+        "(default test_acc)",
+    )
+    a(
+        "--target",
+        type=float,
+        default=None,
+        help="stop once --early-stop-metric reaches this value (default: off)",
+    )
+    a(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="stop after the first round that ends past this many seconds (default: off)",
+    )
+    a(
+        "--tensorboard",
+        action="store_true",
+        help="also log evaluated metrics to OUT/tensorboard (pip install 'jaxfl[tensorboard]')",
+    )
+    return parser
+
+
+def _parser(description: str = "", **kwargs) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, **kwargs)
+    add_arguments(parser)
+    add_run_arguments(parser)
+    return parser
+
+
+def load_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict:
+    """Flag values from a TOML/JSON file, keyed by argparse dest; unknown keys are an error."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--config {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".json":
+        raw = json.loads(text)
+    else:
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        raw = tomllib.loads(text)
+    dests = {action.dest for action in parser._actions} - {"help", "config", "resume"}
+    values = {}
+    for key, value in raw.items():
+        dest = key.lstrip("-").replace("-", "_")
+        if dest not in dests:
+            raise ConfigError(
+                f"--config {path}: unknown key {key!r}; allowed: the flags of run.py "
+                f"({', '.join(sorted(dests))})"
+            )
+        values[dest] = value
+    return values
+
+
+def parse(argv: list[str] | None = None, description: str = "") -> argparse.Namespace:
+    """Parse ``argv``; values from ``--config FILE`` act as defaults the command line overrides."""
+    parser = _parser(description)
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        parser.set_defaults(**load_config_file(pre.config, parser))
+    return parser.parse_args(argv)
+
+
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The dests of the flags that ``argv`` sets explicitly."""
+    parser = _parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def resume_args(argv: list[str] | None, results_dir: str | Path) -> argparse.Namespace:
+    """The flags of the run in ``results_dir`` (its config.json), for ``--resume``.
+
+    Only ``--rounds`` may change (to extend the run); any other flag is an error, since it could
+    make the resumed run differ from the one that was stopped.
+    """
+    results_dir = Path(results_dir)
+    config_file = results_dir / "config.json"
+    if not config_file.exists():
+        raise ConfigError(f"--resume {results_dir}: no config.json, not a jaxfl results folder")
+    saved = json.loads(config_file.read_text()).get("flags")
+    if saved is None:
+        raise ConfigError(f"--resume {results_dir}: config.json has no 'flags' record")
+    extra = given_flags(argv) - {"resume", "rounds"}
+    if extra:
+        raise ConfigError(
+            f"--resume takes only --rounds besides it; got {', '.join(sorted(extra))}"
+        )
+    args = _parser().parse_args([])
+    vars(args).update(saved)
+    explicit = parse(argv)
+    if "rounds" in given_flags(argv):
+        args.rounds = explicit.rounds
+    args.resume = str(results_dir)
+    args.out = str(results_dir)
+    return args
