@@ -89,6 +89,7 @@ def make(
         faults.adversaries(data.num_clients, fault_config.adversary_fraction, seed)
     )
     attack = fault_config.attack
+    local = (config.batch_size, config.local_epochs)
     if aggregate_soft_labels is None:
 
         def aggregate_soft_labels(client_probs, weights):
@@ -152,32 +153,21 @@ def make(
             params,
         )
         anchor = params
-        loss_fn = train.private_loss(
-            model.apply,
-            data.train_x,
-            data.train_y,
-            idx_row,
-            label_map=(
-                (lambda y: faults.flip_labels(y, data.num_classes, is_adversary))
-                if attack == "label_flip"
-                else None
-            ),
-            extra_term=(lambda p: client_loss_term(p, anchor)) if client_loss_term else None,
+        label_map, max_steps = faults.local_training_faults(
+            fault_config, data.num_classes, is_adversary, work, count, *local
         )
-        params, train_loss = train.sgd_epochs(
-            loss_fn,
-            opt,
+        params, train_loss = train.private_sgd(
+            model.apply,
+            data,
             params,
             k_train,
+            idx_row,
             count,
-            data.capacity,
-            config.batch_size,
-            config.local_epochs,
-            max_steps=(
-                faults.step_budget(work, count, config.batch_size, config.local_epochs)
-                if fault_config.straggler_fraction > 0
-                else None
-            ),
+            opt,
+            *local,
+            label_map=label_map,
+            extra_term=(lambda p: client_loss_term(p, anchor)) if client_loss_term else None,
+            max_steps=max_steps,
         )
         if attack in ("random_logits", "scaled_logits"):
             probs = faults.attack_probs(

@@ -96,6 +96,7 @@ def make(
         faults.adversaries(data.num_clients, fault_config.adversary_fraction, seed)
     )
     attack = fault_config.attack
+    local = (config.batch_size, config.local_epochs)
 
     def init(key):
         params = model.init(key)
@@ -116,34 +117,21 @@ def make(
 
     def client_update(shared, key, idx_row, count, work, is_adversary):
         data, global_params = shared
-        loss_fn = train.private_loss(
-            model.apply,
-            data.train_x,
-            data.train_y,
-            idx_row,
-            label_map=(
-                (lambda y: faults.flip_labels(y, data.num_classes, is_adversary))
-                if attack == "label_flip"
-                else None
-            ),
-            extra_term=(
-                (lambda p: client_loss_term(p, global_params)) if client_loss_term else None
-            ),
+        label_map, max_steps = faults.local_training_faults(
+            fault_config, data.num_classes, is_adversary, work, count, *local
         )
-        params, loss = train.sgd_epochs(
-            loss_fn,
-            client_opt,
+        params, loss = train.private_sgd(
+            model.apply,
+            data,
             global_params,
             key,
+            idx_row,
             count,
-            data.capacity,
-            config.batch_size,
-            config.local_epochs,
-            max_steps=(
-                faults.step_budget(work, count, config.batch_size, config.local_epochs)
-                if fault_config.straggler_fraction > 0
-                else None
-            ),
+            client_opt,
+            *local,
+            label_map=label_map,
+            extra_term=(lambda p: client_loss_term(p, global_params)) if client_loss_term else None,
+            max_steps=max_steps,
         )
         delta = jax.tree.map(jnp.subtract, params, global_params)
         if attack == "scaled_update":

@@ -13,10 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from jaxfl.simulation import NonFiniteError
+from jaxfl.simulation import NonFiniteError, all_finite
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -26,15 +25,9 @@ def _manager(directory: str | Path, keep: int | None = None) -> ocp.CheckpointMa
     return ocp.CheckpointManager(Path(directory).resolve(), options=options)
 
 
-@jax.jit
-def _all_finite(state) -> jax.Array:
-    leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves] or [True]))
-
-
 def save(directory: str | Path, round_index: int, state, meta: dict, keep: int | None = None):
     """Write ``state`` (a pytree of arrays) and ``meta`` (JSON) as the checkpoint of round r."""
-    if not bool(_all_finite(state)):
+    if not bool(all_finite(state)):
         raise NonFiniteError(
             f"round {round_index}: the state holds NaN or inf; not checkpointed (the last "
             "checkpoint is kept). Training diverged: try a smaller --lr or --server-lr."

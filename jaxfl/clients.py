@@ -3,8 +3,9 @@
 Client state is a pytree whose leaves have a leading client axis. ``map_clients`` vmaps a
 single-client function over that axis; with ``chunk_size`` it runs a ``lax.map`` (a scan) over
 chunks of ``chunk_size`` vmapped clients, so a population whose working set does not fit in
-memory at once still runs in the same compiled round. Padding clients added to fill the last chunk
-repeat client 0 and are dropped from the result.
+memory at once still runs in the same compiled round (``chunk_size=1`` is a plain compiled loop
+over clients, the fastest form on a CPU: see :func:`cpu_chunk_size`). Padding clients added to
+fill the last chunk repeat client 0 and are dropped from the result.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def map_clients(fn: Callable, *args, chunk_size: int | None = None):
         return jax.vmap(fn)(*args)
     if chunk_size < 1:
         raise ValueError(f"--client-chunk must be >= 1, got {chunk_size}")
+    if chunk_size == 1:  # a compiled loop over clients, with no size-1 batch dimensions
+        return jax.lax.map(lambda one: fn(*one), args)
     num_chunks = math.ceil(m / chunk_size)
     pad = num_chunks * chunk_size - m
 

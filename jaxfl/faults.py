@@ -94,6 +94,25 @@ def step_budget(work: jax.Array, count: jax.Array, batch_size: int, epochs: int)
     return jnp.maximum(jnp.ceil(work * full), 1).astype(jnp.int32)
 
 
+def local_training_faults(
+    config: FaultConfig,
+    num_classes: int,
+    is_adversary: jax.Array,
+    work: jax.Array,
+    count: jax.Array,
+    batch_size: int,
+    epochs: int,
+):
+    """(label_map or None, max_steps or None) of one client's local training under ``config``."""
+    label_map = None
+    if config.attack == "label_flip":
+        label_map = lambda labels: flip_labels(labels, num_classes, is_adversary)
+    max_steps = None
+    if config.straggler_fraction > 0:
+        max_steps = step_budget(work, count, batch_size, epochs)
+    return label_map, max_steps
+
+
 def flip_labels(labels: jax.Array, num_classes: int, flip: jax.Array) -> jax.Array:
     """Label flipping: y -> L-1-y where ``flip``."""
     return jnp.where(flip, num_classes - 1 - labels, labels)

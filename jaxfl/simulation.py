@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxfl.algorithm import FederatedAlgorithm
@@ -115,6 +116,11 @@ class Simulation:
             record = {"round": r, **{k: float(v) for k, v in round_metrics.items()}}
             record["round_time_s"] = time.perf_counter() - start
             _check_finite(record, r)
+            if not bool(all_finite(state)):
+                raise NonFiniteError(
+                    f"round {r}: the state (model parameters) holds NaN or inf; training "
+                    "diverged (try a smaller --lr or --server-lr). Results written so far are kept."
+                )
             up_total += algo.clients_per_round * comm["up_bytes"]
             down_total += algo.clients_per_round * comm["down_bytes"]
             record["comm_up_bytes_total"] = up_total
@@ -139,6 +145,13 @@ class Simulation:
         _check_finite(record, record["round"])
         self.history.append(record)
         self.emit("evaluate", record=record, state=state, client_acc=client_acc)
+
+
+@jax.jit
+def all_finite(state) -> jax.Array:
+    """() bool: every floating-point leaf of ``state`` is free of NaN and inf."""
+    leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves] or [True]))
 
 
 def _check_finite(record: dict, round_index: int) -> None:

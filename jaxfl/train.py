@@ -146,6 +146,31 @@ def private_loss(
     return loss
 
 
+def private_sgd(
+    apply: Callable,
+    data,
+    params,
+    key: jax.Array,
+    idx_row: jax.Array,
+    count: jax.Array,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    epochs: int,
+    label_map: Callable | None = None,
+    extra_term: Callable | None = None,
+    max_steps: jax.Array | None = None,
+):
+    """One client's local training on its private data (a Federation's ``train_x``/``train_y``).
+
+    ``idx_row`` (n_max,) and ``count`` () are the client's index view; the optional arguments are
+    those of :func:`private_loss` and :func:`sgd_epochs`. Returns (params, mean loss).
+    """
+    loss_fn = private_loss(apply, data.train_x, data.train_y, idx_row, label_map, extra_term)
+    return sgd_epochs(
+        loss_fn, optimizer, params, key, count, data.capacity, batch_size, epochs, max_steps
+    )
+
+
 def distill_loss(apply: Callable, inputs: jax.Array, targets: jax.Array):
     """KL(target || model) over a shared distillation set: ``loss(params, positions, mask)``.
 

@@ -142,3 +142,13 @@ def test_tensorboard_handler_writes_event_files(tmp_path):
     sim.run()
     files = list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert files and files[0].stat().st_size > 0
+
+
+def test_non_finite_parameters_stop_the_run_naming_the_round():
+    algo = scripted_algorithm([0.1] * 4)
+    honest_round = algo.round
+    algo.round = lambda state, key: honest_round(
+        {**state, "w": state["w"] * (jnp.inf if int(state["round"]) == 1 else 1.0)}, key
+    )
+    with pytest.raises(NonFiniteError, match="round 2: the state .model parameters. holds NaN"):
+        Simulation(algo, rounds=4).run()

@@ -24,6 +24,12 @@ def _round_pieces(algo, state, key):
     return loop_clients(algo.parts.client_update, shared, *client_args), ctx
 
 
+def _key_where(config, m, predicate):
+    """The first round key whose received mask (m,) satisfies ``predicate(number received)``."""
+    keys = (jax.random.key(i) for i in range(100))
+    return next(k for k in keys if predicate(int(faults.round_faults(k, m, config)[0].sum())))
+
+
 def test_round_faults_masks_have_the_asked_for_sizes():
     config = faults.FaultConfig(dropout=0.3, straggler_fraction=0.25, straggler_work=0.4)
     received, work = faults.round_faults(jax.random.key(0), 1000, config)
@@ -41,11 +47,7 @@ def test_fedavg_dropout_averages_only_the_received_updates(tiny_federation):
     config = faults.FaultConfig(dropout=0.5)
     algo = fedavg.make(FEDAVG, data, _mlp(data), fault_config=config)
     state = algo.init(jax.random.key(0))
-    key = next(
-        k
-        for k in (jax.random.key(i) for i in range(50))
-        if 0 < int(faults.round_faults(k, 4, config)[0].sum()) < 4
-    )  # a round where some but not all uploads are lost
+    key = _key_where(config, 4, lambda n: 0 < n < 4)  # some but not all uploads are lost
     (deltas, _), (counts, received) = _round_pieces(algo, state, key)
     new_state, metrics = algo.round(state, key)
     w = np.asarray(counts * received, np.float64)
@@ -67,11 +69,7 @@ def test_round_is_not_applied_below_min_received(tiny_federation):
     config = faults.FaultConfig(dropout=0.6, min_received=4)
     algo = fedavg.make(FEDAVG, data, _mlp(data), fault_config=config)
     state = algo.init(jax.random.key(0))
-    key = next(
-        k
-        for k in (jax.random.key(i) for i in range(50))
-        if int(faults.round_faults(k, 4, config)[0].sum()) < 4
-    )
+    key = _key_where(config, 4, lambda n: n < 4)
     new_state, metrics = algo.round(state, key)
     assert float(metrics["applied"]) == 0.0
     _assert_trees_close(new_state.params, state.params, rtol=0, atol=0)
@@ -83,11 +81,7 @@ def test_dsfl_dropout_soft_labels_average_only_received_clients(tiny_federation)
     config = faults.FaultConfig(dropout=0.5)
     algo = dsfl.make(DSFL, data, _mlp(data), fault_config=config)
     state = algo.init(jax.random.key(0))
-    key = next(
-        k
-        for k in (jax.random.key(i) for i in range(50))
-        if 0 < int(faults.round_faults(k, 4, config)[0].sum()) < 4
-    )
+    key = _key_where(config, 4, lambda n: 0 < n < 4)
     (_, probs, _, _), ctx = _round_pieces(algo, state, key)
     received = np.asarray(ctx[-1])
     new_state, _ = algo.round(state, key)

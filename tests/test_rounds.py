@@ -43,13 +43,14 @@ def test_vmapped_round_equals_loop_reference(tiny_federation, module, config, mo
         _assert_trees_close(metrics_v, metrics_l)
 
 
+@pytest.mark.parametrize("chunk", [1, 3])
 @pytest.mark.parametrize("module,config", [(fedavg, FEDAVG), (dsfl, DSFL)])
-def test_client_chunking_gives_the_same_round(tiny_federation, module, config):
+def test_client_chunking_gives_the_same_round(tiny_federation, module, config, chunk):
     model = get_model("mlp", tiny_federation.feature_shape, tiny_federation.num_classes)
     whole = module.make(config, tiny_federation, model)
     chunked = module.make(
-        type(config)(**{**config.__dict__, "client_chunk": 3}), tiny_federation, model
-    )  # 4 sampled clients in chunks of 3: exercises the padded last chunk
+        type(config)(**{**config.__dict__, "client_chunk": chunk}), tiny_federation, model
+    )  # 4 sampled clients in chunks of 3 exercises the padded last chunk; 1 the compiled loop
     state = whole.init(jax.random.key(0))
     key = jax.random.key(5)
     _assert_trees_close(whole.round(state, key), chunked.round(state, key))
