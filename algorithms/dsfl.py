@@ -101,9 +101,11 @@ def make(
     kd_batch = config.distill_batch_size or config.batch_size
     opt = optax.sgd(config.lr)
     kd_opt = optax.sgd(config.distill_lr or config.lr)
-    aggregate.aggregate_soft_labels(
-        jnp.ones((1, 1, 2)), config.aggregation, config.temperature
-    )  # validates --aggregation now
+    if config.aggregation not in aggregate.AGGREGATIONS:
+        raise ValueError(
+            f"unknown --aggregation {config.aggregation!r}; allowed: "
+            f"{', '.join(aggregate.AGGREGATIONS)}"
+        )
 
     def distill(params, inputs, targets, key):
         loss_fn = train.distill_loss(model.apply, inputs, targets)

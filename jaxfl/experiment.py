@@ -18,7 +18,7 @@ from algorithms import ALGORITHMS
 from jaxfl.clients import cpu_chunk_size, default_chunk_size
 from jaxfl.data import FederationSpec, build_federation, load_dataset
 from jaxfl.faults import FaultConfig
-from jaxfl.flags import ConfigError, parse, validate  # noqa: F401  (parse: re-exported)
+from jaxfl.flags import ConfigError, validate
 from jaxfl.models import get_model
 
 

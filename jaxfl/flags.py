@@ -367,16 +367,16 @@ def resume_args(argv: list[str] | None, results_dir: str | Path) -> argparse.Nam
     saved = json.loads(config_file.read_text()).get("flags")
     if saved is None:
         raise ConfigError(f"--resume {results_dir}: config.json has no 'flags' record")
-    extra = given_flags(argv) - {"resume", "rounds"}
+    given = given_flags(argv)
+    extra = given - {"resume", "rounds"}
     if extra:
         raise ConfigError(
             f"--resume takes only --rounds besides it; got {', '.join(sorted(extra))}"
         )
     args = _parser().parse_args([])
     vars(args).update(saved)
-    explicit = parse(argv)
-    if "rounds" in given_flags(argv):
-        args.rounds = explicit.rounds
+    if "rounds" in given:
+        args.rounds = parse(argv).rounds
     args.resume = str(results_dir)
     args.out = str(results_dir)
     return args

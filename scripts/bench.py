@@ -38,7 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from jaxfl import experiment, train  # noqa: E402
+from jaxfl import experiment, flags, train  # noqa: E402
 from jaxfl.algorithm import _jit_cache  # noqa: E402
 from jaxfl.data import Dataset, DataUnavailableError, load_dataset  # noqa: E402
 from jaxfl.models import CONV_LOWERINGS, get_model  # noqa: E402
@@ -128,7 +128,7 @@ def time_loop(exp, state, key, loop_clients: int) -> tuple[float, bool]:
 
 
 def bench_one(argv: list[str], dataset: Dataset, gemm: float, rounds: int, loop_clients: int):
-    args = experiment.parse(argv)
+    args = flags.parse(argv)
     exp = experiment.build(args, dataset=dataset)
     algo, data = exp.algorithm, exp.data
     state = algo.init(jax.random.key(0))

@@ -4,7 +4,7 @@ import jax
 import optax
 import pytest
 
-from jaxfl import experiment, train
+from jaxfl import experiment, flags, train
 from jaxfl.clients import map_clients
 from jaxfl.simulation import Simulation
 
@@ -29,7 +29,7 @@ FAST = [
 
 
 def _run(argv):
-    exp = experiment.build(experiment.parse(argv))
+    exp = experiment.build(flags.parse(argv))
     _, history = Simulation(exp.algorithm, exp.args.rounds, seed=exp.args.seed).run()
     return exp, history
 

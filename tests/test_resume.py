@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from jaxfl import checkpoint, experiment
+from jaxfl import checkpoint, experiment, flags
 from jaxfl.io import read_metrics
 
 from .test_cli import SMALL, run
@@ -96,7 +96,7 @@ def test_sigkill_mid_run_leaves_complete_lines_and_a_loadable_checkpoint(tmp_pat
     assert [r["round"] for r in records] == list(range(1, len(records) + 1))
     last = checkpoint.latest_round(out / "checkpoints")
     assert last is not None and last >= len(records) - 1
-    args = experiment.parse(["--algo", "dsfl", *SMALL])
+    args = flags.parse(["--algo", "dsfl", *SMALL])
     algo = experiment.build(args).algorithm
     state, meta = checkpoint.restore(
         out / "checkpoints", jax.eval_shape(algo.init, jax.random.key(0))

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from algorithms import dsfl, fedavg
-from jaxfl import aggregate, train
+from jaxfl import aggregate, metrics, train
 from jaxfl.algorithm import sample_clients
 from jaxfl.models import get_model
 
@@ -152,3 +152,23 @@ def test_dsfl_clients_distill_towards_the_previous_soft_labels(tiny_federation):
     state2, m2 = algo.round(state1, jax.random.key(2))
     assert float(m2["client_distill_loss"]) > 0.0
     assert np.all(np.asarray(kl(state2.client_params)) < np.asarray(kl(state1.client_params)))
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 4])
+@pytest.mark.parametrize("personal", [True, False])
+def test_per_client_accuracy_equals_loop_reference(tiny_federation, chunk, personal):
+    """metrics.per_client_accuracy (vmapped, chunked, or a compiled loop) vs a Python loop."""
+    data = tiny_federation
+    model = get_model("mlp", data.feature_shape, data.num_classes)
+    client_params = jax.vmap(model.init)(jax.random.split(jax.random.key(0), data.num_clients))
+    params = client_params if personal else model.init(jax.random.key(1))
+    got = metrics.per_client_accuracy(
+        model.apply, params, data, personal=personal, chunk_size=chunk
+    )
+    expected = []
+    for k in range(data.num_clients):
+        p_k = jax.tree.map(lambda p, k=k: p[k], params) if personal else params
+        idx = np.asarray(data.client_test_idx[k, : int(data.client_test_count[k])])
+        logits = model.apply(p_k, data.test_x[idx])
+        expected.append(float(np.mean(np.argmax(logits, -1) == np.asarray(data.test_y)[idx])))
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6)
