@@ -59,6 +59,10 @@ class FederatedAlgorithm:
       evaluate: jitted ``state -> metrics`` (``test_acc``, ``client_acc`` (C,) per client, ...).
       round_fn: the pure, unjitted ``(state, key, data) -> (state, metrics)`` to wrap in your own
         ``jit``/``lax.scan``.
+      run_rounds: ``(state, round_key, first, num_rounds) -> (state, metrics)``: rounds
+        ``first .. first + num_rounds - 1`` in one compiled call (round r's key is
+        ``fold_in(round_key, r)``), metrics stacked on a leading (num_rounds,) axis. It DONATES
+        ``state``: its buffers are reused for the result, so do not read ``state`` afterwards.
       round_loop: the per-client Python-loop reference of ``round`` (same math, for tests/bench).
       parts: the ``prepare``/``client_update``/``finish`` pieces.
       communication: bytes uploaded/downloaded per participating client per round.
@@ -71,6 +75,7 @@ class FederatedAlgorithm:
     round: Callable
     evaluate: Callable
     round_fn: Callable
+    run_rounds: Callable
     round_loop: Callable
     parts: RoundParts
     communication: dict
@@ -179,6 +184,25 @@ def make_algorithm(
         return parts.finish(state, ctx, outputs, data)
 
     jitted_round = jax.jit(round_fn, static_argnames="chunk_size")
+
+    def one_round(state, round_key, r, data):
+        state, metrics = round_fn(state, jax.random.fold_in(round_key, r), data)
+        return state, jax.tree.map(lambda x: x[None], metrics)
+
+    def scanned_rounds(state, round_key, first, data, num_rounds):
+        rounds = first + jnp.arange(num_rounds)
+        return jax.lax.scan(
+            lambda s, r: round_fn(s, jax.random.fold_in(round_key, r), data), state, rounds
+        )
+
+    donated_round = jax.jit(one_round, donate_argnums=0)
+    donated_scan = jax.jit(scanned_rounds, static_argnames="num_rounds", donate_argnums=0)
+
+    def run_rounds(state, round_key, first, num_rounds=1):
+        if num_rounds == 1:  # the same compiled round as ``round``, without a scan around it
+            return donated_round(state, round_key, first, data)
+        return donated_scan(state, round_key, first, data, num_rounds)
+
     jitted_prepare = jax.jit(parts.prepare)
     jitted_finish = jax.jit(parts.finish)
     jitted_exchange = jax.jit(parts.exchange) if parts.exchange is not None else None
@@ -202,6 +226,7 @@ def make_algorithm(
         round=lambda state, key: jitted_round(state, key, data),
         evaluate=lambda state: jitted_eval(state, data),
         round_fn=round_fn,
+        run_rounds=run_rounds,
         round_loop=round_loop,
         parts=parts,
         communication=communication,

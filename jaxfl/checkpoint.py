@@ -89,6 +89,7 @@ class Checkpointer:
         self.last_saved: int | None = None
 
     def attach(self, sim) -> Checkpointer:
+        sim.sync_every(self.every)  # with --rounds-per-call, blocks end where a save is due
         sim.on("round_end", lambda sim, record, state: self.save(sim, record["round"], state))
         sim.on("run_end", lambda sim, state, **_: self.save(sim, sim.round, state, force=True))
         return self

@@ -6,6 +6,14 @@ chunks of ``chunk_size`` vmapped clients, so a population whose working set does
 memory at once still runs in the same compiled round (``chunk_size=1`` is a plain compiled loop
 over clients, the fastest form on a CPU: see :func:`cpu_chunk_size`). Padding clients added to
 fill the last chunk repeat client 0 and are dropped from the result.
+
+Several devices: inside ``jax.set_mesh(client_mesh(n))`` (``--devices n``) ``map_clients``
+shards the client axis over the mesh axis ``"clients"`` (sharding constraints, XLA's SPMD
+partitioner): each device runs ``ceil(m / n)`` clients (chunked as above), a client count not
+divisible by ``n`` is padded with copies of client 0 that are dropped again, and whatever the
+round does with the stacked outputs afterwards (a weighted mean, ERA) becomes a cross-device
+reduction that XLA inserts in the same compiled round. Per-client PRNG keys travel with the
+clients, so the numbers do not depend on the device count beyond float summation order.
 """
 
 from __future__ import annotations
@@ -16,6 +24,66 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, PartitionSpec
+
+CLIENT_AXIS = "clients"
+
+
+def client_mesh(devices: int | None = None) -> Mesh:
+    """A 1-D mesh named ``"clients"`` over the first ``devices`` devices (default: all).
+
+    With several processes (``jax.distributed``) ``jax.devices()`` lists every process's devices,
+    so the mesh spans hosts. Use it as ``with jax.set_mesh(client_mesh(8)): ...``.
+    """
+    available = jax.devices()
+    n = len(available) if devices is None else devices
+    if not 1 <= n <= len(available):
+        raise ValueError(
+            f"--devices must be between 1 and the {len(available)} available "
+            f"{jax.default_backend()} device(s), got {devices}"
+        )
+    return Mesh(available[:n], (CLIENT_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicate(tree):
+    """Place ``tree`` replicated on the current mesh (a no-op without one, or on one device).
+
+    Done once for the data and the initial state, so a sharded round does not copy them from
+    device 0 to every device on each call; with several processes it makes the global arrays
+    that a multi-host computation takes (every process holds the same values).
+    """
+    mesh = jax.sharding.get_mesh()
+    if mesh.empty or mesh.size == 1:
+        return tree
+    sharding = jax.sharding.NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() > 1:  # global arrays are made from each process's host copy
+        tree = jax.tree.map(_host_copy, tree)
+    return jax.device_put(tree, sharding)
+
+
+def _host_copy(x):
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return x
+    return np.asarray(x)
+
+
+def to_host(tree):
+    """NumPy copies of a tree of (possibly multi-host, sharded) arrays, identical on every
+    process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def client_devices() -> int:
+    """Devices on the ``"clients"`` axis of the current mesh (1 outside ``jax.set_mesh``)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or CLIENT_AXIS not in mesh.axis_names:
+        return 1
+    return mesh.shape[CLIENT_AXIS]
 
 
 def _leading(tree) -> int:
@@ -34,19 +102,76 @@ def map_clients(fn: Callable, *args, chunk_size: int | None = None):
       chunk_size: clients per chunk (None or >= m: one vmap over all).
     """
     m = _leading(args)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"--client-chunk must be >= 1, got {chunk_size}")
+    n = client_devices()
+    if n > 1:
+        return _sharded(fn, args, m, n, chunk_size)
+    return _local(fn, args, m, chunk_size)
+
+
+def _sharded(fn: Callable, args, m: int, n: int, chunk_size: int | None):
+    """Split the client axis over the mesh's ``n`` devices (padding to a multiple of n).
+
+    Clients are laid out device-major (device d holds a contiguous block), so when ``n`` divides
+    the padded count a reduction over the outputs is a per-device partial sum plus an
+    all-reduce. Each step maps ``n * c`` clients, ``c`` per device (``c`` = ``chunk_size``, or
+    all of a device's clients at once); sharding constraints on the client axis tell XLA's
+    partitioner to keep every client's work on its device; values the clients share stay
+    replicated.
+    """
+    per_device = math.ceil(m / n)
+    num_chunks = 1 if chunk_size is None else math.ceil(per_device / chunk_size)
+    c = math.ceil(per_device / num_chunks)  # balanced chunks: the least padding
+    per_device = num_chunks * c
+
+    def constrain(x, spec):
+        return jax.lax.with_sharding_constraint(x, spec)
+
+    def to_chunks(x):  # device-major: device d holds clients d * per_device ... (d+1) * ...
+        rest = x.shape[1:]
+        x = _pad(x, n * per_device - m).reshape(n, num_chunks, c, *rest)
+        x = jnp.swapaxes(x, 0, 1).reshape(num_chunks, n * c, *rest)
+        return constrain(x, PartitionSpec(None, CLIENT_AXIS))
+
+    def from_chunks(x):
+        rest = x.shape[2:]
+        x = jnp.swapaxes(x.reshape(num_chunks, n, c, *rest), 0, 1)
+        x = constrain(x.reshape(n * per_device, *rest), PartitionSpec(CLIENT_AXIS))
+        return x[:m]
+
+    def one_step(chunk):
+        chunk = jax.tree.map(lambda x: constrain(x, PartitionSpec(CLIENT_AXIS)), chunk)
+        out = jax.vmap(fn)(*chunk)
+        return jax.tree.map(lambda x: constrain(x, PartitionSpec(CLIENT_AXIS)), out)
+
+    chunks = jax.tree.map(to_chunks, args)
+    if num_chunks == 1:
+        out = jax.tree.map(lambda x: x[None], one_step(jax.tree.map(lambda x: x[0], chunks)))
+    else:
+        out = jax.lax.map(one_step, chunks)
+    return jax.tree.map(from_chunks, out)
+
+
+def _pad(x: jax.Array, pad: int) -> jax.Array:
+    """Append ``pad`` copies of row 0 (a real client, so padding never computes on garbage)."""
+    if not pad:
+        return x
+    return jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad, *x.shape[1:]))])
+
+
+def _local(fn: Callable, args, m: int, chunk_size: int | None):
+    """vmap over the m clients of ``args``, in chunks of ``chunk_size`` when given."""
     if chunk_size is None or chunk_size >= m:
         return jax.vmap(fn)(*args)
-    if chunk_size < 1:
-        raise ValueError(f"--client-chunk must be >= 1, got {chunk_size}")
     if chunk_size == 1:  # a compiled loop over clients, with no size-1 batch dimensions
         return jax.lax.map(lambda one: fn(*one), args)
     num_chunks = math.ceil(m / chunk_size)
+    chunk_size = math.ceil(m / num_chunks)  # balanced chunks: the least padding
     pad = num_chunks * chunk_size - m
 
     def to_chunks(x):
-        if pad:
-            x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad, *x.shape[1:]))])
-        return x.reshape(num_chunks, chunk_size, *x.shape[1:])
+        return _pad(x, pad).reshape(num_chunks, chunk_size, *x.shape[1:])
 
     out = jax.lax.map(lambda chunk: jax.vmap(fn)(*chunk), jax.tree.map(to_chunks, args))
     return jax.tree.map(lambda x: x.reshape(num_chunks * chunk_size, *x.shape[2:])[:m], out)

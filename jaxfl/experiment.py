@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from algorithms import ALGORITHMS
-from jaxfl.clients import cpu_chunk_size, default_chunk_size
+from jaxfl.clients import client_devices, cpu_chunk_size, device_memory_bytes, replicate
 from jaxfl.data import FederationSpec, PartitionError, build_federation, load_dataset
 from jaxfl.data.domains import build_multidomain_federation, parse_domains, transform_dataset
 from jaxfl.faults import FaultConfig
 from jaxfl.flags import ConfigError, validate
 from jaxfl.groups import describe, make_groups, parse_models
+from jaxfl.memory import choose_chunk
 from jaxfl.models import get_model
 
 
@@ -36,15 +38,6 @@ class Experiment:
     groups: tuple | None = None  # the model groups with --models (model is the first group's)
 
 
-def estimate_client_bytes(model, batch_size: int, predict_batch: int = 500) -> int:
-    """Rough working set of one client in a round: parameter copies plus activations."""
-    params = jax.eval_shape(model.init, jax.random.key(0))
-    x = jax.ShapeDtypeStruct((8, *model.feature_shape), jnp.float32)
-    compiled = jax.jit(model.apply).lower(params, x).compile()
-    act_per_example = max(compiled.memory_analysis().temp_size_in_bytes / 8, 4 * 64)
-    return int(4 * model.num_params * 8 + act_per_example * (3 * batch_size + predict_batch))
-
-
 def estimate_step_bytes(model, batch_size: int) -> int:
     """Working set of one client's training step: parameters, gradients and activations."""
     params = jax.eval_shape(model.init, jax.random.key(0))
@@ -54,11 +47,11 @@ def estimate_step_bytes(model, batch_size: int) -> int:
     return int(compiled.memory_analysis().temp_size_in_bytes + 3 * 4 * model.num_params)
 
 
-def default_client_chunk(model, batch_size: int, clients_per_round: int) -> int | None:
-    """The --client-chunk default: cache-sized chunks on CPU, memory-sized on accelerators."""
-    if jax.default_backend() == "cpu":
-        return cpu_chunk_size(clients_per_round, estimate_step_bytes(model, batch_size))
-    return default_chunk_size(clients_per_round, estimate_client_bytes(model, batch_size))
+def cpu_client_chunk(models, batch_size: int, clients_per_round: int) -> int:
+    """The CPU's --client-chunk default: cache-sized chunks (see :func:`cpu_chunk_size`), for the
+    clients one device holds."""
+    per_device = math.ceil(clients_per_round / client_devices())
+    return min(cpu_chunk_size(per_device, estimate_step_bytes(m, batch_size)) for m in models)
 
 
 def build(args: argparse.Namespace, dataset=None) -> Experiment:
@@ -110,6 +103,7 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         data, info = build_multidomain_federation(domains, spec, public_pool, public_labels)
     else:
         data, info = build_federation(dataset, spec, public_pool, public_labels)
+    data = replicate(data)  # once, on every device of the mesh (a no-op on one device)
     if args.algo == "dsfl":
         distill_batch = args.distill_batch_size or args.batch_size
         if data.public_size < max(args.public_per_round, distill_batch):
@@ -134,20 +128,26 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
                 args.clients,
                 m,
                 args.conv_lowering,
+                args.compute_dtype,
             )
         except ValueError as err:
             raise ConfigError(str(err)) from err
         model, model_name = model_groups[0].model, args.models
-        chunk = args.client_chunk or min(
-            default_client_chunk(g.model, args.batch_size, g.per_round) or g.per_round
-            for g in model_groups
-        )
+        models = [g.model for g in model_groups]
     else:
         model_name = args.model or _default_model(dataset.feature_shape)
         model = get_model(
-            model_name, dataset.feature_shape, dataset.num_classes, args.conv_lowering
+            model_name,
+            dataset.feature_shape,
+            dataset.num_classes,
+            args.conv_lowering,
+            args.compute_dtype,
         )
-        chunk = args.client_chunk or default_client_chunk(model, args.batch_size, m)
+        models = [model]
+    on_cpu = jax.default_backend() == "cpu"
+    chunk = args.client_chunk
+    if chunk is None and on_cpu:
+        chunk = cpu_client_chunk(models, args.batch_size, m)
     algo_config = config_from_args(module.CONFIG, args, clients_per_round=m, client_chunk=chunk)
     fault_config = config_from_args(FaultConfig, args)
     extra = {}
@@ -167,6 +167,18 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         )
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    if chunk is None and not on_cpu:  # measured: the largest chunk that fits in device memory
+        chunk = choose_chunk(algorithm, device_memory_bytes())
+        if chunk is not None:
+            algo_config = dataclasses.replace(algo_config, client_chunk=chunk)
+            algorithm = module.make(
+                algo_config,
+                data,
+                model_groups or model,
+                fault_config=fault_config,
+                seed=args.seed,
+                **extra,
+            )
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config = {
         **flags,
@@ -185,6 +197,8 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         "communication_per_client_per_round": algorithm.communication,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "client_devices": client_devices(),
+        "processes": jax.process_count(),
         "jax_version": jax.__version__,
     }
     return Experiment(args, data, info, model, algorithm, algo_config, config, model_groups)

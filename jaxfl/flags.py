@@ -16,6 +16,7 @@ from jaxfl.algorithm_flags import add_algorithm_arguments, validate_algorithm_fl
 from jaxfl.data import DATASETS, PARTITIONS
 from jaxfl.faults import ATTACKS
 from jaxfl.models import CONV_LOWERINGS, MODELS
+from jaxfl.scale import EXECUTION_FLAGS, add_scale_arguments, validate_scale_flags
 
 
 class ConfigError(ValueError):
@@ -133,6 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--seed", type=int, default=0, help="seed for data partition, init and every round")
     add_algorithm_arguments(a)
     _add_fault_arguments(a)
+    add_scale_arguments(a)
     return parser
 
 
@@ -229,6 +231,7 @@ def validate(args: argparse.Namespace) -> None:
     if args.client_val_fraction is not None and not 0 <= args.client_val_fraction < 1:
         _fail("--client-val-fraction", args.client_val_fraction, "0 <= fraction < 1")
     validate_algorithm_flags(args, _fail)
+    validate_scale_flags(args, _fail)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -359,8 +362,9 @@ def given_flags(argv: list[str] | None) -> set[str]:
 def resume_args(argv: list[str] | None, results_dir: str | Path) -> argparse.Namespace:
     """The flags of the run in ``results_dir`` (its config.json), for ``--resume``.
 
-    Only ``--rounds`` may change (to extend the run); any other flag is an error, since it could
-    make the resumed run differ from the one that was stopped.
+    Only ``--rounds`` (to extend the run) and the flags that change how, not what, the run
+    computes (``--devices``, ``--rounds-per-call``, the multi-host flags) may be given; any other
+    flag is an error, since it could make the resumed run differ from the one that was stopped.
     """
     results_dir = Path(results_dir)
     config_file = results_dir / "config.json"
@@ -370,15 +374,18 @@ def resume_args(argv: list[str] | None, results_dir: str | Path) -> argparse.Nam
     if saved is None:
         raise ConfigError(f"--resume {results_dir}: config.json has no 'flags' record")
     given = given_flags(argv)
-    extra = given - {"resume", "rounds"}
+    allowed = {"rounds", *EXECUTION_FLAGS}
+    extra = given - {"resume"} - allowed
     if extra:
         raise ConfigError(
-            f"--resume takes only --rounds besides it; got {', '.join(sorted(extra))}"
+            "--resume takes only --rounds, --devices, --rounds-per-call and the multi-host flags "
+            f"besides it; got {', '.join(sorted(extra))}"
         )
     args = _parser().parse_args([])
     vars(args).update(saved)
-    if "rounds" in given:
-        args.rounds = parse(argv).rounds
+    fresh = parse(argv)
+    for flag in given & allowed:
+        setattr(args, flag, getattr(fresh, flag))
     args.resume = str(results_dir)
     args.out = str(results_dir)
     return args

@@ -82,6 +82,7 @@ def make_groups(
     num_clients: int,
     clients_per_round: int,
     conv_lowering: str | None = None,
+    compute_dtype: str = "float32",
 ) -> tuple[Group, ...]:
     """Groups over clients 0..C-1 in order, sizes and per-round counts proportional to weights.
 
@@ -91,7 +92,10 @@ def make_groups(
     if models and isinstance(models[0], Model):
         built, weights = list(models), [1.0] * len(models)
     else:
-        built = [get_model(n, feature_shape, num_classes, conv_lowering) for n, _ in models]
+        built = [
+            get_model(n, feature_shape, num_classes, conv_lowering, compute_dtype)
+            for n, _ in models
+        ]
         weights = [w for _, w in models]
     sizes = split_counts(weights, num_clients)
     per_round = split_counts(weights, clients_per_round) if len(built) > 1 else [clients_per_round]

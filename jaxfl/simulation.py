@@ -16,6 +16,14 @@ Events and their keyword payloads (every handler also gets ``sim``):
   ``run_end(state, history, stop_reason)``.
 In a round, ``evaluate`` (on evaluation rounds) comes before ``round_end``; a handler that calls
 :meth:`Simulation.stop` ends the run after the current round, which then emits ``converged``.
+
+``rounds_per_call=K`` runs up to K rounds in one compiled call (a ``lax.scan``, one host round
+trip); a block always ends at an evaluation round and at every multiple of the periods handlers
+register with :meth:`Simulation.sync_every` (the checkpointer does), so those rounds' events
+carry the state. The other rounds of a block still emit ``round_end`` with their own metrics, but
+with ``state=None``, and a stop requested inside a block takes effect at the block's end. The
+state passed into the compiled rounds is donated (its buffers are reused for the new state): a
+handler that keeps a state beyond its event must copy it (``jax.tree.map(jnp.copy, state)``).
 The progress bar, results writer, checkpointer, early stopping and TensorBoard logging are all
 handlers on this same API (:mod:`jaxfl.events`, :mod:`jaxfl.io`, :mod:`jaxfl.checkpoint`).
 """
@@ -32,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfl.algorithm import FederatedAlgorithm
+from jaxfl.clients import replicate, to_host
 from jaxfl.metrics import personalization_summary, summarize_clients
 
 EVENTS = ("run_start", "round_end", "evaluate", "checkpoint", "converged", "run_end")
@@ -52,15 +61,25 @@ class Simulation:
       rounds: the last round.
       eval_every: evaluate every this many rounds (and after the last).
       seed: seeds the model initialisation and every round's key.
+      rounds_per_call: at most this many rounds per compiled call (see the module docstring).
     """
 
     def __init__(
-        self, algorithm: FederatedAlgorithm, rounds: int, eval_every: int = 1, seed: int = 0
+        self,
+        algorithm: FederatedAlgorithm,
+        rounds: int,
+        eval_every: int = 1,
+        seed: int = 0,
+        rounds_per_call: int = 1,
     ):
         if rounds < 1:
             raise ValueError(f"--rounds must be >= 1, got {rounds}")
         if eval_every < 1:
             raise ValueError(f"--eval-every must be >= 1, got {eval_every}")
+        if rounds_per_call < 1:
+            raise ValueError(f"--rounds-per-call must be >= 1, got {rounds_per_call}")
+        self.rounds_per_call = rounds_per_call
+        self.sync_periods: set[int] = {eval_every}
         self.algorithm = algorithm
         self.rounds = rounds
         self.eval_every = eval_every
@@ -91,6 +110,18 @@ class Simulation:
             if when is None or when(self, **payload):
                 handler(sim=self, **payload)
 
+    def sync_every(self, period: int) -> None:
+        """Make every multiple of ``period`` end a compiled block, so its events get the state."""
+        self.sync_periods.add(period)
+
+    def block_end(self, first: int) -> int:
+        """The last round of the compiled block that starts at round ``first``."""
+        last = min(self.rounds, first + self.rounds_per_call - 1)
+        for r in range(first, last):
+            if any(r % p == 0 for p in self.sync_periods):
+                return r
+        return last
+
     def stop(self, reason: str) -> None:
         """Ask the loop to end after the current round (emits ``converged`` with ``reason``)."""
         if self.stop_reason is None:
@@ -105,7 +136,7 @@ class Simulation:
           history: the evaluated records of rounds before ``start_round`` (resuming).
         """
         algo = self.algorithm
-        state = algo.init(self.init_key) if state is None else state
+        state = replicate(algo.init(self.init_key) if state is None else state)
         self.history = list(history or [])
         comm = algo.communication
         done = start_round - 1
@@ -113,36 +144,44 @@ class Simulation:
         down_total = done * algo.clients_per_round * comm["down_bytes"]
         self.start_time = time.perf_counter()
         self.emit("run_start", state=state, start_round=start_round)
-        for r in range(start_round, self.rounds + 1):
-            self.round = r
+        first = start_round
+        while first <= self.rounds and self.stop_reason is None:
+            last = self.block_end(first)
             start = time.perf_counter()
-            state, round_metrics = algo.round(state, jax.random.fold_in(self.round_key, r))
-            record = {"round": r, **{k: float(v) for k, v in round_metrics.items()}}
-            record["round_time_s"] = time.perf_counter() - start
-            _check_finite(record, r)
-            if not bool(all_finite(state)):
+            state, block_metrics = algo.run_rounds(state, self.round_key, first, last - first + 1)
+            block_metrics = to_host(block_metrics)
+            elapsed = (time.perf_counter() - start) / (last - first + 1)
+            records = []
+            for i, r in enumerate(range(first, last + 1)):
+                record = {"round": r, **{k: float(v[i]) for k, v in block_metrics.items()}}
+                record["round_time_s"] = elapsed
+                _check_finite(record, r)
+                records.append(record)
+            if not bool(to_host(all_finite(state))):
                 raise NonFiniteError(
-                    f"round {r}: the state (model parameters) holds NaN or inf; training "
+                    f"round {last}: the state (model parameters) holds NaN or inf; training "
                     "diverged (try a smaller --lr or --server-lr). Results written so far are kept."
                 )
-            up_total += algo.clients_per_round * comm["up_bytes"]
-            down_total += algo.clients_per_round * comm["down_bytes"]
-            record["comm_up_bytes_total"] = up_total
-            record["comm_down_bytes_total"] = down_total
-            evaluated = r % self.eval_every == 0 or r == self.rounds
-            if evaluated:
-                self._evaluate(state, record)
-            self.emit("round_end", record=record, state=state)
+            for record in records:
+                r = self.round = record["round"]
+                up_total += algo.clients_per_round * comm["up_bytes"]
+                down_total += algo.clients_per_round * comm["down_bytes"]
+                record["comm_up_bytes_total"] = up_total
+                record["comm_down_bytes_total"] = down_total
+                evaluated = r == last and (r % self.eval_every == 0 or r == self.rounds)
+                if evaluated:
+                    self._evaluate(state, record)
+                self.emit("round_end", record=record, state=state if r == last else None)
             if self.stop_reason is not None:
                 if not evaluated:  # the run's last round is always evaluated
                     self._evaluate(state, record)
-                self.emit("converged", round=r, reason=self.stop_reason)
-                break
+                self.emit("converged", round=last, reason=self.stop_reason)
+            first = last + 1
         self.emit("run_end", state=state, history=self.history, stop_reason=self.stop_reason)
         return state, self.history
 
     def _evaluate(self, state, record: dict) -> None:
-        evaluated = self.algorithm.evaluate(state)
+        evaluated = to_host(self.algorithm.evaluate(state))
         client_acc = np.asarray(evaluated.pop("client_acc"))
         global_client_acc = evaluated.pop("global_client_acc", None)
         if global_client_acc is not None:

@@ -10,6 +10,7 @@ metrics.jsonl (one line per evaluated round), summary.json, accuracy.png and che
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -19,8 +20,9 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
 from algorithms import ALGORITHMS  # noqa: E402
-from jaxfl import checkpoint, events, experiment, flags  # noqa: E402
+from jaxfl import checkpoint, events, experiment, flags, scale  # noqa: E402
 from jaxfl.baseline import local_only_accuracy  # noqa: E402
+from jaxfl.clients import client_mesh  # noqa: E402
 from jaxfl.data import DataUnavailableError, PartitionError  # noqa: E402
 from jaxfl.io import (  # noqa: E402
     ResultsExistError,
@@ -48,16 +50,36 @@ CONFIG_ERRORS = (
 )
 
 
-def setup(argv: list[str] | None):
-    """Flags, data, algorithm, results folder and, when resuming, the restored state.
-
-    Returns (args, exp, out, writer, state, start_round); every check that can fail runs before
-    anything is written.
-    """
+def parse_args(argv: list[str] | None):
+    """The flags (a resumed run's saved ones), validated; joins the other hosts if asked."""
     args = flags.parse(argv, description=__doc__.split("\n\n")[0])
     if args.resume:
         args = flags.resume_args(argv, args.resume)
     flags.validate(args)
+    scale.init_distributed(args)  # before anything else touches JAX
+    return args
+
+
+class _Silent:
+    """The results writer of processes other than 0 in a multi-host run: they compute the same
+    run and write nothing."""
+
+    history: list = []
+
+    def attach(self, sim):
+        return self
+
+    def finish(self, *args, **kwargs) -> None:
+        pass
+
+
+def setup(args):
+    """Data, algorithm, results folder and, when resuming, the restored state.
+
+    Returns (exp, out, writer, state, start_round); every check that can fail runs before
+    anything is written.
+    """
+    primary = jax.process_index() == 0
     if args.early_stop_metric is None:
         has_global = getattr(ALGORITHMS[args.algo], "GLOBAL_MODEL", True)
         args.early_stop_metric = "test_acc" if has_global else "client_acc_mean"
@@ -71,7 +93,7 @@ def setup(argv: list[str] | None):
                 f"--resume {out}: no complete checkpoint under {ckpt_dir} (was the run started "
                 "with --checkpoint-every 0, or stopped before its first checkpoint?)"
             )
-    else:
+    elif primary:
         check_results_dir(out)
     exp = experiment.build(args)
     state, start_round = None, 1
@@ -81,16 +103,21 @@ def setup(argv: list[str] | None):
         if meta.get("seed") != args.seed or meta.get("algorithm") != exp.algorithm.name:
             raise flags.ConfigError(f"--resume {out}: the checkpoint does not match config.json")
         start_round = resume_round + 1
-    writer = ResultsWriter(out, {**exp.config, "out": str(out)}, resume_round)
-    return args, exp, out, writer, state, start_round
+    if primary:
+        writer = ResultsWriter(out, {**exp.config, "out": str(out)}, resume_round)
+    else:
+        writer = _Silent()
+    return exp, out, writer, state, start_round
 
 
 def attach_handlers(sim: Simulation, args, out: Path, writer: ResultsWriter) -> dict:
     """The built-in handlers run.py uses; returns a dict that tracks the last client accuracies
     (``client_acc``, ``global_client_acc``, and ``local_client_acc`` with --compare-local)."""
     writer.attach(sim)
-    events.progress_bar(sim, args.early_stop_metric)
-    if args.checkpoint_every > 0:
+    primary = jax.process_index() == 0
+    if primary:
+        events.progress_bar(sim, args.early_stop_metric)
+    if args.checkpoint_every > 0:  # every process takes part in Orbax's multi-host save
         checkpoint.Checkpointer(
             out / checkpoint.CHECKPOINT_DIR,
             args.checkpoint_every,
@@ -103,7 +130,7 @@ def attach_handlers(sim: Simulation, args, out: Path, writer: ResultsWriter) -> 
         events.stop_at_target(sim, args.early_stop_metric, args.target)
     if args.time_budget is not None:
         events.time_budget(sim, args.time_budget)
-    if args.tensorboard:
+    if args.tensorboard and primary:
         events.tensorboard(sim, str(out / "tensorboard"))
     last = {}
     sim.on(
@@ -121,7 +148,20 @@ def attach_handlers(sim: Simulation, args, out: Path, writer: ResultsWriter) -> 
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
-        args, exp, out, writer, state, start_round = setup(argv)
+        args = parse_args(argv)
+        mesh = client_mesh(args.devices)
+    except CONFIG_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    # one device: no mesh at all, so the single-device program is exactly the unsharded one
+    with jax.set_mesh(mesh) if mesh.size > 1 else contextlib.nullcontext():
+        return run(args, start)
+
+
+def run(args, start: float) -> int:
+    """Build, simulate and write the results of a parsed run (inside its device mesh)."""
+    try:
+        exp, out, writer, state, start_round = setup(args)
     except CONFIG_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -132,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({exp.model.num_params:,} params), {exp.config['clients_per_round']} per round "
         f"-> {out}" + (f" (resuming at round {start_round})" if start_round > 1 else "")
     )
-    sim = Simulation(exp.algorithm, args.rounds, args.eval_every, args.seed)
+    sim = Simulation(exp.algorithm, args.rounds, args.eval_every, args.seed, args.rounds_per_call)
     last = attach_handlers(sim, args, out, writer)
     if args.compare_local or getattr(ALGORITHMS[args.algo], "NEEDS_LOCAL_BASELINE", False):
         sim.local_client_acc = local_only_accuracy(args, exp.config["client_val_fraction"])

@@ -3,6 +3,7 @@
 import math
 from types import SimpleNamespace
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -12,13 +13,25 @@ from jaxfl.simulation import NonFiniteError, Simulation
 
 def scripted_algorithm(test_acc):
     """A stand-in algorithm whose round r reports ``test_acc[r - 1]``; its state is the round."""
-    return SimpleNamespace(
-        name="scripted",
-        init=lambda key: {"round": jnp.int32(0), "w": jnp.zeros(3)},
-        round=lambda state, key: (
+
+    def one_round(state, key):
+        return (
             {"round": state["round"] + 1, "w": state["w"] + 1.0},
             {"train_loss": jnp.float32(1.0)},
-        ),
+        )
+
+    def run_rounds(state, round_key, first, num_rounds=1):  # calls ``round`` (tests patch it)
+        losses = []
+        for r in range(first, first + num_rounds):
+            state, metrics = algo.round(state, jax.random.fold_in(round_key, r))
+            losses.append(metrics["train_loss"])
+        return state, {"train_loss": jnp.stack(losses)}
+
+    algo = SimpleNamespace(
+        name="scripted",
+        init=lambda key: {"round": jnp.int32(0), "w": jnp.zeros(3)},
+        round=one_round,
+        run_rounds=run_rounds,
         evaluate=lambda state: {
             "test_acc": jnp.float32(test_acc[int(state["round"]) - 1]),
             "client_acc": jnp.full((4,), test_acc[int(state["round"]) - 1]),
@@ -26,6 +39,7 @@ def scripted_algorithm(test_acc):
         communication={"up_bytes": 4, "down_bytes": 8},
         clients_per_round=2,
     )
+    return algo
 
 
 def test_events_fire_in_order_with_their_payloads():

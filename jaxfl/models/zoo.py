@@ -119,6 +119,8 @@ class Model:
       feature_shape: input shape of one example.
       num_classes: L.
       num_params: parameter count of one client's model.
+      compute_dtype: the dtype ``apply`` computes in (parameters stay float32; see
+        :func:`get_model`).
     """
 
     name: str
@@ -127,6 +129,10 @@ class Model:
     feature_shape: tuple[int, ...]
     num_classes: int
     num_params: int
+    compute_dtype: str = "float32"
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def get_model(
@@ -134,8 +140,19 @@ def get_model(
     feature_shape: tuple[int, ...],
     num_classes: int,
     conv_lowering: str | None = None,
+    compute_dtype: str = "float32",
 ) -> Model:
-    """Build zoo model ``name`` for inputs of ``feature_shape`` and ``num_classes`` labels."""
+    """Build zoo model ``name`` for inputs of ``feature_shape`` and ``num_classes`` labels.
+
+    ``compute_dtype="bfloat16"``: mixed precision. Parameters, optimizer states and updates stay
+    float32; ``apply`` casts the parameters and inputs to bfloat16 for the forward pass (so the
+    backward pass runs in bfloat16 too, and gradients arrive in float32 through the cast) and
+    returns float32 logits, so losses, softmaxes and aggregation stay float32.
+    """
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"unknown --compute-dtype {compute_dtype!r}; allowed: {', '.join(COMPUTE_DTYPES)}"
+        )
     if name not in MODELS:
         raise ValueError(f"unknown --model {name!r}; allowed: {', '.join(MODELS)}")
     if name in IMAGE_MODELS and len(feature_shape) != 3:
@@ -158,8 +175,12 @@ def get_model(
         return module.init(key, dummy)["params"]
 
     def apply(params, x: jax.Array) -> jax.Array:
-        return module.apply({"params": params}, x)
+        if compute_dtype == "float32":
+            return module.apply({"params": params}, x)
+        dtype = jnp.dtype(compute_dtype)
+        params = jax.tree.map(lambda p: p.astype(dtype), params)
+        return module.apply({"params": params}, x.astype(dtype)).astype(jnp.float32)
 
     shapes = jax.eval_shape(init, jax.random.key(0))
     num_params = sum(int(jnp.prod(jnp.array(s.shape))) for s in jax.tree.leaves(shapes))
-    return Model(name, init, apply, tuple(feature_shape), num_classes, num_params)
+    return Model(name, init, apply, tuple(feature_shape), num_classes, num_params, compute_dtype)
