@@ -222,18 +222,3 @@ def cpu_chunk_size(num_sampled: int, step_bytes: int, cache_bytes: int | None = 
     """
     cache = cache_bytes or 4 * l2_cache_bytes()
     return int(min(max(1, cache // max(step_bytes, 1)), num_sampled))
-
-
-def default_chunk_size(
-    num_sampled: int,
-    bytes_per_client: int,
-    budget_fraction: float = 0.25,
-    memory_bytes: int | None = None,
-) -> int | None:
-    """Largest chunk whose working set stays under ``budget_fraction`` of device memory.
-
-    Returns None (no chunking) when all ``num_sampled`` clients fit at once.
-    """
-    budget = budget_fraction * (memory_bytes or device_memory_bytes())
-    fit = max(1, int(budget // max(bytes_per_client, 1)))
-    return None if fit >= num_sampled else fit

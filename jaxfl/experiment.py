@@ -144,7 +144,7 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
             args.compute_dtype,
         )
         models = [model]
-    on_cpu = jax.default_backend() == "cpu"
+    on_cpu = _on_cpu()
     chunk = args.client_chunk
     if chunk is None and on_cpu:
         chunk = cpu_client_chunk(models, args.batch_size, m)
@@ -212,6 +212,10 @@ def config_from_args(config_cls, args: argparse.Namespace, **overrides):
         if hasattr(args, f.name)
     }
     return config_cls(**{**values, **overrides})
+
+
+def _on_cpu() -> bool:
+    return jax.default_backend() == "cpu"
 
 
 def _resolved_lowering() -> str:

@@ -120,8 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--client-chunk",
         type=int,
         default=None,
-        help="process sampled clients K at a time inside the jitted round to bound memory "
-        "(default: chosen from device memory)",
+        help="process sampled clients K at a time (per device) inside the jitted round to bound "
+        "memory (default: cache-sized chunks on a CPU; on accelerators the largest chunk whose "
+        "round fits in 80%% of device memory, measured from the compiled round)",
     )
     a(
         "--client-val-fraction",

@@ -18,6 +18,12 @@ and every lowering's GFLOP/s is comparable.
 The per-client loop calls the same jitted one-client function once per client; for large C it is
 timed on ``--loop-clients`` clients and scaled linearly (the loop's cost is linear in clients by
 construction), which the table marks with '~'.
+
+``--devices 1 2 4 8`` repeats every row with the client axis sharded over that many devices (on a
+CPU the devices are made with XLA_FLAGS=--xla_force_host_platform_device_count, set here before
+JAX starts; they share the host's cores). Memory per client comes from XLA's buffer assignment of
+the compiled round (:mod:`jaxfl.memory`): the temporaries one more client in flight costs, and
+the state kept per client.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import resource
 import sys
@@ -33,13 +40,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
+def _force_host_devices(argv: list[str]) -> None:
+    """Make enough CPU devices for ``--devices`` (must happen before JAX starts; harmless on
+    accelerators, where the flag only concerns the CPU platform)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--devices", nargs="+", type=int, default=[1])
+    wanted = max(pre.parse_known_args(argv)[0].devices)
+    flags_now = os.environ.get("XLA_FLAGS", "")
+    if wanted > 1 and "xla_force_host_platform_device_count" not in flags_now:
+        os.environ["XLA_FLAGS"] = (
+            f"{flags_now} --xla_force_host_platform_device_count={wanted}".strip()
+        )
+
+
+if __name__ == "__main__":
+    _force_host_devices(sys.argv[1:])
+
+import contextlib  # noqa: E402
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from jaxfl import experiment, flags, train  # noqa: E402
+from jaxfl import experiment, flags, memory, train  # noqa: E402
 from jaxfl.algorithm import _jit_cache  # noqa: E402
+from jaxfl.clients import client_mesh, replicate  # noqa: E402
 from jaxfl.data import Dataset, DataUnavailableError, load_dataset  # noqa: E402
 from jaxfl.models import CONV_LOWERINGS, get_model  # noqa: E402
 
@@ -210,46 +237,80 @@ def _time_phase(parts, update, shared, client_args, loop_clients):
     return total, scaled, tuple(stacked) if parts.grouped else stacked[0]
 
 
-def bench_one(argv: list[str], dataset: Dataset, gemm: float, rounds: int, loop_clients: int):
-    args = flags.parse(argv)
-    exp = experiment.build(args, dataset=dataset)
-    algo, data = exp.algorithm, exp.data
-    state = algo.init(jax.random.key(0))
-    key0 = jax.random.key(1)
-    start = time.perf_counter()
-    compiled = jax.jit(algo.round_fn).lower(state, key0, data).compile()
-    compile_s = time.perf_counter() - start
-    state, _ = compiled(state, key0, data)  # round 0 (no distillation yet)
-    jax.block_until_ready(state)
-    times = []
-    for r in range(rounds):
-        key = jax.random.key(2 + r)
+def bench_one(
+    argv: list[str],
+    dataset: Dataset,
+    gemm: float,
+    rounds: int,
+    loop_clients: int,
+    devices: int = 1,
+    rounds_per_call: int = 1,
+    loop_s: tuple[float, bool] | None = None,
+):
+    """One row: compile and time the round (on ``devices`` devices, ``rounds_per_call`` rounds
+    per compiled call), measure its memory, and time the per-client loop (on one device)
+    unless ``loop_s`` gives it already."""
+    mesh = client_mesh(devices)
+    with jax.set_mesh(mesh) if devices > 1 else contextlib.nullcontext():
+        args = flags.parse(argv)
+        exp = experiment.build(args, dataset=dataset)
+        algo = exp.algorithm
+        state = replicate(algo.init(jax.random.key(0)))
+        round_key = jax.random.key(1)
         start = time.perf_counter()
-        state, metrics = compiled(state, key, data)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - start)
-    round_s = float(np.median(times))
-    loop_s, scaled = time_loop(exp, state, jax.random.key(99), loop_clients)
+        jax.jit(algo.round_fn).lower(state, round_key, algo.data).compile()
+        compile_s = time.perf_counter() - start
+        # round 0 (no distillation yet), which also compiles run_rounds' own jit
+        state, _ = algo.run_rounds(state, round_key, 0, 1)
+        if rounds_per_call > 1:  # compile the scan
+            jax.block_until_ready(
+                algo.run_rounds(jax.tree.map(jnp.copy, state), round_key, 1, rounds_per_call)
+            )
+        times = []
+        for r in range(rounds):
+            start = time.perf_counter()
+            state, metrics = algo.run_rounds(
+                state, round_key, 1 + r * rounds_per_call, rounds_per_call
+            )
+            jax.block_until_ready((state, metrics))
+            times.append((time.perf_counter() - start) / rounds_per_call)
+        round_s = float(np.median(times))
+        mem = memory.round_memory(algo, exp.config["client_chunk"])
+    if loop_s is None:  # the per-client loop runs on one device, from an unsharded build
+        if devices > 1:
+            exp = experiment.build(args, dataset=dataset)
+            state, _ = exp.algorithm.run_rounds(
+                exp.algorithm.init(jax.random.key(0)), round_key, 0, 1
+            )
+        loop_s = time_loop(exp, state, jax.random.key(99), loop_clients)
+    loop_round_s, scaled = loop_s
     flops, samples = round_flops(exp)
-    m = algo.clients_per_round
+    m = exp.algorithm.clients_per_round
     return {
         "algo": args.algo,
         "model": exp.config["model"],
         "lowering": exp.config["conv_lowering"],
+        "compute_dtype": args.compute_dtype,
         "clients": args.clients,
         "clients_per_round": m,
         "client_chunk": exp.config["client_chunk"],
+        "devices": devices,
+        "rounds_per_call": rounds_per_call,
         "compile_s": compile_s,
         "round_s": round_s,
         "clients_per_s": m / round_s,
         "samples_per_s": samples / round_s,
         "peak_mem_gb": peak_memory_bytes() / 2**30,
+        "round_temp_gb": mem.temp_bytes / 2**30,
+        "round_args_gb": mem.argument_bytes / 2**30,
+        "mem_per_client_mb": mem.per_client_bytes / 2**20,
+        "state_per_client_mb": mem.state_bytes_per_client / 2**20,
         "round_gflop": flops / 1e9,
         "gflop_per_s": flops / round_s / 1e9,
         "gemm_fraction": flops / round_s / gemm,
-        "loop_round_s": loop_s,
+        "loop_round_s": loop_round_s,
         "loop_extrapolated": scaled,
-        "loop_over_vmap": loop_s / round_s,
+        "loop_over_vmap": loop_round_s / round_s,
         "dataset": exp.data_info["dataset"],
         "data_source": exp.data_info["source"],
     }
@@ -270,6 +331,19 @@ def load_bench_data(args) -> Dataset:
 
 
 CONV_MODELS = ("lenet5", "cnn", "resnet8", "resnet20")
+
+
+def _print_row(algo: str, label: str, lowering: str, c: int, row: dict) -> None:
+    print(
+        f"{algo:10} {label:16} {lowering:8} {c:>5} {row['devices']:>3} {row['compile_s']:>9.1f} "
+        f"{row['round_s']:>8.2f} {row['clients_per_s']:>9.1f} "
+        f"{row['samples_per_s']:>10.0f} {row['peak_mem_gb']:>6.1f} "
+        f"{row['mem_per_client_mb'] + row['state_per_client_mb']:>9.2f} "
+        f"{row['gflop_per_s']:>8.1f} {100 * row['gemm_fraction']:>5.1f}% "
+        f"{'~' if row['loop_extrapolated'] else ' '}{row['loop_round_s']:>7.2f} "
+        f"{row['loop_over_vmap']:>9.2f}",
+        flush=True,
+    )
 
 
 def main(argv=None) -> int:
@@ -308,6 +382,20 @@ def main(argv=None) -> int:
         default=[],
         help="also time mixed-architecture runs: run.py --models specs, e.g. lenet5:50,mlp:50",
     )
+    p.add_argument(
+        "--devices",
+        nargs="+",
+        type=int,
+        default=[1],
+        help="device counts to sweep, the client axis sharded over each (on a CPU, host devices "
+        "are forced to the largest; the per-client loop always runs on one device)",
+    )
+    p.add_argument(
+        "--rounds-per-call",
+        type=int,
+        default=1,
+        help="rounds per compiled call (lax.scan over rounds), as in run.py",
+    )
     p.add_argument("--extra", default="", help="more run.py flags, e.g. '--local-epochs 1'")
     p.add_argument("--json", default="bench-results/bench.json", help="where to write the rows")
     args = p.parse_args(argv)
@@ -320,9 +408,9 @@ def main(argv=None) -> int:
     )
     rows = []
     header = (
-        f"{'algo':10} {'model':16} {'lowering':8} {'C':>5} {'compile s':>9} {'round s':>8} "
-        f"{'clients/s':>9} {'samples/s':>10} {'mem GB':>6} {'GFLOP/s':>8} {'%GEMM':>6} "
-        f"{'loop s':>8} {'loop/vmap':>9}"
+        f"{'algo':10} {'model':16} {'lowering':8} {'C':>5} {'dev':>3} {'compile s':>9} "
+        f"{'round s':>8} {'clients/s':>9} {'samples/s':>10} {'mem GB':>6} {'MB/client':>9} "
+        f"{'GFLOP/s':>8} {'%GEMM':>6} {'loop s':>8} {'loop/vmap':>9}"
     )
     print(header, flush=True)
     variants = [  # (label, run.py model flags, lowering)
@@ -351,18 +439,22 @@ def main(argv=None) -> int:
                     run_argv += ["--conv-lowering", lowering]
                 if args.client_chunk:
                     run_argv += ["--client-chunk", str(args.client_chunk)]
-                row = bench_one(run_argv, dataset, gemm, args.rounds, args.loop_clients)
-                row["gemm_gflop_per_s"] = gemm / 1e9
-                rows.append(row)
-                print(
-                    f"{algo:10} {label:16} {lowering:8} {c:>5} {row['compile_s']:>9.1f} "
-                    f"{row['round_s']:>8.2f} {row['clients_per_s']:>9.1f} "
-                    f"{row['samples_per_s']:>10.0f} {row['peak_mem_gb']:>6.1f} "
-                    f"{row['gflop_per_s']:>8.1f} {100 * row['gemm_fraction']:>5.1f}% "
-                    f"{'~' if row['loop_extrapolated'] else ' '}{row['loop_round_s']:>7.2f} "
-                    f"{row['loop_over_vmap']:>9.2f}",
-                    flush=True,
-                )
+                loop_s = None  # timed once per C, on one device
+                for devices in args.devices:
+                    row = bench_one(
+                        run_argv,
+                        dataset,
+                        gemm,
+                        args.rounds,
+                        args.loop_clients,
+                        devices,
+                        args.rounds_per_call,
+                        loop_s,
+                    )
+                    loop_s = (row["loop_round_s"], row["loop_extrapolated"])
+                    row["gemm_gflop_per_s"] = gemm / 1e9
+                    rows.append(row)
+                    _print_row(algo, label, lowering, c, row)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(

@@ -1,0 +1,278 @@
+"""Past one device: sharding the client axis, several processes, rounds scanned in one call with
+donated state, bfloat16 compute, and measured round memory."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfl import experiment, flags, memory
+from jaxfl.io import read_metrics
+from jaxfl.models import get_model
+from jaxfl.simulation import Simulation
+
+from .test_cli import SMALL, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(devices: int | None = None) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def test_sharded_rounds_match_one_device_and_the_per_client_loop():
+    """8 CPU devices in a subprocess: map_clients sharded over 3 or 8 devices (3, 8 and 13
+    clients, every chunking) against a per-client Python loop, and two rounds plus evaluation of
+    seven algorithm set-ups (uneven client counts, chunking, model groups, FedMD's two phases,
+    personal state, rounds scanned in one call) against the same run on one device."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "sharded_worker.py")],
+        env=_env(8),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    diffs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len([k for k in diffs if k.startswith("map_clients")]) == 24
+    assert len([k for k in diffs if "devices=8" in k and "map_clients" not in k]) == 8
+    too_far = {k: v for k, v in diffs.items() if not v <= 2e-6}
+    assert not too_far, too_far  # float summation order only
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_compute_the_single_process_run(tmp_path):
+    """jax.distributed on localhost: two CPU processes (Gloo collectives), one mesh over both
+    processes' devices; process 0 writes the results, both take part in the checkpoint."""
+    argv = [
+        "--algo", "dsfl", "--clients", "9", "--dataset", "synthetic", "--model", "mlp",
+        "--rounds", "2", "--local-epochs", "1", "--public-per-round", "64",
+        "--checkpoint-every", "1",
+    ]  # fmt: skip
+    assert run.main([*argv, "--out", str(tmp_path / "one")]) == 0
+    dist = ["--coordinator-address", f"localhost:{_free_port()}", "--num-processes", "2"]
+    cmd = [sys.executable, str(ROOT / "scripts" / "run.py"), *argv, *dist]
+    cmd += ["--out", str(tmp_path / "two")]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--process-id", str(i)],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in (1, 0)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["processes"] == 2 and config["client_devices"] == 2
+    one, two = (
+        read_metrics(tmp_path / "one" / "metrics.jsonl"),
+        read_metrics(tmp_path / "two" / "metrics.jsonl"),
+    )
+    assert [r["round"] for r in two] == [1, 2]
+    for a, b in zip(one, two, strict=True):
+        for key in ("train_loss", "test_acc", "client_acc_mean"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5), key
+    assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["1", "2"]
+
+
+def _fedavg(*extra):
+    args = flags.parse(
+        ["--algo", "fedavg", "--dataset", "synthetic", "--clients", "8", "--model", "mlp"]
+        + ["--local-epochs", "1", "--batch-size", "10", *extra]
+    )
+    return experiment.build(args)
+
+
+def test_rounds_per_call_gives_the_same_run_and_ends_blocks_where_state_is_needed():
+    algo = _fedavg().algorithm
+    plain = Simulation(algo, rounds=7, eval_every=3, seed=1)
+    _, plain_history = plain.run()
+    blocked = Simulation(algo, rounds=7, eval_every=3, seed=1, rounds_per_call=4)
+    blocked.sync_every(2)  # as a checkpointer every 2 rounds does
+    seen = []
+    blocked.on("round_end", lambda record, state, **_: seen.append((record["round"], state)))
+    _, history = blocked.run()
+    # blocks: 1-2, 3, 4, 5-6, 7 (ending at evaluations 3, 6, 7 and the sync period 2)
+    assert [r for r, s in seen if s is not None] == [2, 3, 4, 6, 7]
+    assert [r for r, _ in seen] == list(range(1, 8))
+    assert [h["round"] for h in history] == [3, 6, 7]
+    for a, b in zip(plain_history, history, strict=True):
+        for key in ("train_loss", "test_acc", "client_acc_mean"):
+            assert b[key] == pytest.approx(a[key], abs=1e-6), key
+
+
+def test_run_rounds_donates_the_state_and_equals_single_rounds():
+    algo = _fedavg().algorithm
+    state = algo.init(jax.random.key(0))
+    expected, metrics = state, []
+    for r in (5, 6, 7):
+        expected, m = algo.round(expected, jax.random.fold_in(jax.random.key(3), r))
+        metrics.append(m["train_loss"])
+    first_leaf = jax.tree.leaves(state)[0]
+    scanned, scanned_metrics = algo.run_rounds(state, jax.random.key(3), 5, 3)
+    assert first_leaf.is_deleted()  # donated: the buffers now hold the new state
+    np.testing.assert_allclose(scanned_metrics["train_loss"], np.array(metrics), atol=1e-6)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(scanned), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+    f32 = get_model("lenet5", (28, 28, 1), 10)
+    bf16 = get_model("lenet5", (28, 28, 1), 10, compute_dtype="bfloat16")
+    params = f32.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
+    jaxpr = str(jax.make_jaxpr(bf16.apply)(params, x))
+    assert "bf16" in jaxpr and "dot_general" in jaxpr
+    logits = bf16.apply(params, x)
+    assert logits.dtype == jnp.float32
+    np.testing.assert_allclose(logits, f32.apply(params, x), atol=0.05, rtol=0.05)
+    grads = jax.grad(lambda p: bf16.apply(p, x).sum())(params)
+    assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
+    with pytest.raises(ValueError, match="--compute-dtype 'float16'"):
+        get_model("mlp", (4,), 2, compute_dtype="float16")
+
+
+def test_bfloat16_run_learns_like_float32(tmp_path):
+    base = ["--algo", "fedavg", *SMALL, "--rounds", "3", "--model", "mlp"]
+    assert run.main([*base, "--out", str(tmp_path / "f32")]) == 0
+    assert run.main([*base, "--compute-dtype", "bfloat16", "--out", str(tmp_path / "bf16")]) == 0
+    f32, bf16 = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("f32", "bf16"))
+    assert bf16[-1]["train_loss"] < bf16[0]["train_loss"]
+    assert bf16[-1]["test_acc"] > 0.3  # it learns (10 classes; float32 reaches 0.42)
+    assert abs(bf16[-1]["test_acc"] - f32[-1]["test_acc"]) < 0.05
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert config["compute_dtype"] == "bfloat16"
+
+
+def test_round_memory_is_measured_and_the_chunk_fits_the_budget():
+    exp = _fedavg("--clients-per-round", "8")
+    algo = exp.algorithm
+    measured = memory.round_memory(algo, 2)
+    assert measured.per_client_bytes > 0 and measured.temp_bytes > 0
+    # the clients' state: FedAvg keeps none per client; DS-FL keeps a model per client
+    assert measured.state_bytes_per_client == 0
+    dsfl = experiment.build(
+        flags.parse(
+            ["--algo", "dsfl", "--dataset", "synthetic", "--clients", "8", "--model", "mlp"]
+            + ["--public-per-round", "64"]
+        )
+    ).algorithm
+    assert memory.state_bytes_per_client(dsfl) == 4 * exp.model.num_params
+    # a budget that holds the fixed part and 5 clients' temporaries -> chunk 5 (of 8)
+    fixed = measured.argument_bytes + measured.output_bytes - measured.alias_bytes
+    budget = (fixed + measured.base_bytes + 5.5 * measured.per_client_bytes) / 0.8
+    chunk = memory.choose_chunk(algo, budget)
+    assert chunk == 5
+    at_chunk = memory.compiled_round_memory(algo, chunk).temp_size_in_bytes
+    assert fixed + at_chunk <= 0.8 * budget
+    assert memory.choose_chunk(algo, 100 * budget) is None  # everyone at once
+    with pytest.raises(MemoryError, match="--devices"):
+        memory.choose_chunk(algo, fixed)
+
+
+def test_accelerator_default_chunk_is_the_measured_fit(monkeypatch):
+    """The accelerator branch of the --client-chunk default, on this CPU: with a memory budget
+    that holds 3 of 8 clients' temporaries, build picks chunk 3 and the round runs with it."""
+    argv = ["--algo", "fedavg", "--dataset", "synthetic", "--clients", "8", "--model", "mlp"]
+    probe = experiment.build(flags.parse([*argv, "--client-chunk", "2"])).algorithm
+    measured = memory.round_memory(probe, 2)
+    fixed = measured.argument_bytes + measured.output_bytes - measured.alias_bytes
+    budget = (fixed + measured.base_bytes + 3.5 * measured.per_client_bytes) / 0.8
+    monkeypatch.setattr(experiment, "_on_cpu", lambda: False)
+    monkeypatch.setattr(experiment, "device_memory_bytes", lambda: budget)
+    exp = experiment.build(flags.parse(argv))
+    assert exp.config["client_chunk"] == exp.algorithm_config.client_chunk == 3
+    state, metrics = exp.algorithm.round(exp.algorithm.init(jax.random.key(0)), jax.random.key(1))
+    assert np.isfinite(float(metrics["train_loss"]))
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (["--devices", "2"], "--devices must be between 1 and the 1 available cpu device(s)"),
+        (["--devices", "0"], "--devices 0 is not allowed"),
+        (["--rounds-per-call", "0"], "--rounds-per-call 0 is not allowed"),
+        (["--compute-dtype", "float16"], "allowed: float32, bfloat16"),
+        (["--num-processes", "2"], "all three together, or none"),
+        (
+            ["--coordinator-address", "x:1", "--num-processes", "2", "--process-id", "2"],
+            "--process-id 2 is not allowed; allowed: 0..1",
+        ),
+    ],
+)
+def test_scale_flags_are_checked(tmp_path, capsys, flag, message):
+    assert run.main(["--algo", "fedavg", *SMALL, "--out", str(tmp_path / "r"), *flag]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_may_change_how_but_not_what_is_computed(tmp_path):
+    base = ["--algo", "fedavg", *SMALL, "--checkpoint-every", "1"]
+    assert run.main([*base, "--rounds", "4", "--out", str(tmp_path / "whole")]) == 0
+    assert run.main([*base, "--rounds", "2", "--out", str(tmp_path / "part")]) == 0
+    resumed = ["--resume", str(tmp_path / "part"), "--rounds", "4", "--rounds-per-call", "2"]
+    assert run.main(resumed) == 0
+    whole = read_metrics(tmp_path / "whole" / "metrics.jsonl")
+    part = read_metrics(tmp_path / "part" / "metrics.jsonl")
+    for a, b in zip(whole, part, strict=True):
+        assert b["test_acc"] == pytest.approx(a["test_acc"], abs=1e-6)
+
+
+def test_bench_sweeps_devices_and_reports_memory(tmp_path):
+    """scripts/bench.py end to end on a tiny workload, one and two (forced CPU) devices: the
+    JSON rows carry the figures the README reports (their values are timings: not checked)."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench.py"),
+            "--algo",
+            "fedavg",
+            "--models",
+            "logreg",
+            "--clients",
+            "6",
+            "--devices",
+            "1",
+            "2",
+            "--rounds",
+            "1",
+            "--rounds-per-call",
+            "2",
+            "--loop-clients",
+            "2",
+            "--json",
+            str(out),
+            "--extra",
+            "--local-epochs 1 --public-size 600",
+        ],  # fmt: skip
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["devices"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["rounds_per_call"] == 2 and row["round_s"] > 0
+        assert row["mem_per_client_mb"] > 0 and row["round_gflop"] > 0
+        assert row["loop_round_s"] == rows[0]["loop_round_s"]  # timed once, on one device
