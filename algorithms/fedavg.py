@@ -110,11 +110,14 @@ def make(
     select_clients=sample_clients,
     aggregate_updates=aggregate.weighted_mean,
     client_loss_term=None,
+    stream: bool = True,
 ):
     """Bind FedAvg to a federation and a model; returns a FederatedAlgorithm.
 
     ``fault_config`` and ``seed`` (which draws the fixed adversarial set) simulate faults; the
-    three functions customise the round (see the module docstring).
+    three functions customise the round (see the module docstring). With the default weighted
+    mean and ``stream`` the clients' updates are summed chunk by chunk instead of stacked
+    (``parts.client_update`` then returns a client's weighted update, not its raw one).
     """
     seen = training_clients(config, data)
     m = config.clients_per_round or seen
@@ -123,6 +126,9 @@ def make(
     client_opt = optax.sgd(config.lr)
     attack = fault_config.attack
     local = (config.batch_size, config.local_epochs)
+    # the plain weighted mean streams: each client returns its weighted update and finish gets
+    # their sum (memory for one chunk of updates, not m); other aggregators see every update
+    streamed = stream and aggregate_updates is aggregate.weighted_mean
 
     def init(key):
         params = model.init(key)
@@ -133,9 +139,15 @@ def make(
         sampled = select_clients(k_sample, seen, m)
         received, work = faults.round_faults(key, m, fault_config)
         client_args = client_inputs(sampled, jax.random.split(k_clients, m), work, data, adversary)
-        return (data, state.params), client_args, (data.client_count[sampled], received)
+        counts = data.client_count[sampled]
+        if streamed:  # normalised weights, as aggregate.weighted_mean computes them
+            weights = counts * received
+            mean_weights = weights.astype(jnp.float32) / jnp.maximum(jnp.sum(weights), 1e-30)
+            loss_weights = counts / jnp.sum(counts)
+            client_args = (*client_args, mean_weights, loss_weights)
+        return (data, state.params), client_args, (counts, received)
 
-    def client_update(shared, key, idx_row, count, work, is_adversary):
+    def client_update(shared, key, idx_row, count, work, is_adversary, *weights):
         data, global_params = shared
         label_map, max_steps = faults.local_training_faults(
             fault_config, data.num_classes, is_adversary, work, count, *local
@@ -157,19 +169,26 @@ def make(
         if attack == "scaled_update":
             scale = jnp.where(is_adversary, fault_config.attack_scale, 1.0)
             delta = jax.tree.map(lambda d: scale * d, delta)
+        if streamed:  # this client's terms of the weighted means
+            mean_weight, loss_weight = weights
+            return jax.tree.map(lambda d: mean_weight * d, delta), loss_weight * loss
         return delta, loss
 
     def finish(state, ctx, outputs, data):
         counts, received = ctx
-        deltas, losses = outputs
-        mean_delta = aggregate_updates(deltas, counts * received)
+        if streamed:  # sums over the clients, accumulated chunk by chunk
+            mean_delta, train_loss = outputs
+        else:
+            deltas, losses = outputs
+            mean_delta = aggregate_updates(deltas, counts * received)
+            train_loss = jnp.sum(losses * counts) / jnp.sum(counts)
         applied = faults.applied(received, fault_config.min_received)
         params, opt_state = server_update(
             server_opt, state.params, state.opt_state, mean_delta, applied
         )
         new_state = FedAvgState(params, opt_state, state.round + 1)
         return new_state, {
-            "train_loss": jnp.sum(losses * counts) / jnp.sum(counts),
+            "train_loss": train_loss,
             "received": jnp.sum(received),
             "applied": applied,
         }
@@ -185,7 +204,7 @@ def make(
     floats = model.num_params
     return make_algorithm(
         "fedavg",
-        RoundParts(prepare, client_update, finish),
+        RoundParts(prepare, client_update, finish, reduced=streamed),
         init,
         evaluate,
         data,

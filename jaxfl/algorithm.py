@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxfl.clients import map_clients
+from jaxfl.clients import map_clients, sum_clients
 from jaxfl.data.federation import Federation
 
 
@@ -46,6 +46,10 @@ class RoundParts:
     # whose outputs reach finish
     exchange: Callable | None = None
     client_update2: Callable | tuple[Callable, ...] | None = None
+    # True: ``finish`` receives the SUM over clients of client_update's outputs, accumulated
+    # chunk by chunk (jaxfl.clients.sum_clients), never all m outputs at once: FedAvg's
+    # weighted mean with the weights folded into the client's output (one group, one phase)
+    reduced: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,9 +176,13 @@ def make_algorithm(
         )
         return outputs if parts.grouped else outputs[0]
 
+    if parts.reduced and (parts.grouped or parts.exchange is not None):
+        raise ValueError("RoundParts(reduced=True) supports one group and one client phase")
+    mapper = sum_clients if parts.reduced else map_clients
+
     def round_fn(state, key, data, chunk_size=client_chunk):
         def vmapped(update, shared, args):
-            return map_clients(lambda *a: update(shared, *a), *args, chunk_size=chunk_size)
+            return mapper(lambda *a: update(shared, *a), *args, chunk_size=chunk_size)
 
         shared, client_args, ctx = parts.prepare(state, key, data)
         outputs = map_groups(vmapped, shared, client_args)
@@ -212,7 +220,8 @@ def make_algorithm(
         shared, client_args, ctx = jitted_prepare(state, key, data)
 
         def looped(update, shared, args):
-            return loop_clients(update, shared, *args)
+            outputs = loop_clients(update, shared, *args)
+            return jax.tree.map(lambda x: x.sum(0), outputs) if parts.reduced else outputs
 
         outputs = map_groups(looped, shared, client_args)
         if jitted_exchange is not None:

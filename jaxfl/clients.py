@@ -110,6 +110,56 @@ def map_clients(fn: Callable, *args, chunk_size: int | None = None):
     return _local(fn, args, m, chunk_size)
 
 
+def sum_clients(fn: Callable, *args, chunk_size: int | None = None):
+    """``sum over clients of fn(client)``, without ever holding every client's output at once.
+
+    The streaming form of ``map_clients`` followed by a sum over the client axis (FedAvg's
+    weighted mean, with the weights folded into ``fn``): chunks are accumulated into a running
+    sum inside a ``lax.scan``, so memory holds one chunk's outputs, not m of them (10,000
+    clients' model updates would not fit on one device). Padding clients are masked out of the
+    sum. On a mesh every device sums its own clients and one all-reduce combines the devices.
+
+    Args: as :func:`map_clients`; returns a pytree shaped like one client's output.
+    """
+    m = _leading(args)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"--client-chunk must be >= 1, got {chunk_size}")
+    n = client_devices()
+    per_device = math.ceil(m / n)
+    num_chunks = 1 if chunk_size is None else math.ceil(per_device / chunk_size)
+    c = math.ceil(per_device / num_chunks)
+    per_device = num_chunks * c
+    valid = jnp.arange(n * per_device) < m
+    sharded = PartitionSpec(None, CLIENT_AXIS) if n > 1 else None
+
+    def to_chunks(x):  # (num_chunks, n, c, ...): device-major, as in map_clients
+        rest = x.shape[1:]
+        x = _pad(x, n * per_device - x.shape[0]).reshape(n, num_chunks, c, *rest)
+        x = jnp.swapaxes(x, 0, 1)
+        return jax.lax.with_sharding_constraint(x, sharded) if sharded else x
+
+    def chunk_sum(carry, chunk):  # carry: (n, ...) per-device partial sums
+        mask, *chunk_args = chunk
+        if n == c == 1:  # one client per step: no size-1 batch dimensions (faster on a CPU)
+            one_out = fn(*jax.tree.map(lambda x: x[0, 0], chunk_args))
+            out = jax.tree.map(lambda x: x[None, None], one_out)
+        else:
+            out = jax.vmap(jax.vmap(fn))(*chunk_args)  # (n, c, ...)
+        part = jax.tree.map(
+            lambda x: jnp.where(mask.reshape(n, c, *[1] * (x.ndim - 2)), x, 0).sum(1), out
+        )
+        return jax.tree.map(jnp.add, carry, part), None
+
+    chunks = jax.tree.map(to_chunks, (valid, *args))
+    one = jax.eval_shape(fn, *jax.tree.map(lambda x: x[0], args))
+    zeros = jax.tree.map(lambda s: jnp.zeros((n, *s.shape), s.dtype), one)
+    if num_chunks == 1:
+        partial, _ = chunk_sum(zeros, jax.tree.map(lambda x: x[0], chunks))
+    else:
+        partial, _ = jax.lax.scan(chunk_sum, zeros, chunks)
+    return jax.tree.map(lambda x: x.sum(0), partial)
+
+
 def _sharded(fn: Callable, args, m: int, n: int, chunk_size: int | None):
     """Split the client axis over the mesh's ``n`` devices (padding to a multiple of n).
 

@@ -233,7 +233,10 @@ def _time_phase(parts, update, shared, client_args, loop_clients):
         jax.block_until_ready(outs)
         total += (time.perf_counter() - start) / k * m
         scaled |= k < m
-        stacked.append(jax.tree.map(lambda *xs: jnp.stack(xs), *([outs[0]] * m)))
+        if parts.reduced:  # finish takes the sum over clients
+            stacked.append(jax.tree.map(lambda x, m=m: m * x, outs[0]))
+        else:
+            stacked.append(jax.tree.map(lambda *xs: jnp.stack(xs), *([outs[0]] * m)))
     return total, scaled, tuple(stacked) if parts.grouped else stacked[0]
 
 

@@ -21,7 +21,13 @@ import optax  # noqa: E402
 from algorithms import ALGORITHMS  # noqa: E402
 from jaxfl import experiment, flags  # noqa: E402
 from jaxfl.algorithm import loop_clients  # noqa: E402
-from jaxfl.clients import client_devices, client_mesh, map_clients, replicate  # noqa: E402
+from jaxfl.clients import (  # noqa: E402
+    client_devices,
+    client_mesh,
+    map_clients,
+    replicate,
+    sum_clients,
+)
 
 
 def max_diff(a, b) -> float:
@@ -32,7 +38,8 @@ def max_diff(a, b) -> float:
 
 
 def map_clients_cases(out: dict) -> None:
-    """Sharded map_clients (any m, chunk, device count) vs a per-client Python loop."""
+    """Sharded map_clients and sum_clients (any m, chunk, device count) vs a per-client Python
+    loop."""
     w = jax.random.normal(jax.random.key(0), (4, 3))
 
     def one_client(shared, x, key):  # shared weights, a per-client key
@@ -52,7 +59,15 @@ def map_clients_cases(out: dict) -> None:
                             lambda x, k: one_client(w, x, k), xs, keys, chunk_size=chunk
                         )
                     )(w, xs, keys)
+                    summed = jax.jit(
+                        lambda w, xs, keys, chunk=chunk: sum_clients(
+                            lambda x, k: one_client(w, x, k), xs, keys, chunk_size=chunk
+                        )
+                    )(w, xs, keys)
                 out[f"map_clients m={m} devices={n} chunk={chunk}"] = max_diff(mapped, reference)
+                out[f"sum_clients m={m} devices={n} chunk={chunk}"] = max_diff(
+                    summed, jax.tree.map(lambda x: x.sum(0), reference)
+                )
 
 
 RUNS = {  # name: run.py flags (2 rounds on the embedded data, small everything)

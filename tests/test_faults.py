@@ -20,7 +20,9 @@ def _mlp(data):
 
 def _round_pieces(algo, state, key):
     """prepare, every client's output by the loop reference, and the round's ctx (an algorithm
-    with model groups must have one group here)."""
+    with model groups must have one group here; FedAvg must be built with ``stream=False`` to
+    expose each client's raw update)."""
+    assert not algo.parts.reduced
     shared, client_args, ctx = algo.parts.prepare(state, key, algo.data)
     if algo.parts.grouped:
         (update,), (client_args,) = algo.parts.client_update, client_args
@@ -53,8 +55,9 @@ def test_fedavg_dropout_averages_only_the_received_updates(tiny_federation):
     algo = fedavg.make(FEDAVG, data, _mlp(data), fault_config=config)
     state = algo.init(jax.random.key(0))
     key = _key_where(config, 4, lambda n: 0 < n < 4)  # some but not all uploads are lost
-    (deltas, _), (counts, received) = _round_pieces(algo, state, key)
-    new_state, metrics = algo.round(state, key)
+    raw = fedavg.make(FEDAVG, data, _mlp(data), fault_config=config, stream=False)
+    (deltas, _), (counts, received) = _round_pieces(raw, state, key)
+    new_state, metrics = algo.round(state, key)  # the streamed weighted mean
     w = np.asarray(counts * received, np.float64)
     expected = jax.tree.map(
         lambda p, d: p + np.tensordot(w / w.sum(), np.asarray(d), axes=1), state.params, deltas
@@ -219,7 +222,7 @@ def test_client_loss_term_fedprox_keeps_local_models_near_the_global(tiny_federa
     state = fedavg.make(FEDAVG, data, _mlp(data)).init(jax.random.key(0))
     drift = {}
     for mu in (0.0, 10.0):
-        algo = fedavg.make(FEDAVG, data, _mlp(data), client_loss_term=prox(mu))
+        algo = fedavg.make(FEDAVG, data, _mlp(data), client_loss_term=prox(mu), stream=False)
         (deltas, _), _ = _round_pieces(algo, state, jax.random.key(1))
         drift[mu] = sum(float(jnp.sum(d**2)) for d in jax.tree.leaves(deltas))
     assert drift[10.0] < 0.5 * drift[0.0]

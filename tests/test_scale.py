@@ -13,7 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from algorithms import ALGORITHMS
 from jaxfl import experiment, flags, memory
+from jaxfl.algorithm import loop_clients
+from jaxfl.clients import sum_clients
 from jaxfl.io import read_metrics
 from jaxfl.models import get_model
 from jaxfl.simulation import Simulation
@@ -45,9 +48,54 @@ def test_sharded_rounds_match_one_device_and_the_per_client_loop():
     assert done.returncode == 0, done.stderr[-3000:]
     diffs = json.loads(done.stdout.strip().splitlines()[-1])
     assert len([k for k in diffs if k.startswith("map_clients")]) == 24
-    assert len([k for k in diffs if "devices=8" in k and "map_clients" not in k]) == 8
+    assert len([k for k in diffs if k.startswith("sum_clients")]) == 24
+    assert len([k for k in diffs if "devices=8" in k and "_clients m=" not in k]) == 8
     too_far = {k: v for k, v in diffs.items() if not v <= 2e-6}
     assert not too_far, too_far  # float summation order only
+
+
+@pytest.mark.parametrize("m", [5, 8])
+def test_sum_clients_is_the_loop_sum_for_every_chunking(m):
+    w = jax.random.normal(jax.random.key(0), (4, 3))
+    xs = jax.random.normal(jax.random.key(1), (m, 6, 4))
+
+    def one_client(shared, x):
+        return {"h": jnp.tanh(x @ shared).sum(0), "n": jnp.ones(())}
+
+    expected = jax.tree.map(lambda x: x.sum(0), loop_clients(one_client, w, xs))
+    for chunk in (None, 1, 2, 3, 8):
+        summed = jax.jit(
+            lambda xs, c=chunk: sum_clients(lambda x: one_client(w, x), xs, chunk_size=c)
+        )(xs)
+        assert float(summed["n"]) == m  # padding clients are not counted
+        np.testing.assert_allclose(summed["h"], expected["h"], rtol=1e-5, atol=1e-6)
+
+
+def test_streamed_fedavg_equals_the_stacked_mean_and_its_memory_does_not_grow_with_m():
+    argv = ["--algo", "fedavg", "--dataset", "synthetic", "--model", "mlp", "--client-chunk", "2"]
+    exp = experiment.build(flags.parse([*argv, "--clients", "9"]))
+    module, cfg = ALGORITHMS["fedavg"], exp.algorithm_config
+    streamed = exp.algorithm
+    stacked = module.make(cfg, exp.data, exp.model, stream=False)
+    assert streamed.parts.reduced and not stacked.parts.reduced
+    state = streamed.init(jax.random.key(0))
+    for a, b in zip(
+        jax.tree.leaves(streamed.round(state, jax.random.key(4))),
+        jax.tree.leaves(stacked.round(state, jax.random.key(4))),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    temps = {}
+    for c in (8, 64):
+        big = experiment.build(flags.parse([*argv, "--clients", str(c)]))
+        raw = module.make(big.algorithm_config, big.data, big.model, stream=False)
+        temps[c] = [
+            memory.compiled_round_memory(a, 2).temp_size_in_bytes for a in (big.algorithm, raw)
+        ]
+    update_bytes = 4 * exp.model.num_params
+    # stacking holds every sampled client's update: 56 more clients, at least 56 more updates
+    assert temps[64][1] - temps[8][1] >= 56 * update_bytes
+    assert temps[64][0] - temps[8][0] < 4 * update_bytes  # streaming: a few, whatever m
 
 
 def _free_port() -> int:
