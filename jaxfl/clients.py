@@ -144,6 +144,11 @@ def sum_clients(fn: Callable, *args, chunk_size: int | None = None):
             one_out = fn(*jax.tree.map(lambda x: x[0, 0], chunk_args))
             out = jax.tree.map(lambda x: x[None, None], one_out)
         else:
+            if sharded:  # each device maps its own c clients
+                chunk_args = jax.tree.map(
+                    lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(CLIENT_AXIS)),
+                    chunk_args,
+                )
             out = jax.vmap(jax.vmap(fn))(*chunk_args)  # (n, c, ...)
         part = jax.tree.map(
             lambda x: jnp.where(mask.reshape(n, c, *[1] * (x.ndim - 2)), x, 0).sum(1), out
