@@ -71,15 +71,10 @@ def map_clients_cases(out: dict) -> None:
 
 
 RUNS = {  # name: run.py flags (2 rounds on the embedded data, small everything)
-    "fedavg C=16": ["--algo", "fedavg", "--clients", "16"],
     "fedavg C=13 m=11 chunk=2": [
         "--algo", "fedavg", "--clients", "13", "--clients-per-round", "11", "--client-chunk", "2"
     ],
     "dsfl C=13": ["--algo", "dsfl", "--clients", "13", "--public-per-round", "64"],
-    "dsfl groups C=12": [
-        "--algo", "dsfl", "--clients", "12", "--public-per-round", "64",
-        "--models", "mlp:1,logreg:1",
-    ],
     "fedmd groups C=10 (two phases)": [
         "--algo", "fedmd", "--clients", "10", "--public-per-round", "64", "--models",
         "mlp:1,logreg:1", "--fedmd-public-epochs", "1", "--fedmd-private-epochs", "1",
