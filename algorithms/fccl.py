@@ -38,7 +38,7 @@ from flax import struct
 
 from jaxfl import aggregate, faults, groups, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
-from jaxfl.clients import map_clients
+from jaxfl.clients import map_clients, on_client_mesh
 from jaxfl.data.federation import Federation
 
 ATTACKS = ("label_flip",)
@@ -129,6 +129,7 @@ def make(
     B = config.batch_size
 
     @jax.jit
+    @on_client_mesh  # the transfer learning runs each device's block of clients
     def init_with(key, data):
         k_init, k_pretrain = jax.random.split(key)
         pretrained = []

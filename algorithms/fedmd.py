@@ -33,7 +33,7 @@ from flax import struct
 
 from jaxfl import aggregate, faults, groups, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
-from jaxfl.clients import map_clients
+from jaxfl.clients import map_clients, on_client_mesh
 from jaxfl.data.federation import Federation
 
 ATTACKS = ("label_flip",)
@@ -122,6 +122,7 @@ def make(
         return params
 
     @jax.jit
+    @on_client_mesh  # the transfer learning runs each device's block of clients
     def init_with(key, data):
         k_init, k_transfer = jax.random.split(key)
         fresh = groups.init_params(k_init, model_groups)

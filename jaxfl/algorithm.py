@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxfl.clients import map_clients, sum_clients
+from jaxfl.clients import current_mesh, map_clients, on_client_mesh, sum_clients, use_mesh
 from jaxfl.data.federation import Federation
 
 
@@ -152,6 +152,18 @@ def loop_clients(fn: Callable, shared, *client_args):
 _jit_cache: dict = {}
 
 
+def _traced_on_mesh(fn: Callable) -> Callable:
+    """``fn`` with a static ``mesh`` keyword under which it is traced (:func:`use_mesh`): the
+    mesh is part of the jit cache key, so a round compiled for one mesh is never reused for
+    another."""
+
+    def traced(*args, mesh=None, **kwargs):
+        with use_mesh(mesh):
+            return fn(*args, **kwargs)
+
+    return traced
+
+
 def make_algorithm(
     name: str,
     parts: RoundParts,
@@ -180,6 +192,7 @@ def make_algorithm(
         raise ValueError("RoundParts(reduced=True) supports one group and one client phase")
     mapper = sum_clients if parts.reduced else map_clients
 
+    @on_client_mesh
     def round_fn(state, key, data, chunk_size=client_chunk):
         def vmapped(update, shared, args):
             return mapper(lambda *a: update(shared, *a), *args, chunk_size=chunk_size)
@@ -191,7 +204,7 @@ def make_algorithm(
             outputs = map_groups(vmapped, shared, client_args, parts.client_update2)
         return parts.finish(state, ctx, outputs, data)
 
-    jitted_round = jax.jit(round_fn, static_argnames="chunk_size")
+    jitted_round = jax.jit(_traced_on_mesh(round_fn), static_argnames=("chunk_size", "mesh"))
 
     def one_round(state, round_key, r, data):
         state, metrics = round_fn(state, jax.random.fold_in(round_key, r), data)
@@ -203,18 +216,23 @@ def make_algorithm(
             lambda s, r: round_fn(s, jax.random.fold_in(round_key, r), data), state, rounds
         )
 
-    donated_round = jax.jit(one_round, donate_argnums=0)
-    donated_scan = jax.jit(scanned_rounds, static_argnames="num_rounds", donate_argnums=0)
+    donated_round = jax.jit(_traced_on_mesh(one_round), static_argnames="mesh", donate_argnums=0)
+    donated_scan = jax.jit(
+        _traced_on_mesh(on_client_mesh(scanned_rounds)),
+        static_argnames=("num_rounds", "mesh"),
+        donate_argnums=0,
+    )
 
     def run_rounds(state, round_key, first, num_rounds=1):
+        mesh = current_mesh()
         if num_rounds == 1:  # the same compiled round as ``round``, without a scan around it
-            return donated_round(state, round_key, first, data)
-        return donated_scan(state, round_key, first, data, num_rounds)
+            return donated_round(state, round_key, first, data, mesh=mesh)
+        return donated_scan(state, round_key, first, data, num_rounds=num_rounds, mesh=mesh)
 
     jitted_prepare = jax.jit(parts.prepare)
     jitted_finish = jax.jit(parts.finish)
     jitted_exchange = jax.jit(parts.exchange) if parts.exchange is not None else None
-    jitted_eval = jax.jit(evaluate_fn)
+    jitted_eval = jax.jit(_traced_on_mesh(on_client_mesh(evaluate_fn)), static_argnames="mesh")
 
     def round_loop(state, key):
         shared, client_args, ctx = jitted_prepare(state, key, data)
@@ -232,8 +250,8 @@ def make_algorithm(
     return FederatedAlgorithm(
         name=name,
         init=init,
-        round=lambda state, key: jitted_round(state, key, data),
-        evaluate=lambda state: jitted_eval(state, data),
+        round=lambda state, key: jitted_round(state, key, data, mesh=current_mesh()),
+        evaluate=lambda state: jitted_eval(state, data, mesh=current_mesh()),
         round_fn=round_fn,
         run_rounds=run_rounds,
         round_loop=round_loop,

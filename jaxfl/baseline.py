@@ -79,7 +79,7 @@ def local_only(
     import jax
 
     from jaxfl import experiment, train
-    from jaxfl.clients import map_clients
+    from jaxfl.clients import map_clients, on_client_mesh
     from jaxfl.simulation import Simulation
 
     local = baseline_args(args, client_val_fraction)
@@ -96,23 +96,24 @@ def local_only(
     state, _ = sim.run()
     data, apply = exp.data, exp.model.apply
 
-    def split_loss(idx_rows, counts):
-        return jax.jit(
-            lambda params: map_clients(
-                lambda p, idx, cnt: train.client_loss(
-                    apply, p, data.train_x, data.train_y, idx, cnt
-                ),
-                params,
-                idx_rows,
-                counts,
-                chunk_size=exp.config["client_chunk"],
-            )
-        )(state.client_params)
+    @jax.jit
+    @on_client_mesh
+    def split_loss(params, data, idx_rows, counts):
+        def one_client(p, idx, cnt):
+            return train.client_loss(apply, p, data.train_x, data.train_y, idx, cnt)
+
+        return map_clients(
+            one_client, params, idx_rows, counts, chunk_size=exp.config["client_chunk"]
+        )
 
     result = {
         "acc": np.asarray(captured["acc"]),
-        "train_loss": np.asarray(split_loss(data.client_idx, data.client_count)),
-        "val_loss": np.asarray(split_loss(data.client_val_idx, data.client_val_count)),
+        "train_loss": np.asarray(
+            split_loss(state.client_params, data, data.client_idx, data.client_count)
+        ),
+        "val_loss": np.asarray(
+            split_loss(state.client_params, data, data.client_val_idx, data.client_val_count)
+        ),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")

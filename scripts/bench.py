@@ -52,7 +52,6 @@ def _force_host_devices(argv: list[str]) -> None:
 if __name__ == "__main__":
     _force_host_devices(sys.argv[1:])
 
-import contextlib  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -60,7 +59,7 @@ import numpy as np  # noqa: E402
 
 from jaxfl import experiment, flags, memory  # noqa: E402
 from jaxfl.algorithm import _jit_cache  # noqa: E402
-from jaxfl.clients import client_mesh, replicate  # noqa: E402
+from jaxfl.clients import client_mesh, replicate, use_mesh  # noqa: E402
 from jaxfl.data import Dataset, DataUnavailableError, load_dataset  # noqa: E402
 from jaxfl.flops import gemm_flops_per_s, round_flops  # noqa: E402
 from jaxfl.models import CONV_LOWERINGS  # noqa: E402
@@ -137,7 +136,7 @@ def bench_one(
     per compiled call), measure its memory, and time the per-client loop (on one device)
     unless ``loop_s`` gives it already."""
     mesh = client_mesh(devices)
-    with jax.set_mesh(mesh) if devices > 1 else contextlib.nullcontext():
+    with use_mesh(mesh):
         args = flags.parse(argv)
         exp = experiment.build(args, dataset=dataset)
         algo = exp.algorithm

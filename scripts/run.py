@@ -10,7 +10,6 @@ metrics.jsonl (one line per evaluated round), summary.json, accuracy.png and che
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 from algorithms import ALGORITHMS  # noqa: E402
 from jaxfl import checkpoint, events, experiment, flags, scale  # noqa: E402
 from jaxfl.baseline import local_only_accuracy  # noqa: E402
-from jaxfl.clients import client_mesh  # noqa: E402
+from jaxfl.clients import client_mesh, use_mesh  # noqa: E402
 from jaxfl.data import DataUnavailableError, PartitionError  # noqa: E402
 from jaxfl.io import (  # noqa: E402
     ResultsExistError,
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     # one device: no mesh at all, so the single-device program is exactly the unsharded one
-    with jax.set_mesh(mesh) if mesh.size > 1 else contextlib.nullcontext():
+    with use_mesh(mesh):
         return run(args, start)
 
 

@@ -27,6 +27,7 @@ from jaxfl.clients import (  # noqa: E402
     map_clients,
     replicate,
     sum_clients,
+    use_mesh,
 )
 
 
@@ -52,7 +53,7 @@ def map_clients_cases(out: dict) -> None:
         reference = loop_clients(one_client, w, xs, keys)
         for n in (3, 8):
             for chunk in (None, 1, 2, 5):
-                with jax.set_mesh(client_mesh(n)):
+                with use_mesh(client_mesh(n)):
                     assert client_devices() == n
                     mapped = jax.jit(
                         lambda w, xs, keys, chunk=chunk: map_clients(
@@ -128,7 +129,7 @@ def algorithm_cases(out: dict) -> None:
     """The same two rounds (and evaluation) on one device and sharded over 8."""
     for name, argv in RUNS.items():
         one = two_rounds(build(argv), scanned=False)
-        with jax.set_mesh(client_mesh(8)):
+        with use_mesh(client_mesh(8)):
             exp = build(argv)
             assert exp.config["client_devices"] == 8
             eight = two_rounds(exp, scanned=False)
