@@ -25,7 +25,7 @@ import optax
 from flax import struct
 
 from algorithms.fedavg import server_optimizer, server_update
-from jaxfl import aggregate, faults, metrics, train
+from jaxfl import aggregate, faults, hparams, metrics, train
 from jaxfl.algorithm import (
     RoundParts,
     client_inputs,
@@ -113,11 +113,14 @@ def make(
     """Bind Ditto to a federation and a model; returns a FederatedAlgorithm."""
     m = config.clients_per_round or data.num_clients
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
-    if config.ditto_lambda < 0:
-        raise ValueError(f"--ditto-lambda {config.ditto_lambda} is not allowed; allowed: >= 0")
+    hparams.check(
+        config.ditto_lambda,
+        lambda v: v >= 0,
+        f"--ditto-lambda {config.ditto_lambda} is not allowed; allowed: >= 0",
+    )
     server_opt = server_optimizer(config)
     opt = optax.sgd(config.lr)
-    personal_opt = optax.sgd(config.personal_lr or config.lr)
+    personal_opt = optax.sgd(hparams.given(config.personal_lr, config.lr))
     personal_epochs = config.personal_epochs or config.local_epochs
     B = config.batch_size
 

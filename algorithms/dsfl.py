@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import aggregate, faults, groups, metrics, train
+from jaxfl import aggregate, faults, groups, hparams, metrics, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 
@@ -103,7 +103,7 @@ def make(
     n_open = config.public_per_round
     kd_batch = config.distill_batch_size or config.batch_size
     opt = optax.sgd(config.lr)
-    kd_opt = optax.sgd(config.distill_lr or config.lr)
+    kd_opt = optax.sgd(hparams.given(config.distill_lr, config.lr))
     if config.aggregation not in aggregate.AGGREGATIONS:
         raise ValueError(
             f"unknown --aggregation {config.aggregation!r}; allowed: "

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import faults, groups, train
+from jaxfl import faults, groups, hparams, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 
@@ -136,8 +136,11 @@ def make(
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
-    if config.fd_beta < 0:
-        raise ValueError(f"--fd-beta {config.fd_beta} is not allowed; allowed: >= 0")
+    hparams.check(
+        config.fd_beta,
+        lambda v: v >= 0,
+        f"--fd-beta {config.fd_beta} is not allowed; allowed: >= 0",
+    )
     opt = optax.sgd(config.lr)
     L = data.num_classes
 

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxfl import aggregate, faults, groups, metrics, train
+from jaxfl import aggregate, faults, groups, hparams, metrics, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 
@@ -62,6 +62,10 @@ class FedDFConfig:
 
 
 CONFIG = FedDFConfig
+# float flags that fix shapes (a fraction that becomes a count): a sweep compiles a group
+# per value (jaxfl.hparams)
+STATIC_HPARAMS = ("distill_val_fraction",)
+STATIC_SEED = True  # the public split into distillation train/validation is drawn from it
 
 
 @struct.dataclass
@@ -149,7 +153,10 @@ def make(
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
     P = data.public_size
     n_val = int(round(config.distill_val_fraction * P))
-    if not 0 < n_val < P or config.server_distill_steps < 0 or config.distill_temperature <= 0:
+    temperature_ok = hparams.is_traced(config.distill_temperature) or (
+        config.distill_temperature > 0
+    )
+    if not 0 < n_val < P or config.server_distill_steps < 0 or not temperature_ok:
         raise ValueError(
             f"FedDF needs a public (distillation) set split into training and validation: "
             f"--public-size {P} with --distill-val-fraction {config.distill_val_fraction} leaves "

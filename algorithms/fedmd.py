@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import aggregate, faults, groups, train
+from jaxfl import aggregate, faults, groups, hparams, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.clients import map_clients, on_client_mesh
 from jaxfl.data.federation import Federation
@@ -96,8 +96,8 @@ def make(
             f"--public-per-round {n} is not allowed for FedMD; allowed: 1..the public set's "
             f"{data.public_size} examples (raise --public-size)"
         )
-    labels = jax.device_get(data.public_y)
-    if labels.min() < 0 or labels.max() >= data.num_classes:
+    labels = None if hparams.is_traced(data.public_y) else jax.device_get(data.public_y)
+    if labels is not None and (labels.min() < 0 or labels.max() >= data.num_classes):
         raise ValueError(
             "FedMD's transfer learning needs public labels in the private label space "
             f"(0..{data.num_classes - 1}); this public set has labels "

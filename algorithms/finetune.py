@@ -22,9 +22,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from algorithms import fedavg
-from jaxfl import faults, metrics
+from jaxfl import faults, hparams, metrics
 from jaxfl.algorithm import make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
@@ -76,7 +77,7 @@ def make(
             f"unknown --finetune-layers {config.finetune_layers!r}; allowed: "
             f"{', '.join(FINETUNE_LAYERS)}"
         )
-    if len(candidates) > 1 and int(jnp.max(data.client_val_count)) == 0:
+    if len(candidates) > 1 and not np.any(jax.device_get(hparams.concrete(data).client_val_count)):
         raise ValueError(
             f"--finetune-epochs {config.finetune_epochs} offers several candidates, chosen on "
             "validation data, but the clients have no validation split: set "
@@ -103,7 +104,7 @@ def make(
             data,
             jax.random.fold_in(eval_key, state.round),
             epochs=candidates[-1],
-            lr=config.finetune_lr or config.lr,
+            lr=hparams.given(config.finetune_lr, config.lr),
             batch_size=config.batch_size,
             layers=config.finetune_layers,
             chunk_size=config.client_chunk,

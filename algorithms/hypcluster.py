@@ -54,6 +54,9 @@ class HypClusterConfig:
 
 
 CONFIG = HypClusterConfig
+# float flags that fix shapes (a fraction that becomes a count): a sweep compiles a group
+# per value (jaxfl.hparams)
+STATIC_HPARAMS = ("cluster_warmup",)
 
 
 @struct.dataclass

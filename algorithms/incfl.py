@@ -31,10 +31,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from algorithms import fedavg
-from jaxfl import aggregate, faults, metrics, train
+from jaxfl import aggregate, faults, hparams, metrics, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
@@ -84,13 +85,14 @@ def make(
     local_losses = jnp.asarray(local_losses, jnp.float32)
     seen = fedavg.training_clients(config, data)
     m = config.clients_per_round or seen
-    if config.incfl_tau <= 0 or not 0 <= config.incfl_floor <= 1:
-        raise ValueError(
-            f"--incfl-tau {config.incfl_tau} / --incfl-floor {config.incfl_floor} not allowed; "
-            "allowed: tau > 0, 0 <= floor <= 1"
-        )
+    hparams.check(
+        (config.incfl_tau, config.incfl_floor),
+        lambda v: v[0] > 0 and 0 <= v[1] <= 1,
+        f"--incfl-tau {config.incfl_tau} / --incfl-floor {config.incfl_floor} not allowed; "
+        "allowed: tau > 0, 0 <= floor <= 1",
+    )
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
-    has_val = int(jnp.max(data.client_val_count)) > 0
+    has_val = bool(np.any(jax.device_get(hparams.concrete(data).client_val_count)))
     gap_idx = data.client_val_idx if has_val else data.client_idx
     gap_count = data.client_val_count if has_val else data.client_count
     server_opt = fedavg.server_optimizer(config)

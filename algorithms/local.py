@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import faults, metrics, train
+from jaxfl import faults, hparams, metrics, train
 from jaxfl.algorithm import (
     RoundParts,
     client_inputs,
@@ -70,7 +70,7 @@ def make(
     """Bind local-only training to a federation and a model; returns a FederatedAlgorithm."""
     m = config.clients_per_round or data.num_clients
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
-    if fault_config.dropout > 0:
+    if hparams.is_traced(fault_config.dropout) or fault_config.dropout > 0:
         raise ValueError("--dropout is not allowed for --algo local: local-only uploads nothing")
     opt = optax.sgd(config.lr)
     local = (config.batch_size, config.local_epochs)

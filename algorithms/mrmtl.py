@@ -24,7 +24,7 @@ import optax
 from flax import struct
 
 from algorithms.ditto import personal_evaluation, personal_update
-from jaxfl import aggregate, faults, train
+from jaxfl import aggregate, faults, hparams, train
 from jaxfl.algorithm import (
     RoundParts,
     client_inputs,
@@ -74,8 +74,11 @@ def make(
     """Bind MR-MTL to a federation and a model; returns a FederatedAlgorithm."""
     m = config.clients_per_round or data.num_clients
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
-    if config.mrmtl_lambda < 0:
-        raise ValueError(f"--mrmtl-lambda {config.mrmtl_lambda} is not allowed; allowed: >= 0")
+    hparams.check(
+        config.mrmtl_lambda,
+        lambda v: v >= 0,
+        f"--mrmtl-lambda {config.mrmtl_lambda} is not allowed; allowed: >= 0",
+    )
     opt = optax.sgd(config.lr)
     local = (config.batch_size, config.local_epochs)
 

@@ -26,7 +26,7 @@ import optax
 from flax import struct
 
 from algorithms.fedavg import server_optimizer, server_update
-from jaxfl import aggregate, faults, metrics, train
+from jaxfl import aggregate, faults, hparams, metrics, train
 from jaxfl.algorithm import RoundParts, client_inputs, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
@@ -101,7 +101,7 @@ def make(
         )
     if config.personal_steps < 0:
         raise ValueError(f"--personal-steps {config.personal_steps} is not allowed; allowed: >= 0")
-    alpha = config.meta_lr or config.lr
+    alpha = hparams.given(config.meta_lr, config.lr)
     server_opt = server_optimizer(config)
     opt = optax.sgd(config.lr)
     local = (config.batch_size, config.local_epochs)

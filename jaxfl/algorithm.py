@@ -61,6 +61,7 @@ class FederatedAlgorithm:
       init: ``key -> state``.
       round: jitted ``(state, key) -> (state, metrics)``; one FL round, one compiled function.
       evaluate: jitted ``state -> metrics`` (``test_acc``, ``client_acc`` (C,) per client, ...).
+      evaluate_fn: the pure, unjitted ``(state, data) -> metrics``.
       round_fn: the pure, unjitted ``(state, key, data) -> (state, metrics)`` to wrap in your own
         ``jit``/``lax.scan``.
       run_rounds: ``(state, round_key, first, num_rounds) -> (state, metrics)``: rounds
@@ -78,6 +79,7 @@ class FederatedAlgorithm:
     init: Callable[[jax.Array], Any]
     round: Callable
     evaluate: Callable
+    evaluate_fn: Callable
     round_fn: Callable
     run_rounds: Callable
     round_loop: Callable
@@ -252,6 +254,7 @@ def make_algorithm(
         init=init,
         round=lambda state, key: jitted_round(state, key, data, mesh=current_mesh()),
         evaluate=lambda state: jitted_eval(state, data, mesh=current_mesh()),
+        evaluate_fn=on_client_mesh(evaluate_fn),
         round_fn=round_fn,
         run_rounds=run_rounds,
         round_loop=round_loop,

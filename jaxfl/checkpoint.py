@@ -25,9 +25,19 @@ def _manager(directory: str | Path, keep: int | None = None) -> ocp.CheckpointMa
     return ocp.CheckpointManager(Path(directory).resolve(), options=options)
 
 
-def save(directory: str | Path, round_index: int, state, meta: dict, keep: int | None = None):
-    """Write ``state`` (a pytree of arrays) and ``meta`` (JSON) as the checkpoint of round r."""
-    if not bool(all_finite(state)):
+def save(
+    directory: str | Path,
+    round_index: int,
+    state,
+    meta: dict,
+    keep: int | None = None,
+    check_finite: bool = True,
+):
+    """Write ``state`` (a pytree of arrays) and ``meta`` (JSON) as the checkpoint of round r.
+
+    ``check_finite=False`` saves a state with NaN or inf too (a sweep, where one diverged
+    experiment must not stop the others' checkpoints)."""
+    if check_finite and not bool(all_finite(state)):
         raise NonFiniteError(
             f"round {round_index}: the state holds NaN or inf; not checkpointed (the last "
             "checkpoint is kept). Training diverged: try a smaller --lr or --server-lr."

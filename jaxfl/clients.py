@@ -173,12 +173,18 @@ def on_client_mesh(fn: Callable) -> Callable:
 _in_flight: contextvars.ContextVar[int] = contextvars.ContextVar("clients_in_flight", default=1)
 
 
+# experiments vmapped side by side around the client maps (jaxfl.experiments)
+experiments_in_flight: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "experiments_in_flight", default=1
+)
+
+
 def clients_in_flight() -> int:
     """How many clients the function being traced runs side by side on one device: the width of
     the enclosing ``map_clients``/``sum_clients`` vmap (1 in a compiled loop over single clients,
-    or outside any client map). Layers whose fastest lowering depends on it read it at trace
-    time (:mod:`jaxfl.models.tuning`)."""
-    return _in_flight.get()
+    or outside any client map) times the experiments vmapped around it. Layers whose fastest
+    lowering depends on it read it at trace time (:mod:`jaxfl.models.tuning`)."""
+    return _in_flight.get() * experiments_in_flight.get()
 
 
 def _vmap_clients(fn: Callable, width: int) -> Callable:

@@ -36,6 +36,8 @@ class Experiment:
     algorithm_config: object  # the algorithm's XConfig
     config: dict  # every resolved setting
     groups: tuple | None = None  # the model groups with --models (model is the first group's)
+    make_kwargs: dict = dataclasses.field(default_factory=dict)  # further arguments of make()
+    fault_config: object = None  # the FaultConfig the algorithm was bound with
 
 
 def estimate_step_bytes(model, batch_size: int) -> int:
@@ -201,7 +203,9 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         "processes": jax.process_count(),
         "jax_version": jax.__version__,
     }
-    return Experiment(args, data, info, model, algorithm, algo_config, config, model_groups)
+    return Experiment(
+        args, data, info, model, algorithm, algo_config, config, model_groups, extra, fault_config
+    )
 
 
 def config_from_args(config_cls, args: argparse.Namespace, **overrides):

@@ -20,11 +20,15 @@ faults on or off leaves every other random draw of the round unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxfl import hparams
 
 ATTACKS = ("none", "label_flip", "random_logits", "scaled_logits", "scaled_update")
 FAULT_STREAM = 0x0FA17
@@ -44,8 +48,11 @@ class FaultConfig:
 
     def check(self, allowed_attacks: tuple[str, ...], clients_per_round: int) -> None:
         """Raise ValueError naming the flag if a setting cannot work for this algorithm."""
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"--dropout {self.dropout} is not allowed; allowed: 0 <= p < 1")
+        hparams.check(
+            self.dropout,
+            lambda p: 0.0 <= p < 1.0,
+            f"--dropout {self.dropout} is not allowed; allowed: 0 <= p < 1",
+        )
         if not 1 <= self.min_received <= clients_per_round:
             raise ValueError(
                 f"--min-received {self.min_received} is not allowed; allowed: "
@@ -57,10 +64,11 @@ class FaultConfig:
         ):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{flag} {value} is not allowed; allowed: 0..1")
-        if not 0.0 < self.straggler_work <= 1.0:
-            raise ValueError(
-                f"--straggler-work {self.straggler_work} is not allowed; allowed: 0 < w <= 1"
-            )
+        hparams.check(
+            self.straggler_work,
+            lambda w: 0.0 < w <= 1.0,
+            f"--straggler-work {self.straggler_work} is not allowed; allowed: 0 < w <= 1",
+        )
         if self.attack not in ("none", *allowed_attacks):
             raise ValueError(
                 f"--attack {self.attack!r} is not allowed for this algorithm; allowed: "
@@ -80,8 +88,26 @@ def setup(
     """One algorithm's faults: (the checked config, (C,) bool device mask of adversaries)."""
     fault_config = fault_config or FaultConfig()
     fault_config.check(allowed_attacks, clients_per_round)
+    given = _adversaries.get()
+    if given is not None:  # the experiments axis: this experiment's set, drawn from its seed
+        return fault_config, given
     mask = adversaries(num_clients, fault_config.adversary_fraction, seed)
     return fault_config, jnp.asarray(mask)
+
+
+_adversaries: contextvars.ContextVar = contextvars.ContextVar("adversaries", default=None)
+
+
+@contextlib.contextmanager
+def use_adversaries(mask: jax.Array):
+    """Make :func:`setup` return ``mask`` (C,) bool as the adversary set: the experiments axis
+    binds an algorithm inside a vmap over experiments of different seeds, where each
+    experiment's set (drawn from its own seed by :func:`adversaries`) is a traced value."""
+    token = _adversaries.set(mask)
+    try:
+        yield
+    finally:
+        _adversaries.reset(token)
 
 
 def adversaries(num_clients: int, fraction: float, seed: int) -> np.ndarray:

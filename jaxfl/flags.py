@@ -15,7 +15,7 @@ from algorithms import ALGORITHMS, PERSONALIZATION
 from jaxfl.algorithm_flags import add_algorithm_arguments, validate_algorithm_flags
 from jaxfl.data import DATASETS, PARTITIONS
 from jaxfl.faults import ATTACKS
-from jaxfl.models import CONV_LOWERINGS, MODELS
+from jaxfl.models import LOWERING_CHOICES, MODELS
 from jaxfl.scale import EXECUTION_FLAGS, add_scale_arguments, validate_scale_flags
 
 
@@ -25,7 +25,37 @@ class ConfigError(ValueError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a = parser.add_argument
-    a("--algo", default="dsfl", help=f"federated algorithm: {', '.join(ALGORITHMS)} (default dsfl)")
+    a(
+        "--algo",
+        default="dsfl",
+        help=f"federated algorithm: {', '.join(ALGORITHMS)} (default dsfl); several, comma "
+        "separated (fedavg,dsfl), run one after another on the same partitions and seeds and "
+        "compared in comparison.md",
+    )
+    a(
+        "--seeds",
+        default=None,
+        help="run several seeds side by side in one compiled call (the experiments axis): a count "
+        "(5: seeds --seed .. --seed+4) or a list (0,3,7); each seed has its own partition, "
+        "sampling and initialisation; results report mean, std and 95%% CI over seeds",
+    )
+    a(
+        "--sweep",
+        action="append",
+        default=None,
+        metavar="NAME=V1,V2,...",
+        help="sweep a float hyperparameter (repeatable: the grid of all values, times --seeds), "
+        "e.g. --sweep lr=0.01,0.1 --sweep temperature=0.1,0.5; learning rates, temperatures, "
+        "penalties and fault probabilities run in one compiled call; a float that fixes a shape "
+        "(e.g. --distill-val-fraction) runs one compiled group per value",
+    )
+    a(
+        "--experiment-chunk",
+        type=int,
+        default=None,
+        help="experiments vmapped at once per device in a sweep (default: all on accelerators; "
+        "on a CPU as many as keep a training step in cache)",
+    )
     a("--clients", type=int, default=100, help="number of simulated clients C (default 100)")
     a(
         "--clients-per-round",
@@ -89,8 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a(
         "--conv-lowering",
         default=None,
-        help=f"how conv layers are computed: {', '.join(CONV_LOWERINGS)} (default: the measured "
-        "fastest on this backend)",
+        help=f"how conv layers are computed: {', '.join(LOWERING_CHOICES)} (default auto: each "
+        "layer's fastest, measured once per layer shape on this machine and cached in "
+        "$JAXFL_CACHE/conv_lowerings.json; any other value forces that lowering everywhere)",
     )
     a("--rounds", type=int, default=20, help="communication rounds (default 20)")
     a("--local-epochs", type=int, default=5, help="local epochs on private data (default 5)")
@@ -193,8 +224,13 @@ def _fail(flag: str, value, allowed) -> None:
 
 def validate(args: argparse.Namespace) -> None:
     """Cheap checks, before any data is loaded."""
-    if args.algo not in ALGORITHMS:
-        _fail("--algo", args.algo, ", ".join(ALGORITHMS))
+    for algo in args.algo.split(","):
+        if algo.strip() not in ALGORITHMS:
+            _fail(
+                "--algo", args.algo, f"{', '.join(ALGORITHMS)}, or several of them, comma separated"
+            )
+    if "," in args.algo:  # each algorithm's own flags are checked as it is run
+        return
     if args.dataset not in DATASETS:
         _fail("--dataset", args.dataset, ", ".join(DATASETS))
     for name in (args.domains or "").split(","):
@@ -212,8 +248,8 @@ def validate(args: argparse.Namespace) -> None:
             _fail("--models", args.models, f"only with --algo {', '.join(groups_algos)}")
         if args.model is not None:
             raise ConfigError("give --model (one architecture) or --models (groups), not both")
-    if args.conv_lowering is not None and args.conv_lowering not in CONV_LOWERINGS:
-        _fail("--conv-lowering", args.conv_lowering, ", ".join(CONV_LOWERINGS))
+    if args.conv_lowering is not None and args.conv_lowering not in LOWERING_CHOICES:
+        _fail("--conv-lowering", args.conv_lowering, ", ".join(LOWERING_CHOICES))
     for flag in (
         "clients",
         "rounds",

@@ -178,7 +178,12 @@ def others_accuracy_mean(groups: Sequence[Group], client_params, data, chunk_siz
     from jaxfl.train import accuracy
 
     n = data.test_y.shape[0]
-    rows = jax.random.permutation(jax.random.key(0), n)[: min(n, OTHERS_TEST_EXAMPLES)]
+    # one draw per row from fold_in(key, row), padding rows (label -1) last: the subset does not
+    # depend on how far the test set is padded (the experiments axis pads it)
+    draws = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(jax.random.key(0), i)))(
+        jnp.arange(n)
+    )
+    rows = jnp.argsort(jnp.where(data.test_y >= 0, draws, 2.0))[: min(n, OTHERS_TEST_EXAMPLES)]
     x, y = data.test_x[rows], data.test_y[rows]
     per_group = [
         map_clients(lambda p, g=g: accuracy(g.model.apply, p, x, y), params, chunk_size=chunk_size)

@@ -209,9 +209,12 @@ def predict_probs(apply: Callable, params, inputs: jax.Array, batch_size: int = 
 
 
 def accuracy(apply: Callable, params, x: jax.Array, y: jax.Array, batch_size: int = 1000):
-    """Accuracy of one model on (M, ...) inputs ``x`` with (M,) labels ``y``."""
+    """Accuracy of one model on (M, ...) inputs ``x`` with (M,) labels ``y``; rows labelled -1
+    are padding (the experiments axis pads test sets of different sizes) and do not count."""
     logits = batched_apply(apply, params, x, batch_size)
-    return jnp.mean(jnp.argmax(logits, -1) == y)
+    valid = y >= 0
+    hits = (jnp.argmax(logits, -1) == y) & valid
+    return jnp.sum(hits) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def client_loss(apply: Callable, params, x: jax.Array, y: jax.Array, idx_row, count):

@@ -1,32 +1,42 @@
 #!/usr/bin/env python
-"""Benchmark one FL round: vmapped jitted round vs a per-client Python loop, side by side.
+"""Benchmark one FL round: jaxfl's compiled round vs a per-client loop and the peers' form.
 
-Default workload: the DS-FL authors' lab setting on MNIST (Dirichlet alpha 1.0, LeNet-5,
-5 local epochs, batch 50, lr 0.1, 5 distillation epochs, open set 10,000 with 1,000 per round,
-ERA T=0.1), for C = 10, 100, 1000 clients, every client sampled each round. For each C and conv
-lowering it prints compile time, steady round time, clients/s, samples/s, peak memory, achieved
-FLOP/s and its fraction of a dense GEMM measured in the same run, and the per-client loop's round
-time with the ratio loop/vmap. Writes the rows as JSON.
+``--suite`` runs a named workload in one command (each row: compile time, steady round time,
+clients/s, samples/s, peak memory, achieved useful GFLOP/s and its fraction of a dense GEMM
+measured in the same run, the per-client loop and its ratio, and the peers' form and its ratio):
 
-FLOPs are the model's useful FLOPs per round (:mod:`jaxfl.flops`), so every conv lowering's
-GFLOP/s is comparable.
+- ``fedavg-cnn``: FedJAX's comparison. FedAvg on MNIST, 100 clients of 500 examples (IID), all
+  sampled, 1 local epoch, batch 10, lr 0.05, FedAvg's MNIST CNN (1,663,370 parameters).
+- ``dsfl-lab``: the DS-FL authors' lab workload. MNIST Dirichlet(1.0), C = 100, LeNet-5,
+  5 local epochs, batch 50, lr 0.1, 5 distillation epochs, open set 10,000 with 1,000 per round,
+  ERA T = 0.1, every client sampled.
+- ``lowerings``: every image model's FedAvg round (4 of 100 MNIST clients, 1 local epoch) under
+  ``--conv-lowering auto`` (the default) and each forced lowering, and the per-layer choices
+  ``auto`` measured.
+- ``experiments``: S experiments in one call (``run.py --seeds S``) against S separate runs,
+  compile included and excluded (``scripts/bench_experiments.py``): FedAvg (MLP) and DS-FL
+  (LeNet-5, 1 local + 1 distillation epoch) at C = 100, S = 1, 4, 8.
+- ``gpu``: everything an accelerator session should measure in one command (about 8 minutes on
+  one H200): the DS-FL lab round at C = 100, 1,000, 10,000 (memory-sized chunks and chunks of
+  64), each conv lowering at C = 100, the FedAvg CNN at C = 10,000, and 1..64 experiments of
+  DS-FL at C = 100. ``--tiny`` shrinks every suite to seconds (to test the command on a CPU).
 
-The per-client loop calls the same jitted one-client function once per client; for large C it is
-timed on ``--loop-clients`` clients and scaled linearly (the loop's cost is linear in clients by
-construction), which the table marks with '~'.
+Without ``--suite`` the flags choose the workload (default: the DS-FL lab setting for C = 10,
+100, 1000). The per-client loop calls the same jitted one-client function once per client; the
+peers' form (:mod:`jaxfl.peer`, FedJAX's form) is a Python loop over clients and minibatches
+calling one jitted SGD step per batch fed from host arrays. For large C both are timed on
+``--loop-clients`` clients and scaled linearly (marked '~'). FLOPs are the model's useful FLOPs
+per round (:mod:`jaxfl.flops`), so every lowering's GFLOP/s is comparable.
 
-``--devices 1 2 4 8`` repeats every row with the client axis sharded over that many devices (on a
-CPU the devices are made with XLA_FLAGS=--xla_force_host_platform_device_count, set here before
-JAX starts; they share the host's cores). Memory per client comes from XLA's buffer assignment of
-the compiled round (:mod:`jaxfl.memory`): the temporaries one more client in flight costs, and
-the state kept per client.
+On a CPU JAX starts with one host device per core (``--devices`` defaults to all of them, so
+the clients are split over the cores); ``--devices 1 2 4`` sweeps device counts. Memory per
+client comes from XLA's buffer assignment of the compiled round (:mod:`jaxfl.memory`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import sys
@@ -34,35 +44,32 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench_experiments
 
 
 def _force_host_devices(argv: list[str]) -> None:
-    """Make enough CPU devices for ``--devices`` (must happen before JAX starts; harmless on
-    accelerators, where the flag only concerns the CPU platform)."""
+    """Make enough CPU devices for ``--devices`` (at least one per core; must happen before JAX
+    starts; harmless on accelerators, where the flag only concerns the CPU platform)."""
+    from jaxfl.scale import cpu_cores, force_host_devices
+
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--devices", nargs="+", type=int, default=[1])
-    wanted = max(pre.parse_known_args(argv)[0].devices)
-    flags_now = os.environ.get("XLA_FLAGS", "")
-    if wanted > 1 and "xla_force_host_platform_device_count" not in flags_now:
-        os.environ["XLA_FLAGS"] = (
-            f"{flags_now} --xla_force_host_platform_device_count={wanted}".strip()
-        )
+    pre.add_argument("--devices", nargs="+", type=int, default=[cpu_cores()])
+    force_host_devices(max(max(pre.parse_known_args(argv)[0].devices), cpu_cores()))
 
 
 if __name__ == "__main__":
     _force_host_devices(sys.argv[1:])
 
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxfl import experiment, flags, memory  # noqa: E402
+from jaxfl import experiment, flags, memory, peer  # noqa: E402
 from jaxfl.algorithm import _jit_cache  # noqa: E402
 from jaxfl.clients import client_mesh, replicate, use_mesh  # noqa: E402
 from jaxfl.data import Dataset, DataUnavailableError, load_dataset  # noqa: E402
 from jaxfl.flops import gemm_flops_per_s, round_flops  # noqa: E402
-from jaxfl.models import CONV_LOWERINGS  # noqa: E402
+from jaxfl.models import LOWERING_CHOICES, tuning  # noqa: E402
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
@@ -147,6 +154,7 @@ def bench_one(
         compile_s = time.perf_counter() - start
         # round 0 (no distillation yet), which also compiles run_rounds' own jit
         state, _ = algo.run_rounds(state, round_key, 0, 1)
+        jax.block_until_ready(state)  # else round 1's time would include round 0's
         if rounds_per_call > 1:  # compile the scan
             jax.block_until_ready(
                 algo.run_rounds(jax.tree.map(jnp.copy, state), round_key, 1, rounds_per_call)
@@ -217,8 +225,125 @@ def load_bench_data(args) -> Dataset:
 
 CONV_MODELS = ("lenet5", "cnn", "resnet8", "resnet20")
 
+# named workloads: the flags of one bench command
+SUITES = {
+    "fedavg-cnn": {
+        "algo": ["fedavg"],
+        "models": ["cnn"],
+        "clients": [100],
+        "lowerings": ["auto"],
+        "partition": "iid",
+        "extra": "--local-epochs 1 --batch-size 10 --lr 0.05",
+    },
+    "dsfl-lab": {"algo": ["dsfl"], "models": ["lenet5"], "clients": [100], "lowerings": ["auto"]},
+    "experiments": {},
+    "gpu": {},
+    "lowerings": {
+        "algo": ["fedavg"],
+        "models": ["lenet5", "cnn", "resnet8"],
+        "clients": [100],
+        "lowerings": list(LOWERING_CHOICES),
+        "extra": "--local-epochs 1 --clients-per-round 4",
+        "loop_clients": 2,
+        "no_peer": True,
+    },
+}
+
+
+EXPERIMENT_WORKLOADS = {  # label: run.py flags of one experiment
+    "fedavg mlp C=100": ["--algo", "fedavg", "--model", "mlp", "--local-epochs", "1"],
+    "dsfl lenet5 C=100": [
+        "--algo", "dsfl", "--model", "lenet5", "--local-epochs", "1", "--distill-epochs", "1",
+    ],
+}  # fmt: skip
+
+
+def run_experiment_suite(args, dataset, counts, rounds) -> list[dict]:
+    """The experiments axis against separate runs (scripts/bench_experiments.py)."""
+    import bench_experiments
+
+    startup = bench_experiments.startup_seconds()
+    devices = args.devices[-1]
+    rows = []
+    for label, flags_ in EXPERIMENT_WORKLOADS.items():
+        argv = [*flags_, "--clients", str(args.clients[0]), "--partition", "dirichlet"]
+        argv += ["--public-size", "10000", *args.extra.split()]
+        found = bench_experiments.compare(argv, counts, rounds, dataset, devices, startup)
+        bench_experiments.print_rows(label, found)
+        rows += [{**r, "workload": label} for r in found]
+    return rows
+
+
+def gpu_rows(args, dataset, gemm) -> list[dict]:
+    """The ``gpu`` suite's round rows (see the module docstring)."""
+    tiny = args.tiny
+    lab = [] if not tiny else ["--local-epochs", "1", "--distill-epochs", "1"]
+    lab += ["--public-per-round", "100"] if tiny else []
+    sizes = (4, 8, 16) if tiny else (100, 1000, 10000)
+    plan = [  # (label, algo, model, C, lowering, chunk, extra flags)
+        *[("dsfl lab", "dsfl", "lenet5", c, "auto", None, lab) for c in sizes],
+        *[("dsfl lab chunk 64", "dsfl", "lenet5", c, "auto", 64, lab) for c in sizes[1:]],
+        *[("dsfl lab", "dsfl", "lenet5", sizes[0], lo, None, lab) for lo in CONV_LOWERS],
+        ("fedavg cnn", "fedavg", "cnn", sizes[-1], "auto", None,
+         ["--local-epochs", "1", "--batch-size", "10", "--lr", "0.05", "--partition", "iid"]),
+    ]  # fmt: skip
+    rows = []
+    for label, algo, model, c, lowering, chunk, extra in plan:
+        argv = ["--algo", algo, "--clients", str(c), "--model", model, "--conv-lowering", lowering]
+        argv += ["--public-size", "10000" if not tiny else "200", *extra]
+        argv += ["--client-chunk", str(chunk)] if chunk else []
+        row = bench_one(argv, dataset, gemm, args.rounds, args.loop_clients, args.devices[-1])
+        row["gemm_gflop_per_s"] = gemm / 1e9
+        rows.append({**row, "label": label})
+        _print_row(algo, f"{model} {label}", lowering, c, row)
+    return rows
+
+
+CONV_LOWERS = ("rows", "im2col", "patches", "xla")
+
+
+def time_peer(exp, loop_clients: int) -> tuple[float, bool] | None:
+    """Round time of the peers' form (:mod:`jaxfl.peer`) of ``exp``'s client work, timed on
+    ``loop_clients`` clients and scaled to the round's m (None: no peer form for this
+    algorithm). DS-FL's counts the clients' phase only; the server's ERA and distillation (one
+    model, ``distill_epochs`` over the open subset) add about one client's distillation."""
+    algo, cfg, data = exp.args.algo, exp.algorithm_config, exp.data
+    if algo not in ("fedavg", "dsfl") or exp.groups:
+        return None
+    m = exp.algorithm.clients_per_round
+    k = min(m, loop_clients)
+    idx, counts = np.asarray(data.client_idx), np.asarray(data.client_count)
+    train_x, train_y = np.asarray(data.train_x), np.asarray(data.train_y)
+    clients = [(train_x[idx[i, : counts[i]]], train_y[idx[i, : counts[i]]]) for i in range(k)]
+    shape, classes = exp.model.feature_shape, data.num_classes
+    if algo == "fedavg":
+        per_client = peer.fedavg_client_seconds(
+            exp.model.name, shape, classes, clients, cfg.batch_size, cfg.lr, cfg.local_epochs
+        )
+    else:
+        open_x = np.asarray(data.public_x[: cfg.public_per_round])
+        per_client = peer.dsfl_client_seconds(
+            exp.model.name, shape, classes, clients, open_x, cfg.batch_size, cfg.lr,
+            cfg.local_epochs, cfg.distill_epochs,
+        )  # fmt: skip
+    return per_client * m, k < m
+
+
+HEADER = (
+    f"{'algo':10} {'model':16} {'lowering':8} {'C':>5} {'dev':>3} {'compile s':>9} "
+    f"{'round s':>8} {'clients/s':>9} {'samples/s':>10} {'mem GB':>6} {'MB/client':>9} "
+    f"{'GFLOP/s':>8} {'%GEMM':>6} {'loop s':>8} {'loop/jaxfl':>9} {'peer s':>8} "
+    f"{'peer/jaxfl':>9}"
+)
+
 
 def _print_row(algo: str, label: str, lowering: str, c: int, row: dict) -> None:
+    peer_s = row.get("peer_round_s")
+    peer_cols = (
+        f"{'~' if row['peer_extrapolated'] else ' '}{peer_s:>7.2f} {row['peer_over_jaxfl']:>9.2f}"
+        if peer_s is not None
+        else f"{'-':>8} {'-':>9}"
+    )
     print(
         f"{algo:10} {label:16} {lowering:8} {c:>5} {row['devices']:>3} {row['compile_s']:>9.1f} "
         f"{row['round_s']:>8.2f} {row['clients_per_s']:>9.1f} "
@@ -226,13 +351,22 @@ def _print_row(algo: str, label: str, lowering: str, c: int, row: dict) -> None:
         f"{row['mem_per_client_mb'] + row['state_per_client_mb']:>9.2f} "
         f"{row['gflop_per_s']:>8.1f} {100 * row['gemm_fraction']:>5.1f}% "
         f"{'~' if row['loop_extrapolated'] else ' '}{row['loop_round_s']:>7.2f} "
-        f"{row['loop_over_vmap']:>9.2f}",
+        f"{row['loop_over_vmap']:>9.2f} {peer_cols}",
         flush=True,
     )
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        default=None,
+        help="a named workload (see below); its settings replace --algo/--models/--clients/"
+        "--lowerings/--extra",
+    )
     p.add_argument(
         "--algo", nargs="+", default=["dsfl"], help="algorithms to time (any of run.py's --algo)"
     )
@@ -249,15 +383,27 @@ def main(argv=None) -> int:
     p.add_argument(
         "--lowerings",
         nargs="+",
-        default=list(CONV_LOWERINGS),
-        help="conv lowerings to time for conv models",
+        default=["auto"],
+        help=f"conv lowerings to time for conv models ({', '.join(LOWERING_CHOICES)}; "
+        "default auto, the per-layer measured choice)",
     )
     p.add_argument("--rounds", type=int, default=2, help="timed steady-state rounds (median)")
     p.add_argument(
         "--loop-clients",
         type=int,
         default=20,
-        help="clients the per-client loop is timed on before scaling to C",
+        help="clients the per-client loop and the peers' form are timed on before scaling to C",
+    )
+    p.add_argument("--no-peer", action="store_true", help="skip the peers' form (jaxfl.peer)")
+    p.add_argument(
+        "--experiments",
+        nargs="+",
+        type=int,
+        default=None,
+        help="experiment counts S for --suite experiments/gpu (default 1 4 8; gpu: 1 8 64)",
+    )
+    p.add_argument(
+        "--tiny", action="store_true", help="shrink the suite to seconds (tests the command)"
     )
     p.add_argument("--data-dir", default=None, help="MNIST IDX folder (default ../shared/data)")
     p.add_argument("--client-chunk", type=int, default=None, help="as in run.py")
@@ -271,9 +417,9 @@ def main(argv=None) -> int:
         "--devices",
         nargs="+",
         type=int,
-        default=[1],
-        help="device counts to sweep, the client axis sharded over each (on a CPU, host devices "
-        "are forced to the largest; the per-client loop always runs on one device)",
+        default=None,
+        help="device counts to sweep, the clients split over each (default: every device; on a "
+        "CPU one host device per core; the per-client loop always runs on one device)",
     )
     p.add_argument(
         "--rounds-per-call",
@@ -284,20 +430,42 @@ def main(argv=None) -> int:
     p.add_argument("--extra", default="", help="more run.py flags, e.g. '--local-epochs 1'")
     p.add_argument("--json", default="bench-results/bench.json", help="where to write the rows")
     args = p.parse_args(argv)
+    args.partition = "dirichlet"
+    if args.suite:
+        for name, value in SUITES[args.suite].items():
+            setattr(args, name, value)
+    if args.suite == "experiments":
+        args.clients = [8 if args.tiny else 100]
+        args.extra = "--public-per-round 100 --client-test-size 20" if args.tiny else ""
+    args.devices = args.devices or [len(jax.devices())]
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     dataset = load_bench_data(args)
     gemm = gemm_flops_per_s()
     print(
         f"{platform.processor() or platform.machine()} | backend {jax.default_backend()} | "
-        f"{jax.devices()[0].device_kind} | dense f32 GEMM {gemm / 1e9:.1f} GFLOP/s",
+        f"{jax.devices()[0].device_kind} x {len(jax.devices())} | "
+        f"dense f32 GEMM {gemm / 1e9:.1f} GFLOP/s | jax {jax.__version__}",
         flush=True,
     )
+    if args.suite in ("experiments", "gpu"):
+        rows, sweep_rows = [], []
+        if args.suite == "gpu":
+            print(HEADER, flush=True)
+            rows = gpu_rows(args, dataset, gemm)
+            args.clients = [8 if args.tiny else 100]
+            args.extra = "--public-per-round 100 --client-test-size 20" if args.tiny else ""
+        counts = args.experiments or ([1, 2] if args.tiny else [1, 4, 8])
+        if args.suite == "gpu" and not args.experiments:
+            counts = [1, 2] if args.tiny else [1, 8, 64]
+        sweep_rows = run_experiment_suite(args, dataset, counts, max(args.rounds, 2))
+        _write(args, gemm, rows, sweep_rows)
+        return 0
     rows = []
-    header = (
-        f"{'algo':10} {'model':16} {'lowering':8} {'C':>5} {'dev':>3} {'compile s':>9} "
-        f"{'round s':>8} {'clients/s':>9} {'samples/s':>10} {'mem GB':>6} {'MB/client':>9} "
-        f"{'GFLOP/s':>8} {'%GEMM':>6} {'loop s':>8} {'loop/vmap':>9}"
-    )
-    print(header, flush=True)
+    print(HEADER, flush=True)
     variants = [  # (label, run.py model flags, lowering)
         (model, ["--model", model], lowering)
         for model in args.models
@@ -307,24 +475,15 @@ def main(argv=None) -> int:
         for label, model_flags, lowering in variants:
             for c in args.clients:
                 run_argv = [
-                    "--algo",
-                    algo,
-                    "--clients",
-                    str(c),
-                    *model_flags,
-                    "--partition",
-                    "dirichlet",
-                    "--alpha",
-                    "1.0",
-                    "--public-size",
-                    "10000",
+                    "--algo", algo, "--clients", str(c), *model_flags,
+                    "--partition", args.partition, "--alpha", "1.0", "--public-size", "10000",
                     *args.extra.split(),
-                ]
+                ]  # fmt: skip
                 if lowering != "-":
                     run_argv += ["--conv-lowering", lowering]
                 if args.client_chunk:
                     run_argv += ["--client-chunk", str(args.client_chunk)]
-                loop_s = None  # timed once per C, on one device
+                loop_s = peer_s = None  # timed once per C, on one device
                 for devices in args.devices:
                     row = bench_one(
                         run_argv,
@@ -337,9 +496,26 @@ def main(argv=None) -> int:
                         loop_s,
                     )
                     loop_s = (row["loop_round_s"], row["loop_extrapolated"])
+                    if peer_s is None and not args.no_peer:
+                        exp = experiment.build(flags.parse(run_argv), dataset=dataset)
+                        peer_s = time_peer(exp, args.loop_clients) or (None, False)
+                    if peer_s is not None and peer_s[0] is not None:
+                        row["peer_round_s"], row["peer_extrapolated"] = peer_s
+                        row["peer_over_jaxfl"] = peer_s[0] / row["round_s"]
                     row["gemm_gflop_per_s"] = gemm / 1e9
                     rows.append(row)
                     _print_row(algo, label, lowering, c, row)
+    choices = _lowering_choices()
+    if choices:
+        print("conv lowerings chosen by 'auto' (ms per step of each candidate):")
+        for key, entry in choices.items():
+            times = " ".join(f"{k} {1e3 * v:.2f}" for k, v in entry.get("seconds", {}).items())
+            print(f"  {key}: {entry['lowering']}  ({times or 'pinned or rule of thumb'})")
+    _write(args, gemm, rows)
+    return 0
+
+
+def _write(args, gemm: float, rows: list[dict], experiment_rows: list[dict] | None = None):
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -348,13 +524,23 @@ def main(argv=None) -> int:
                 "machine": platform.platform(),
                 "backend": jax.default_backend(),
                 "device": jax.devices()[0].device_kind,
+                "devices": len(jax.devices()),
+                "suite": args.suite,
+                "gemm_gflop_per_s": gemm / 1e9,
                 "rows": rows,
+                "experiment_rows": experiment_rows or [],
+                "conv_lowerings": _lowering_choices(),
             },
             indent=2,
         )
     )
     print(f"wrote {out}")
-    return 0
+
+
+def _lowering_choices() -> dict:
+    """Every 'auto' choice made in this run, with its measured times where it was measured."""
+    cached = tuning.cached()
+    return {key: cached.get(key, {"lowering": low}) for key, low in tuning.choices().items()}
 
 
 if __name__ == "__main__":

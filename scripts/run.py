@@ -10,6 +10,7 @@ metrics.jsonl (one line per evaluated round), summary.json, accuracy.png and che
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
 from algorithms import ALGORITHMS  # noqa: E402
-from jaxfl import checkpoint, events, experiment, flags, scale  # noqa: E402
+from jaxfl import checkpoint, events, experiment, flags, scale, sweep  # noqa: E402
 from jaxfl.baseline import local_only_accuracy  # noqa: E402
 from jaxfl.clients import client_mesh, use_mesh  # noqa: E402
 from jaxfl.data import DataUnavailableError, PartitionError  # noqa: E402
@@ -29,6 +30,7 @@ from jaxfl.io import (  # noqa: E402
     check_results_dir,
     default_results_dir,
 )
+from jaxfl.models import tuning  # noqa: E402
 from jaxfl.simulation import NonFiniteError, Simulation  # noqa: E402
 
 SHOWN = (
@@ -94,6 +96,9 @@ def setup(args):
             )
     elif primary:
         check_results_dir(out)
+    if resume_round is not None and (out / LOWERINGS_FILE).exists():
+        # the conv lowerings the run was compiled with: a resumed run computes the same numbers
+        tuning.pin(json.loads((out / LOWERINGS_FILE).read_text()))
     exp = experiment.build(args)
     state, start_round = None, 1
     if resume_round is not None:
@@ -109,11 +114,22 @@ def setup(args):
     return exp, out, writer, state, start_round
 
 
+LOWERINGS_FILE = "conv_lowerings.json"
+
+
+def _write_lowerings(out: Path) -> None:
+    chosen = tuning.choices()
+    if chosen:
+        (out / LOWERINGS_FILE).write_text(json.dumps(chosen, indent=1, sort_keys=True))
+
+
 def attach_handlers(sim: Simulation, args, out: Path, writer: ResultsWriter) -> dict:
     """The built-in handlers run.py uses; returns a dict that tracks the last client accuracies
     (``client_acc``, ``global_client_acc``, and ``local_client_acc`` with --compare-local)."""
     writer.attach(sim)
     primary = jax.process_index() == 0
+    if primary:  # the per-layer conv lowerings "auto" chose, known once a round has compiled
+        sim.on("evaluate", lambda **_: _write_lowerings(out))
     if primary:
         events.progress_bar(sim, args.early_stop_metric)
     if args.checkpoint_every > 0:  # every process takes part in Orbax's multi-host save
@@ -144,6 +160,25 @@ def attach_handlers(sim: Simulation, args, out: Path, writer: ResultsWriter) -> 
     return last
 
 
+def run_sweep(args) -> int:
+    """Several experiments (--seeds, --sweep, several --algo): jaxfl.sweep."""
+    try:
+        out = (
+            Path(args.out)
+            if args.out
+            else default_results_dir(args.algo.replace(",", "+"), args.dataset)
+        )
+        if not args.resume:
+            check_results_dir(out)
+        summary = sweep.run_sweep(args, out)
+    except (*CONFIG_ERRORS, sweep.SweepError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(sweep.comparison_table(summary))
+    print(f"results in {out} (comparison.md, summary.json, metrics.jsonl, accuracy.png)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
@@ -159,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args, start: float) -> int:
     """Build, simulate and write the results of a parsed run (inside its device mesh)."""
+    if sweep.is_sweep(args):
+        with use_mesh(None):  # a sweep splits its experiments over the devices itself
+            return run_sweep(args)
     try:
         exp, out, writer, state, start_round = setup(args)
     except CONFIG_ERRORS as err:
@@ -218,4 +256,6 @@ def run(args, start: float) -> int:
 
 
 if __name__ == "__main__":
+    if "--coordinator-address" not in sys.argv:  # one host: one CPU device per core
+        scale.force_host_devices(scale.cpu_cores())
     sys.exit(main())

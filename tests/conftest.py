@@ -15,7 +15,15 @@ MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mn
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
+    """A fresh cache per test, and no conv-lowering measurements (seconds per layer shape):
+    ``--conv-lowering auto`` takes its rule of thumb unless a test turns tuning on."""
+    from jaxfl.models import tuning
+
     monkeypatch.setenv("JAXFL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAXFL_CONV_TUNING", "off")
+    tuning.reset()
+    yield
+    tuning.reset()
 
 
 def tiny_image_dataset(n_train=240, n_test=60, classes=4, shape=(28, 28, 1), seed=0) -> Dataset:

@@ -29,18 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxfl.models import tuning
+
 CONV_LOWERINGS = ("rows", "im2col", "patches", "xla")
-
-
-# The lowering measured fastest under client vmap, per backend (scripts/bench.py --lowerings
-# prints each one's figures). Backends not measured yet fall back to im2col, whose batched GEMM
-# is the form every backend's BLAS/cuBLAS handles well.
-MEASURED_BEST_LOWERING = {"cpu": "rows"}
+# "auto" (the default): the lowering measured fastest for each layer's shape (jaxfl.models.tuning)
+LOWERING_CHOICES = ("auto", *CONV_LOWERINGS)
 
 
 def default_conv_lowering(backend: str | None = None) -> str:
-    """The conv lowering to use on ``backend`` (default: JAX's default backend)."""
-    return MEASURED_BEST_LOWERING.get(backend or jax.default_backend(), "im2col")
+    """The conv lowering used when none is forced: ``"auto"``, chosen per layer shape."""
+    return "auto"
 
 
 def _same_padding(size: int, k: int, stride: int) -> tuple[int, int]:
@@ -162,41 +160,83 @@ def conv_rows(x: jax.Array, kernel: jax.Array, stride: int, padding: str) -> jax
     return out.reshape(n, ho, wo, cout)
 
 
+def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str, lowering: str):
+    """(N, H, W, Cin) x (kh, kw, Cin, Cout) -> (N, Ho, Wo, Cout) by ``lowering`` (one of
+    :data:`CONV_LOWERINGS`); every lowering computes the same convolution."""
+    kh, kw, cin, cout = kernel.shape
+    if lowering == "xla":
+        return conv_native(x, kernel, stride, padding)
+    if lowering == "rows":
+        return conv_rows(x, kernel, stride, padding)
+    if lowering == "im2col":
+        return im2col(x, (kh, kw), stride, padding) @ kernel.reshape(kh * kw * cin, cout)
+    if lowering == "patches":
+        patches = jax.lax.conv_general_dilated_patches(
+            x, (kh, kw), (stride, stride), padding, dimension_numbers=_NHWC
+        )  # feature order (C, kh, kw)
+        return patches @ kernel.transpose(2, 0, 1, 3).reshape(cin * kh * kw, cout)
+    raise ValueError(f"unknown conv lowering {lowering!r}; allowed: {', '.join(LOWERING_CHOICES)}")
+
+
+def _tuned(x: jax.Array, kernel: jax.Array, stride: int, padding: str, training: bool) -> str:
+    """The measured-fastest lowering for this layer (:func:`jaxfl.models.tuning.choose`)."""
+    from jaxfl.clients import clients_in_flight, current_mesh
+
+    mesh = current_mesh()
+    kh, kw, _, cout = kernel.shape
+    shape = tuning.ConvShape(
+        *x.shape, cout, kh, kw, stride, padding, jnp.dtype(x.dtype).name,
+        clients_in_flight(), training, 1 if mesh is None else mesh.size,
+    )  # fmt: skip
+    return tuning.choose(shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_auto(x: jax.Array, kernel: jax.Array, stride: int, padding: str) -> jax.Array:
+    """The convolution by the lowering measured fastest for its shape, chosen at trace time:
+    the one fastest forward when it is only evaluated, the one fastest forward + backward when
+    it is differentiated (a custom VJP: JAX traces this primal only where nothing
+    differentiates it, and ``_conv_auto_fwd`` where something does)."""
+    return conv(x, kernel, stride, padding, _tuned(x, kernel, stride, padding, training=False))
+
+
+def _conv_auto_fwd(x, kernel, stride, padding):
+    lowering = _tuned(x, kernel, stride, padding, training=True)
+    return jax.vjp(lambda x, k: conv(x, k, stride, padding, lowering), x, kernel)
+
+
+def _conv_auto_bwd(stride, padding, pullback, g):
+    return pullback(g)
+
+
+conv_auto.defvjp(_conv_auto_fwd, _conv_auto_bwd)
+
+
 class Conv(nn.Module):
-    """2-D convolution (NHWC) with a selectable lowering; parameters as ``flax.linen.Conv``."""
+    """2-D convolution (NHWC) with a selectable lowering; parameters as ``flax.linen.Conv``.
+
+    ``lowering="auto"`` takes, when the layer is traced, the lowering measured fastest for its
+    exact shape and the number of clients running side by side (:mod:`jaxfl.models.tuning`).
+    """
 
     features: int
     kernel_size: tuple[int, int] = (3, 3)
     stride: int = 1
     padding: str = "SAME"
     use_bias: bool = True
-    lowering: str = "rows"
+    lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kh, kw = self.kernel_size
         cin = x.shape[-1]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, cin, self.features))
-        if self.lowering == "xla":
+        if self.lowering != "auto":
+            y = conv(x, kernel, self.stride, self.padding, self.lowering)
+        elif self.is_initializing():  # only the parameters' shapes matter: nothing to choose
             y = conv_native(x, kernel, self.stride, self.padding)
-        elif self.lowering == "rows":
-            y = conv_rows(x, kernel, self.stride, self.padding)
-        elif self.lowering == "im2col":
-            patches = im2col(x, self.kernel_size, self.stride, self.padding)
-            y = patches @ kernel.reshape(kh * kw * cin, self.features)
-        elif self.lowering == "patches":
-            patches = jax.lax.conv_general_dilated_patches(
-                x,
-                (kh, kw),
-                (self.stride, self.stride),
-                self.padding,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )  # feature order (C, kh, kw)
-            y = patches @ kernel.transpose(2, 0, 1, 3).reshape(cin * kh * kw, self.features)
         else:
-            raise ValueError(
-                f"unknown conv lowering {self.lowering!r}; allowed: {', '.join(CONV_LOWERINGS)}"
-            )
+            y = conv_auto(x, kernel, self.stride, self.padding)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
         return y

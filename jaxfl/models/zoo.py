@@ -46,7 +46,7 @@ class FedAvgCNN(nn.Module):
     """FedAvg's MNIST CNN: conv5x5@32, pool, conv5x5@64, pool, dense 512, dense L (1,663,370)."""
 
     num_classes: int
-    lowering: str = "rows"
+    lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x):
@@ -60,7 +60,7 @@ class LeNet5(nn.Module):
     """The DS-FL lab's MNIST CNN: conv 6@5x5, pool, conv 16@5x5, pool, dense 120, 84, L."""
 
     num_classes: int
-    lowering: str = "rows"
+    lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x):
@@ -95,7 +95,7 @@ class ResNet(nn.Module):
 
     num_classes: int
     blocks_per_stage: int = 1
-    lowering: str = "rows"
+    lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x):

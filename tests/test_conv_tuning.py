@@ -1,0 +1,206 @@
+"""Conv lowerings: every lowering is the convolution (values and both gradients) on every zoo
+layer shape; ``auto`` measures once per layer shape, caches the choice on disk, reuses it, and a
+forced lowering wins over the cache."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfl.clients import map_clients
+from jaxfl.models import CONV_LOWERINGS, get_model, layers, tuning
+
+ZOO = [("lenet5", (28, 28, 1)), ("cnn", (28, 28, 1)), ("resnet8", (32, 32, 3))]
+
+
+def zoo_conv_shapes() -> set:
+    """(input (H, W, Cin), kernel (kh, kw, Cin, Cout), stride, padding) of every conv layer in
+    the zoo, recorded while tracing each model."""
+    seen = set()
+    real_conv = layers.conv
+
+    def record(x, kernel, stride, padding, lowering):
+        seen.add((x.shape[1:], kernel.shape, stride, padding))
+        return real_conv(x, kernel, stride, padding, lowering)
+
+    layers.conv = record
+    try:
+        for name, shape in ZOO:
+            model = get_model(name, shape, 10, "xla")
+            params = jax.eval_shape(model.init, jax.random.key(0))
+            jax.eval_shape(model.apply, params, jnp.zeros((2, *shape)))
+    finally:
+        layers.conv = real_conv
+    return seen
+
+
+def plain_conv(x, kernel, stride, padding):
+    """XLA's convolution differentiated by JAX's own rules: the reference."""
+    dn = ("NHWC", "HWIO", "NHWC")
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=dn)
+
+
+def test_every_lowering_is_the_convolution_on_every_zoo_layer_shape():
+    shapes = zoo_conv_shapes()
+    assert len(shapes) >= 8  # lenet5 2, cnn 2, resnet8's stems, blocks, strides and shortcuts
+    cases = {(x, k) for x, k, _, _ in shapes}
+    for x_shape, k_shape in sorted(cases):
+        x = jax.random.normal(jax.random.key(0), (2, *x_shape))
+        kernel = jax.random.normal(jax.random.key(1), k_shape) / np.sqrt(np.prod(k_shape[:3]))
+
+        @jax.jit
+        def all_lowerings(x, kernel):
+            out = {}
+            for stride in (1, 2):
+                for padding in ("SAME", "VALID"):
+                    for lowering in ("plain", *CONV_LOWERINGS):
+
+                        def f(x, k, stride=stride, padding=padding, lowering=lowering):
+                            if lowering == "plain":
+                                return plain_conv(x, k, stride, padding)
+                            return layers.conv(x, k, stride, padding, lowering)
+
+                        y, pullback = jax.vjp(f, x, kernel)
+                        out[stride, padding, lowering] = (y, *pullback(jnp.sin(y)))
+            return out
+
+        out = all_lowerings(x, kernel)
+        for (stride, padding, lowering), got in out.items():
+            ref = out[stride, padding, "plain"]
+            for what, a, b in zip(("value", "d/dx", "d/dkernel"), got, ref, strict=True):
+                scale = float(jnp.max(jnp.abs(b))) + 1e-6
+                err = float(jnp.max(jnp.abs(a - b))) / scale
+                assert err < 2e-5, (x_shape, k_shape, stride, padding, lowering, what, err)
+
+
+def test_native_lowering_keeps_canonical_convolutions_inside_loops():
+    """The reason the native lowering has its own VJP: in a scan body, JAX's own transpose rules
+    leave convolutions with swapped dimensions that XLA's CPU backend runs as a naive loop
+    nest (4.4x slower for the FedAvg CNN). With conv_native every convolution of the
+    compiled training loop is in the canonical NHWC/HWIO form."""
+
+    def sgd(kernel, xs, conv):
+        def step(k, x):
+            grad = jax.grad(lambda k: jnp.sum(conv(x, k, 1, "SAME") ** 2))(k)
+            return k - 1e-3 * grad, None
+
+        return jax.lax.scan(step, kernel, xs)[0]
+
+    xs = jnp.zeros((3, 4, 14, 14, 8))
+    kernel = jnp.zeros((5, 5, 8, 16))
+    hlo = jax.jit(lambda k, x: sgd(k, x, layers.conv_native)).lower(kernel, xs).compile()
+    labels = [
+        line.split("dim_labels=")[1].split(",")[0]
+        for line in hlo.as_text().splitlines()
+        if " convolution(" in line
+    ]
+    assert len(labels) == 2 and set(labels) == {"b01f_01io->b01f"}, labels
+    np.testing.assert_allclose(
+        jax.jit(lambda k, x: sgd(k, x, layers.conv_native))(kernel + 0.1, xs + 1.0),
+        jax.jit(lambda k, x: sgd(k, x, plain_conv))(kernel + 0.1, xs + 1.0),
+        rtol=1e-5,
+    )
+
+
+@pytest.fixture
+def fake_timings(monkeypatch):
+    """Tuning on, with a stand-in for the timing (im2col fastest) that counts its calls."""
+    monkeypatch.setenv("JAXFL_CONV_TUNING", "on")
+    calls = []
+
+    def measure(shape):
+        calls.append(shape)
+        return {"rows": 3.0, "im2col": 1.0, "patches": 4.0, "xla": 2.0}
+
+    monkeypatch.setattr(tuning, "measure", measure)
+    return calls
+
+
+def _train_step(model, batch):
+    params = model.init(jax.random.key(0))
+    x = jnp.ones((batch, 28, 28, 1))
+    loss = lambda p: jnp.sum(model.apply(p, x))
+    return jax.jit(jax.grad(loss))(params)
+
+
+def test_auto_measures_each_layer_once_caches_on_disk_and_reuses(fake_timings):
+    model = get_model("lenet5", (28, 28, 1), 10)  # the default lowering is auto
+    _train_step(model, 4)
+    assert len(fake_timings) == 2  # two conv layers, each measured once
+    chosen = tuning.choices()
+    assert len(chosen) == 2 and set(chosen.values()) == {"im2col"}
+    assert all("|train|" in key and "|c1|" in key for key in chosen)
+    on_disk = json.loads(tuning.cache_path().read_text())
+    assert set(on_disk) == set(chosen)
+    assert all(entry["seconds"]["im2col"] == 1.0 for entry in on_disk.values())
+
+    tuning.reset()  # a new process: the disk cache answers, nothing is measured
+    _train_step(get_model("lenet5", (28, 28, 1), 10), 4)
+    assert len(fake_timings) == 2 and tuning.choices() == chosen
+
+    _train_step(model, 6)  # another batch is another shape: measured anew
+    assert len(fake_timings) == 4
+    assert all(shape.batch == 6 for shape in fake_timings[2:])
+
+
+def test_forced_lowering_wins_over_the_cache(fake_timings, monkeypatch):
+    def patches_fastest(shape):
+        return {"rows": 3.0, "im2col": 2.0, "patches": 1.0, "xla": 4.0}
+
+    monkeypatch.setattr(tuning, "measure", patches_fastest)
+    model = get_model("lenet5", (28, 28, 1), 10)
+    params = model.init(jax.random.key(0))
+    x = jnp.ones((4, 28, 28, 1))
+    assert "conv_general_dilated" in str(jax.make_jaxpr(model.apply)(params, x))
+    assert set(tuning.choices().values()) == {"patches"}
+    tuning.reset()
+    forced = get_model("lenet5", (28, 28, 1), 10, "rows")
+    jaxpr = str(jax.make_jaxpr(forced.apply)(params, x))
+    assert "conv_general_dilated" not in jaxpr  # rows: GEMMs only
+    assert tuning.choices() == {}  # a forced lowering consults nothing
+
+
+def test_pinned_choices_win_and_several_processes_never_measure(fake_timings, monkeypatch):
+    shape = tuning.ConvShape(4, 28, 28, 1, 6, 5, 5, 1, "VALID", "float32")
+    tuning.pin({shape.key(): "patches"})
+    assert tuning.choose(shape) == "patches" and not fake_timings
+    with pytest.raises(ValueError, match="allowed"):
+        tuning.pin({shape.key(): "fft"})
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    other = tuning.ConvShape(8, 28, 28, 1, 6, 5, 5, 1, "VALID", "float32")
+    assert tuning.choose(other) == tuning.rule_of_thumb(other) and not fake_timings
+
+
+def test_keys_say_how_the_layer_runs_clients_in_flight_and_training(fake_timings):
+    """The measured context: the width of the client vmap (the chunk) and whether the layer is
+    differentiated (training) or only evaluated."""
+    conv = layers.Conv(3, (3, 3), padding="SAME")
+    x = jnp.ones((4, 2, 6, 6, 2))
+    params = jax.vmap(lambda x: conv.init(jax.random.key(0), x))(x)
+
+    def local_step(p, xb):
+        return jax.grad(lambda p: jnp.sum(conv.apply(p, xb)))(p)
+
+    for chunk in (1, 2):
+        jax.jit(lambda p, x, c=chunk: map_clients(local_step, p, x, chunk_size=c))(params, x)
+    jax.jit(lambda p, x: map_clients(conv.apply, p, x, chunk_size=2))(params, x)
+    contexts = sorted(key.split("|", 8)[-1] for key in tuning.choices())
+    assert contexts == ["c1|train|d1", "c2|infer|d1", "c2|train|d1"]
+    assert len(fake_timings) == 3
+
+
+def test_real_measurement_times_every_candidate(monkeypatch):
+    """The timing itself, on a tiny layer: every candidate gets a positive time and the choice
+    is the fastest. It runs when a layer is traced inside jit and vmap."""
+    monkeypatch.setenv("JAXFL_CONV_TUNING", "on")
+    conv = layers.Conv(3, (3, 3), padding="SAME")
+    x = jnp.ones((2, 2, 6, 6, 2))
+    params = jax.vmap(lambda x: conv.init(jax.random.key(0), x))(x)
+    jax.jit(jax.vmap(jax.grad(lambda p, x: jnp.sum(conv.apply(p, x)))))(params, x)
+    (key,) = tuning.choices()
+    entry = tuning.cached()[key]
+    assert set(entry["seconds"]) == set(CONV_LOWERINGS)
+    assert all(t > 0 for t in entry["seconds"].values())
+    assert entry["lowering"] == min(entry["seconds"], key=entry["seconds"].get)
