@@ -277,15 +277,16 @@ def run_experiment_suite(args, dataset, counts, rounds) -> list[dict]:
 def gpu_rows(args, dataset, gemm) -> list[dict]:
     """The ``gpu`` suite's round rows (see the module docstring)."""
     tiny = args.tiny
-    lab = [] if not tiny else ["--local-epochs", "1", "--distill-epochs", "1"]
-    lab += ["--public-per-round", "100"] if tiny else []
-    sizes = (4, 8, 16) if tiny else (100, 1000, 10000)
+    small = TINY_FLAGS if tiny else []  # 2 clients of a few hundred examples per round
+    lab = small + (["--local-epochs", "1", "--distill-epochs", "1"] if tiny else [])
+    sizes = (100, 200, 400) if tiny else (100, 1000, 10000)
     plan = [  # (label, algo, model, C, lowering, chunk, extra flags)
         *[("dsfl lab", "dsfl", "lenet5", c, "auto", None, lab) for c in sizes],
         *[("dsfl lab chunk 64", "dsfl", "lenet5", c, "auto", 64, lab) for c in sizes[1:]],
         *[("dsfl lab", "dsfl", "lenet5", sizes[0], lo, None, lab) for lo in CONV_LOWERS],
         ("fedavg cnn", "fedavg", "cnn", sizes[-1], "auto", None,
-         ["--local-epochs", "1", "--batch-size", "10", "--lr", "0.05", "--partition", "iid"]),
+         ["--local-epochs", "1", "--batch-size", "10", "--lr", "0.05", "--partition", "iid",
+          *small]),
     ]  # fmt: skip
     rows = []
     for label, algo, model, c, lowering, chunk, extra in plan:
@@ -300,6 +301,8 @@ def gpu_rows(args, dataset, gemm) -> list[dict]:
 
 
 CONV_LOWERS = ("rows", "im2col", "patches", "xla")
+# --tiny: every workload with 2 sampled clients of a few hundred examples, a small public set
+TINY_FLAGS = ["--clients-per-round", "2", "--public-per-round", "100", "--client-test-size", "20"]
 
 
 def time_peer(exp, loop_clients: int) -> tuple[float, bool] | None:
@@ -435,8 +438,8 @@ def parse_args(argv):
         for name, value in SUITES[args.suite].items():
             setattr(args, name, value)
     if args.suite == "experiments":
-        args.clients = [8 if args.tiny else 100]
-        args.extra = "--public-per-round 100 --client-test-size 20" if args.tiny else ""
+        args.clients = [200 if args.tiny else 100]
+        args.extra = " ".join(TINY_FLAGS) if args.tiny else ""
     args.devices = args.devices or [len(jax.devices())]
     return args
 
@@ -456,8 +459,8 @@ def main(argv=None) -> int:
         if args.suite == "gpu":
             print(HEADER, flush=True)
             rows = gpu_rows(args, dataset, gemm)
-            args.clients = [8 if args.tiny else 100]
-            args.extra = "--public-per-round 100 --client-test-size 20" if args.tiny else ""
+            args.clients = [200 if args.tiny else 100]
+            args.extra = " ".join(TINY_FLAGS) if args.tiny else ""
         counts = args.experiments or ([1, 2] if args.tiny else [1, 4, 8])
         if args.suite == "gpu" and not args.experiments:
             counts = [1, 2] if args.tiny else [1, 8, 64]

@@ -106,7 +106,8 @@ def test_native_lowering_keeps_canonical_convolutions_inside_loops():
 
 @pytest.fixture
 def fake_timings(monkeypatch):
-    """Tuning on, with a stand-in for the timing (im2col fastest) that counts its calls."""
+    """Tuning on, with stand-ins for the timings that count their calls: layer by layer
+    im2col is fastest; of whole-model assignments, the per-layer one (listed first)."""
     monkeypatch.setenv("JAXFL_CONV_TUNING", "on")
     calls = []
 
@@ -114,7 +115,12 @@ def fake_timings(monkeypatch):
         calls.append(shape)
         return {"rows": 3.0, "im2col": 1.0, "patches": 4.0, "xla": 2.0}
 
+    def measure_model(context, candidates, *args):
+        calls.append(context)
+        return {",".join(c): float(i + 1) for i, c in enumerate(candidates)}
+
     monkeypatch.setattr(tuning, "measure", measure)
+    monkeypatch.setattr(tuning, "measure_model", measure_model)
     return calls
 
 
@@ -125,24 +131,40 @@ def _train_step(model, batch):
     return jax.jit(jax.grad(loss))(params)
 
 
-def test_auto_measures_each_layer_once_caches_on_disk_and_reuses(fake_timings):
+def test_auto_measures_each_shape_once_caches_on_disk_and_reuses(fake_timings):
     model = get_model("lenet5", (28, 28, 1), 10)  # the default lowering is auto
     _train_step(model, 4)
-    assert len(fake_timings) == 2  # two conv layers, each measured once
+    assert len(fake_timings) == 3  # two conv layers, then the whole model, each measured once
     chosen = tuning.choices()
-    assert len(chosen) == 2 and set(chosen.values()) == {"im2col"}
+    model_keys = [k for k in chosen if k.startswith("model|")]
+    assert len(chosen) == 3 and len(model_keys) == 1
+    assert chosen[model_keys[0]] == ["im2col", "im2col"]
     assert all("|train|" in key and "|c1|" in key for key in chosen)
     on_disk = json.loads(tuning.cache_path().read_text())
     assert set(on_disk) == set(chosen)
-    assert all(entry["seconds"]["im2col"] == 1.0 for entry in on_disk.values())
+    assert on_disk[model_keys[0]]["seconds"]["im2col,im2col"] == 1.0
 
     tuning.reset()  # a new process: the disk cache answers, nothing is measured
     _train_step(get_model("lenet5", (28, 28, 1), 10), 4)
-    assert len(fake_timings) == 2 and tuning.choices() == chosen
+    assert len(fake_timings) == 3  # the model's cached choice answers; no layer is consulted
+    assert tuning.choices() == {model_keys[0]: ["im2col", "im2col"]}
 
     _train_step(model, 6)  # another batch is another shape: measured anew
-    assert len(fake_timings) == 4
-    assert all(shape.batch == 6 for shape in fake_timings[2:])
+    assert len(fake_timings) == 6
+    assert all(shape.batch == 6 for shape in fake_timings[3:])
+
+
+def test_the_whole_model_decides_when_layers_interact(fake_timings, monkeypatch):
+    """Layer by layer im2col is fastest, but the whole training step is fastest with rows
+    everywhere (as LeNet-5's is on the 2-core CPU): the model's choice wins."""
+
+    def rows_fastest(context, candidates, *args):
+        return {",".join(c): (0.5 if set(c) == {"rows"} else 1.0) for c in candidates}
+
+    monkeypatch.setattr(tuning, "measure_model", rows_fastest)
+    _train_step(get_model("lenet5", (28, 28, 1), 10), 4)
+    (model_key,) = [k for k in tuning.choices() if k.startswith("model|")]
+    assert tuning.choices()[model_key] == ["rows", "rows"]
 
 
 def test_forced_lowering_wins_over_the_cache(fake_timings, monkeypatch):
@@ -154,12 +176,26 @@ def test_forced_lowering_wins_over_the_cache(fake_timings, monkeypatch):
     params = model.init(jax.random.key(0))
     x = jnp.ones((4, 28, 28, 1))
     assert "conv_general_dilated" in str(jax.make_jaxpr(model.apply)(params, x))
-    assert set(tuning.choices().values()) == {"patches"}
+    assert ["patches", "patches"] in tuning.choices().values()
     tuning.reset()
     forced = get_model("lenet5", (28, 28, 1), 10, "rows")
     jaxpr = str(jax.make_jaxpr(forced.apply)(params, x))
     assert "conv_general_dilated" not in jaxpr  # rows: GEMMs only
     assert tuning.choices() == {}  # a forced lowering consults nothing
+
+
+def test_real_whole_model_measurement():
+    """The whole-model timing itself, on LeNet-5 with a batch of 2: a positive time for each
+    candidate assignment, keyed by the assignment."""
+    model = get_model("lenet5", (28, 28, 1), 10, "rows")
+    context = tuning.ModelContext("lenet5-test", 2, "float32", 1, True, 1)
+    candidates = [("rows", "rows"), ("xla", "im2col")]
+    models = {c: get_model("lenet5", (28, 28, 1), 10, c) for c in candidates}
+    seconds = tuning.measure_model(
+        context, candidates, model.init, lambda lows, p, x: models[lows].apply(p, x),
+        (28, 28, 1), 10, steps=1, repeats=1,
+    )  # fmt: skip
+    assert set(seconds) == {"rows,rows", "xla,im2col"} and min(seconds.values()) > 0
 
 
 def test_pinned_choices_win_and_several_processes_never_measure(fake_timings, monkeypatch):

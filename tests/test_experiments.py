@@ -210,3 +210,24 @@ def test_sweep_flags_that_act_on_one_run_are_refused():
     args = argparse.Namespace(**vars(flags.parse(["--seeds", "2", "--target", "0.9"])))
     with pytest.raises(flags.ConfigError, match="--target is not supported with --seeds"):
         sweep.check_sweep_flags(copy.copy(args))
+
+
+def test_bench_experiments_suite_times_the_sweep_against_separate_runs(tmp_path):
+    """scripts/bench.py --suite experiments, tiny: rows for both workloads with the sweep's and
+    the separate runs' times (their values are timings: not checked)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / "bench.py"), "--suite", "experiments", "--tiny",
+         "--experiments", "2", "--rounds", "2", "--devices", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["experiment_rows"]
+    assert [r["workload"] for r in rows] == ["fedavg mlp C=100", "dsfl lenet5 C=100"]
+    for row in rows:
+        assert row["experiments"] == 2 and row["sweep_round_s"] > 0 and row["separate_wall_s"] > 0

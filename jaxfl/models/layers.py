@@ -21,6 +21,8 @@ against each other:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from collections.abc import Sequence
 
@@ -160,9 +162,26 @@ def conv_rows(x: jax.Array, kernel: jax.Array, stride: int, padding: str) -> jax
     return out.reshape(n, ho, wo, cout)
 
 
+_recorder: contextvars.ContextVar = contextvars.ContextVar("conv_recorder", default=None)
+
+
+@contextlib.contextmanager
+def recording(calls: list):
+    """Append ``(input (H, W, Cin), kernel (kh, kw, Cin, Cout), stride, padding)`` of every
+    :func:`conv` traced inside to ``calls`` (a model's conv layers, in order)."""
+    token = _recorder.set(calls)
+    try:
+        yield calls
+    finally:
+        _recorder.reset(token)
+
+
 def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str, lowering: str):
     """(N, H, W, Cin) x (kh, kw, Cin, Cout) -> (N, Ho, Wo, Cout) by ``lowering`` (one of
     :data:`CONV_LOWERINGS`); every lowering computes the same convolution."""
+    calls = _recorder.get()
+    if calls is not None:
+        calls.append((tuple(x.shape[1:]), tuple(kernel.shape), stride, padding))
     kh, kw, cin, cout = kernel.shape
     if lowering == "xla":
         return conv_native(x, kernel, stride, padding)

@@ -8,12 +8,15 @@ statistics to carry per client), the usual choice for non-IID FL (Hsieh et al. 2
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxfl.models import tuning
 from jaxfl.models.layers import Conv, default_conv_lowering, max_pool_2x2
 
 MODELS = ("logreg", "mlp", "cnn", "lenet5", "resnet8", "resnet20")
@@ -42,16 +45,28 @@ class MLP(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+Lowering = str | tuple[str, ...]  # one for every conv layer, or one per conv layer in order
+
+
+def _at(lowering: Lowering, i: int) -> str:
+    return lowering if isinstance(lowering, str) else lowering[i]
+
+
+def _from(lowering: Lowering, i: int, n: int) -> Lowering:
+    return lowering if isinstance(lowering, str) else lowering[i : i + n]
+
+
 class FedAvgCNN(nn.Module):
     """FedAvg's MNIST CNN: conv5x5@32, pool, conv5x5@64, pool, dense 512, dense L (1,663,370)."""
 
     num_classes: int
-    lowering: str = "auto"
+    lowering: Lowering = "auto"
 
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(max_pool_2x2(Conv(32, (5, 5), padding="SAME", lowering=self.lowering)(x)))
-        x = nn.relu(max_pool_2x2(Conv(64, (5, 5), padding="SAME", lowering=self.lowering)(x)))
+        for i, features in enumerate((32, 64)):
+            conv = Conv(features, (5, 5), padding="SAME", lowering=_at(self.lowering, i))
+            x = nn.relu(max_pool_2x2(conv(x)))
         x = nn.relu(nn.Dense(512)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.num_classes)(x)
 
@@ -60,12 +75,13 @@ class LeNet5(nn.Module):
     """The DS-FL lab's MNIST CNN: conv 6@5x5, pool, conv 16@5x5, pool, dense 120, 84, L."""
 
     num_classes: int
-    lowering: str = "auto"
+    lowering: Lowering = "auto"
 
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(max_pool_2x2(Conv(6, (5, 5), padding="VALID", lowering=self.lowering)(x)))
-        x = nn.relu(max_pool_2x2(Conv(16, (5, 5), padding="VALID", lowering=self.lowering)(x)))
+        for i, features in enumerate((6, 16)):
+            conv = Conv(features, (5, 5), padding="VALID", lowering=_at(self.lowering, i))
+            x = nn.relu(max_pool_2x2(conv(x)))
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(120)(x))
         x = nn.relu(nn.Dense(84)(x))
@@ -75,19 +91,24 @@ class LeNet5(nn.Module):
 class _Block(nn.Module):
     features: int
     stride: int
-    lowering: str
+    lowering: Lowering  # the block's convolutions: two, and the shortcut's when it has one
 
     @nn.compact
     def __call__(self, x):
         groups = min(2, self.features)
-        y = Conv(self.features, (3, 3), self.stride, lowering=self.lowering, use_bias=False)(x)
+        low = lambda i: _at(self.lowering, i)
+        y = Conv(self.features, (3, 3), self.stride, lowering=low(0), use_bias=False)(x)
         y = nn.relu(nn.GroupNorm(num_groups=groups)(y))
-        y = Conv(self.features, (3, 3), 1, lowering=self.lowering, use_bias=False)(y)
+        y = Conv(self.features, (3, 3), 1, lowering=low(1), use_bias=False)(y)
         y = nn.GroupNorm(num_groups=groups)(y)
-        if x.shape[-1] != self.features or self.stride != 1:
-            x = Conv(self.features, (1, 1), self.stride, lowering=self.lowering, use_bias=False)(x)
+        if _has_shortcut(x.shape[-1], self.features, self.stride):
+            x = Conv(self.features, (1, 1), self.stride, lowering=low(2), use_bias=False)(x)
             x = nn.GroupNorm(num_groups=groups)(x)
         return nn.relu(x + y)
+
+
+def _has_shortcut(cin: int, features: int, stride: int) -> bool:
+    return cin != features or stride != 1
 
 
 class ResNet(nn.Module):
@@ -95,16 +116,19 @@ class ResNet(nn.Module):
 
     num_classes: int
     blocks_per_stage: int = 1
-    lowering: str = "auto"
+    lowering: Lowering = "auto"
 
     @nn.compact
     def __call__(self, x):
-        x = Conv(16, (3, 3), lowering=self.lowering, use_bias=False)(x)
+        x = Conv(16, (3, 3), lowering=_at(self.lowering, 0), use_bias=False)(x)
         x = nn.relu(nn.GroupNorm(num_groups=2)(x))
+        layer = 1
         for stage, features in enumerate((16, 32, 64)):
             for b in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and b == 0 else 1
-                x = _Block(features, stride, self.lowering)(x)
+                n = 3 if _has_shortcut(x.shape[-1], features, stride) else 2
+                x = _Block(features, stride, _from(self.lowering, layer, n))(x)
+                layer += n
         return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
 
 
@@ -139,7 +163,7 @@ def get_model(
     name: str,
     feature_shape: tuple[int, ...],
     num_classes: int,
-    conv_lowering: str | None = None,
+    conv_lowering: str | tuple[str, ...] | None = None,
     compute_dtype: str = "float32",
 ) -> Model:
     """Build zoo model ``name`` for inputs of ``feature_shape`` and ``num_classes`` labels.
@@ -161,26 +185,40 @@ def get_model(
             "use --model mlp or logreg for vector data"
         )
     lowering = conv_lowering or default_conv_lowering()
-    module = {
-        "logreg": lambda: LogReg(num_classes),
-        "mlp": lambda: MLP(num_classes),
-        "cnn": lambda: FedAvgCNN(num_classes, lowering),
-        "lenet5": lambda: LeNet5(num_classes, lowering),
-        "resnet8": lambda: ResNet(num_classes, 1, lowering),
-        "resnet20": lambda: ResNet(num_classes, 3, lowering),
-    }[name]()
+    build = {
+        "logreg": lambda lowering: LogReg(num_classes),
+        "mlp": lambda lowering: MLP(num_classes),
+        "cnn": lambda lowering: FedAvgCNN(num_classes, lowering),
+        "lenet5": lambda lowering: LeNet5(num_classes, lowering),
+        "resnet8": lambda lowering: ResNet(num_classes, 1, lowering),
+        "resnet20": lambda lowering: ResNet(num_classes, 3, lowering),
+    }[name]
+    module = build("xla" if lowering == "auto" else lowering)
     dummy = jnp.zeros((1, *feature_shape), jnp.float32)
 
     def init(key: jax.Array):
         return module.init(key, dummy)["params"]
 
-    def apply(params, x: jax.Array) -> jax.Array:
+    def apply_with(lowering: Lowering, params, x: jax.Array) -> jax.Array:
+        module = build(lowering)
         if compute_dtype == "float32":
             return module.apply({"params": params}, x)
         dtype = jnp.dtype(compute_dtype)
         params = jax.tree.map(lambda p: p.astype(dtype), params)
         return module.apply({"params": params}, x.astype(dtype)).astype(jnp.float32)
 
+    if lowering == "auto" and name in IMAGE_MODELS:
+        apply = tuning.tuned_apply(
+            f"{name}|{tuple(feature_shape)}|L{num_classes}|{compute_dtype}",
+            init,
+            apply_with,
+            tuning.conv_layers(lambda low, x: build(low).init(jax.random.key(0), x), dummy),
+            tuple(feature_shape),
+            num_classes,
+        )
+    else:
+        apply = functools.partial(apply_with, lowering)
+
     shapes = jax.eval_shape(init, jax.random.key(0))
-    num_params = sum(int(jnp.prod(jnp.array(s.shape))) for s in jax.tree.leaves(shapes))
+    num_params = sum(math.prod(s.shape) for s in jax.tree.leaves(shapes))
     return Model(name, init, apply, tuple(feature_shape), num_classes, num_params, compute_dtype)
