@@ -1,9 +1,16 @@
 """One module per federated algorithm, each with ``CONFIG`` (its config class) and
 ``make(config, data, model, ...)`` returning a :class:`jaxfl.algorithm.FederatedAlgorithm`.
 
+Every ``make`` checks its model first: a raw flax module (``nn.Module``, an nnx module) passed
+where a :class:`jaxfl.models.Model` belongs is a clear TypeError naming
+``Model.from_linen``/``Model.from_nnx`` (a linen module has ``init``/``apply`` methods of its
+own, which would otherwise fail deep inside the round).
+
 Personalization modules also set ``VALIDATION_FRACTION``, their default
 ``--client-val-fraction`` (each client's validation split, held out of its training data).
 """
+
+import functools
 
 from algorithms import (
     ditto,
@@ -20,6 +27,7 @@ from algorithms import (
     mrmtl,
     perfedavg,
 )
+from jaxfl.models.zoo import as_model
 
 ALGORITHMS = {
     "fedavg": fedavg,
@@ -37,5 +45,17 @@ ALGORITHMS = {
     "fccl": fccl,
 }
 PERSONALIZATION = ("local", "finetune", "ditto", "mrmtl", "hypcluster", "perfedavg")
+
+
+def _checks_model(make):
+    @functools.wraps(make)
+    def checked(config, data, model, *args, **kwargs):
+        return make(config, data, as_model(model), *args, **kwargs)
+
+    return checked
+
+
+for _module in ALGORITHMS.values():
+    _module.make = _checks_model(_module.make)
 
 __all__ = ["ALGORITHMS", "PERSONALIZATION"]

@@ -4,8 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
-from jaxfl.models import CONV_LOWERINGS, get_model, im2col
+from jaxfl.models import CONV_LOWERINGS, Model, get_model, im2col
 
 
 @pytest.mark.parametrize(
@@ -78,3 +79,41 @@ def test_rows_lowering_with_stride_and_same_padding_matches_xla():
             np.testing.assert_allclose(
                 conv_rows(x, kernel, stride, padding), ref, rtol=1e-4, atol=1e-4
             )
+
+
+class _TinyLinen(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(16)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(4)(x)
+
+
+def test_your_own_linen_and_nnx_modules_as_models(tiny_federation):
+    from flax import nnx
+
+    from algorithms import fedavg
+
+    linen_model = Model.from_linen(_TinyLinen(), (28, 28, 1), 4)
+    assert linen_model.num_params == 784 * 16 + 16 + 16 * 4 + 4
+
+    class TinyNnx(nnx.Module):
+        def __init__(self, rngs):
+            self.hidden = nnx.Linear(784, 16, rngs=rngs)
+            self.out = nnx.Linear(16, 4, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(nnx.relu(self.hidden(x.reshape(x.shape[0], -1))))
+
+    nnx_model = Model.from_nnx(lambda rngs: TinyNnx(rngs), (28, 28, 1), 4)
+    assert nnx_model.num_params == linen_model.num_params
+    a, b = (nnx_model.init(jax.random.key(k)) for k in (0, 1))
+    leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    assert not all(np.allclose(x, y) for x, y in leaves)  # each client's own key
+    for model in (linen_model, nnx_model):
+        algo = fedavg.make(fedavg.FedAvgConfig(batch_size=8), tiny_federation, model)
+        state, metrics = algo.round(algo.init(jax.random.key(0)), jax.random.key(1))
+        assert np.isfinite(float(metrics["train_loss"]))
+    with pytest.raises(TypeError, match=r"Model.from_linen\(module, input_shape, num_classes\)"):
+        fedavg.make(fedavg.FedAvgConfig(), tiny_federation, _TinyLinen())
+    with pytest.raises(ValueError, match=r"expected \(2, 10\)"):
+        Model.from_linen(_TinyLinen(), (28, 28, 1), 10)

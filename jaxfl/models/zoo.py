@@ -155,6 +155,73 @@ class Model:
     num_params: int
     compute_dtype: str = "float32"
 
+    @classmethod
+    def from_linen(
+        cls, module: nn.Module, input_shape: tuple[int, ...], num_classes: int, name: str = ""
+    ) -> Model:
+        """Your own ``flax.linen`` module as a Model: ``module(x (B, *input_shape))`` must return
+        logits (B, ``num_classes``); it must not keep mutable collections (batch statistics:
+        use GroupNorm or LayerNorm, the usual choice for non-IID clients)."""
+        input_shape = tuple(input_shape)
+        dummy = jnp.zeros((1, *input_shape), jnp.float32)
+
+        def init(key):
+            return module.init(key, dummy)["params"]
+
+        def apply(params, x):
+            return module.apply({"params": params}, x)
+
+        return cls._checked(name or type(module).__name__, init, apply, input_shape, num_classes)
+
+    @classmethod
+    def from_nnx(
+        cls, make_module: Callable, input_shape: tuple[int, ...], num_classes: int, name: str = ""
+    ) -> Model:
+        """Your own ``flax.nnx`` module as a Model, from its constructor: ``make_module(rngs)``
+        (e.g. ``lambda rngs: MyNet(rngs=rngs)``) builds it, so every client's ``init(key)`` runs
+        the module's own initializers with its own key; its ``nnx.Param`` state is the pure
+        parameter pytree. The module must hold no other state (BatchNorm statistics: use
+        GroupNorm or LayerNorm)."""
+        from flax import nnx
+
+        graphdef, _, rest = nnx.split(make_module(nnx.Rngs(0)), nnx.Param, ...)
+        if jax.tree.leaves(rest):
+            raise ValueError(
+                "Model.from_nnx: the module holds state besides parameters (e.g. BatchNorm "
+                "statistics); use GroupNorm or LayerNorm"
+            )
+        input_shape = tuple(input_shape)
+
+        def init(key):
+            return nnx.split(make_module(nnx.Rngs(key)), nnx.Param, ...)[1]
+
+        def apply(params, x):
+            return nnx.merge(graphdef, params, rest)(x)
+
+        return cls._checked(name or "nnx", init, apply, input_shape, num_classes)
+
+    @classmethod
+    def _checked(cls, name, init, apply, input_shape, num_classes) -> Model:
+        shapes = jax.eval_shape(init, jax.random.key(0))
+        out = jax.eval_shape(apply, shapes, jax.ShapeDtypeStruct((2, *input_shape), jnp.float32))
+        if out.shape != (2, num_classes):
+            raise ValueError(
+                f"{name}: logits of shape {out.shape} for a batch of 2 inputs {input_shape}; "
+                f"expected (2, {num_classes})"
+            )
+        num_params = sum(math.prod(s.shape) for s in jax.tree.leaves(shapes))
+        return cls(name, init, apply, input_shape, num_classes, num_params)
+
+
+def as_model(model) -> Model:
+    """``model`` if it is a Model (or model groups); a clear error for a raw flax module."""
+    if isinstance(model, nn.Module) or type(model).__module__.startswith("flax.nnx"):
+        raise TypeError(
+            f"a {type(model).__name__} flax module was passed where a jaxfl Model is expected; "
+            "wrap it: Model.from_linen(module, input_shape, num_classes) (or Model.from_nnx)"
+        )
+    return model
+
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
