@@ -75,6 +75,9 @@ def server_optimizer(config: FedAvgConfig) -> optax.GradientTransformation:
     )
 
 
+shortcut_server_optimizer = server_optimizer  # make() takes a server_optimizer of its own
+
+
 def training_clients(config, data: Federation) -> int:
     """C - U: the clients that may be sampled (the last ``unseen_clients`` U never train)."""
     unseen = config.unseen_clients
@@ -111,8 +114,14 @@ def make(
     aggregate_updates=aggregate.weighted_mean,
     client_loss_term=None,
     stream: bool = True,
+    client_optimizer: optax.GradientTransformation | None = None,
+    server_optimizer: optax.GradientTransformation | None = None,
 ):
     """Bind FedAvg to a federation and a model; returns a FederatedAlgorithm.
+
+    ``client_optimizer`` / ``server_optimizer``: your own optax transformations (fresh client
+    state every round; the server's state is kept in ``FedAvgState.opt_state``), instead of the
+    flags' shortcuts (``--lr``: SGD; ``--server-opt``/``--server-lr``/``--server-momentum``).
 
     ``fault_config`` and ``seed`` (which draws the fixed adversarial set) simulate faults; the
     three functions customise the round (see the module docstring). With the default weighted
@@ -122,8 +131,8 @@ def make(
     seen = training_clients(config, data)
     m = config.clients_per_round or seen
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
-    server_opt = server_optimizer(config)
-    client_opt = optax.sgd(config.lr)
+    server_opt = server_optimizer or shortcut_server_optimizer(config)
+    client_opt = client_optimizer or optax.sgd(config.lr)
     attack = fault_config.attack
     local = (config.batch_size, config.local_epochs)
     # the plain weighted mean streams: each client returns its weighted update and finish gets

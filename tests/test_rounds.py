@@ -172,3 +172,23 @@ def test_per_client_accuracy_equals_loop_reference(tiny_federation, chunk, perso
         logits = model.apply(p_k, data.test_x[idx])
         expected.append(float(np.mean(np.argmax(logits, -1) == np.asarray(data.test_y)[idx])))
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6)
+
+
+def test_optax_optimizers_given_to_fedavg_equal_the_flag_shortcuts(tiny_federation):
+    """Your own optax transformations give the same numbers as the flags' shortcuts."""
+    model = get_model("mlp", tiny_federation.feature_shape, tiny_federation.num_classes)
+    config = fedavg.FedAvgConfig(batch_size=8, lr=0.05, server_opt="momentum", server_lr=0.7)
+    by_flags = fedavg.make(config, tiny_federation, model)
+    given = fedavg.make(
+        fedavg.FedAvgConfig(batch_size=8),
+        tiny_federation,
+        model,
+        client_optimizer=optax.sgd(0.05),
+        server_optimizer=optax.sgd(0.7, momentum=0.9),
+    )
+    a = b = by_flags.init(jax.random.key(0))
+    for r in range(2):
+        a, _ = by_flags.round(a, jax.random.key(r))
+        b, _ = given.round(b, jax.random.key(r))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
