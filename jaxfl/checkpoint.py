@@ -66,11 +66,17 @@ def restore(directory: str | Path, like, round_index: int | None = None):
     Args:
       directory: the checkpoint folder.
       like: a state (or ``jax.eval_shape`` of one) with the structure, shapes and dtypes to load.
+
+    The arrays load onto this process's devices, whatever devices saved them: ``run.py`` uses
+    one CPU device per core, so a checkpoint written on a 2-core machine must load in a
+    1-device process (a test, a notebook) and the other way round. A leaf of ``like`` that is
+    an array keeps its sharding; an abstract leaf loads onto the first device (replicated over
+    all devices when several processes share the run), and the jitted round places it.
     """
     round_index = latest_round(directory) if round_index is None else round_index
     if round_index is None:
         raise FileNotFoundError(f"no complete checkpoint under {directory}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    abstract = jax.tree.map(_on_this_topology, like)
     with _manager(directory) as mgr:
         restored = mgr.restore(
             round_index,
@@ -79,6 +85,17 @@ def restore(directory: str | Path, like, round_index: int | None = None):
             ),
         )
     return restored.state, restored.meta
+
+
+def _on_this_topology(leaf) -> jax.ShapeDtypeStruct:
+    sharding = getattr(leaf, "sharding", None)
+    if not isinstance(leaf, jax.Array) or sharding is None:
+        if jax.process_count() > 1:
+            mesh = jax.sharding.Mesh(jax.devices(), ("devices",))
+            sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        else:
+            sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
 class Checkpointer:
