@@ -148,3 +148,31 @@ def dsfl_client_seconds(
         outputs.append((local, probs))
     jax.block_until_ready(outputs)
     return (time.perf_counter() - start) / len(clients)
+
+
+def round_seconds(exp, loop_clients: int) -> tuple[float, bool] | None:
+    """Round time of the peers' form of ``exp``'s client work (``exp``: a
+    :class:`jaxfl.experiment.Experiment`), timed on
+    ``loop_clients`` clients and scaled to the round's m (None: no peer form for this
+    algorithm). DS-FL's counts the clients' phase only; the server's ERA and distillation (one
+    model, ``distill_epochs`` over the open subset) add about one client's distillation."""
+    algo, cfg, data = exp.args.algo, exp.algorithm_config, exp.data
+    if algo not in ("fedavg", "dsfl") or exp.groups:
+        return None
+    m = exp.algorithm.clients_per_round
+    k = min(m, loop_clients)
+    idx, counts = np.asarray(data.client_idx), np.asarray(data.client_count)
+    train_x, train_y = np.asarray(data.train_x), np.asarray(data.train_y)
+    clients = [(train_x[idx[i, : counts[i]]], train_y[idx[i, : counts[i]]]) for i in range(k)]
+    shape, classes = exp.model.feature_shape, data.num_classes
+    if algo == "fedavg":
+        per_client = fedavg_client_seconds(
+            exp.model.name, shape, classes, clients, cfg.batch_size, cfg.lr, cfg.local_epochs
+        )
+    else:
+        open_x = np.asarray(data.public_x[: cfg.public_per_round])
+        per_client = dsfl_client_seconds(
+            exp.model.name, shape, classes, clients, open_x, cfg.batch_size, cfg.lr,
+            cfg.local_epochs, cfg.distill_epochs,
+        )  # fmt: skip
+    return per_client * m, k < m

@@ -5,21 +5,8 @@
 clients/s, samples/s, peak memory, achieved useful GFLOP/s and its fraction of a dense GEMM
 measured in the same run, the per-client loop and its ratio, and the peers' form and its ratio):
 
-- ``fedavg-cnn``: FedJAX's comparison. FedAvg on MNIST, 100 clients of 500 examples (IID), all
-  sampled, 1 local epoch, batch 10, lr 0.05, FedAvg's MNIST CNN (1,663,370 parameters).
-- ``dsfl-lab``: the DS-FL authors' lab workload. MNIST Dirichlet(1.0), C = 100, LeNet-5,
-  5 local epochs, batch 50, lr 0.1, 5 distillation epochs, open set 10,000 with 1,000 per round,
-  ERA T = 0.1, every client sampled.
-- ``lowerings``: every image model's FedAvg round (4 of 100 MNIST clients, 1 local epoch) under
-  ``--conv-lowering auto`` (the default) and each forced lowering, and the per-layer choices
-  ``auto`` measured.
-- ``experiments``: S experiments in one call (``run.py --seeds S``) against S separate runs,
-  compile included and excluded (``scripts/bench_experiments.py``): FedAvg (MLP) and DS-FL
-  (LeNet-5, 1 local + 1 distillation epoch) at C = 100, S = 1, 4, 8.
-- ``gpu``: everything an accelerator session should measure in one command (about 8 minutes on
-  one H200): the DS-FL lab round at C = 100, 1,000, 10,000 (memory-sized chunks and chunks of
-  64), each conv lowering at C = 100, the FedAvg CNN at C = 10,000, and 1..64 experiments of
-  DS-FL at C = 100. ``--tiny`` shrinks every suite to seconds (to test the command on a CPU).
+The suites (``fedavg-cnn``, ``dsfl-lab``, ``lowerings``, ``experiments``, ``gpu``) are defined
+and described in ``scripts/bench_suites.py``; ``--tiny`` shrinks every suite to seconds.
 
 Without ``--suite`` the flags choose the workload (default: the DS-FL lab setting for C = 10,
 100, 1000). The per-client loop calls the same jitted one-client function once per client; the
@@ -60,9 +47,11 @@ def _force_host_devices(argv: list[str]) -> None:
 if __name__ == "__main__":
     _force_host_devices(sys.argv[1:])
 
+import bench_suites  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_suites import CONV_MODELS, SUITES, TINY_FLAGS  # noqa: E402
 
 from jaxfl import experiment, flags, memory, peer  # noqa: E402
 from jaxfl.algorithm import _jit_cache  # noqa: E402
@@ -223,71 +212,10 @@ def load_bench_data(args) -> Dataset:
         return Dataset("random-mnist-shape", x, y, x[:10000], y[:10000], 10, source="generated")
 
 
-CONV_MODELS = ("lenet5", "cnn", "resnet8", "resnet20")
-
-# named workloads: the flags of one bench command
-SUITES = {
-    "fedavg-cnn": {
-        "algo": ["fedavg"],
-        "models": ["cnn"],
-        "clients": [100],
-        "lowerings": ["auto"],
-        "partition": "iid",
-        "extra": "--local-epochs 1 --batch-size 10 --lr 0.05",
-    },
-    "dsfl-lab": {"algo": ["dsfl"], "models": ["lenet5"], "clients": [100], "lowerings": ["auto"]},
-    "experiments": {},
-    "gpu": {},
-    "lowerings": {
-        "algo": ["fedavg"],
-        "models": ["lenet5", "cnn", "resnet8"],
-        "clients": [100],
-        "lowerings": list(LOWERING_CHOICES),
-        "extra": "--local-epochs 1 --clients-per-round 4",
-        "loop_clients": 2,
-        "no_peer": True,
-    },
-}
-
-
-EXPERIMENT_WORKLOADS = {  # label: run.py flags of one experiment
-    "fedavg mlp C=100": ["--algo", "fedavg", "--model", "mlp", "--local-epochs", "1"],
-    "dsfl lenet5 C=100": [
-        "--algo", "dsfl", "--model", "lenet5", "--local-epochs", "1", "--distill-epochs", "1",
-    ],
-}  # fmt: skip
-
-
-def run_experiment_suite(args, dataset, counts, rounds) -> list[dict]:
-    """The experiments axis against separate runs (scripts/bench_experiments.py)."""
-    import bench_experiments
-
-    startup = bench_experiments.startup_seconds()
-    devices = args.devices[-1]
-    rows = []
-    for label, flags_ in EXPERIMENT_WORKLOADS.items():
-        argv = [*flags_, "--clients", str(args.clients[0]), "--partition", "dirichlet"]
-        argv += ["--public-size", "10000", *args.extra.split()]
-        found = bench_experiments.compare(argv, counts, rounds, dataset, devices, startup)
-        bench_experiments.print_rows(label, found)
-        rows += [{**r, "workload": label} for r in found]
-    return rows
-
-
 def gpu_rows(args, dataset, gemm) -> list[dict]:
     """The ``gpu`` suite's round rows (see the module docstring)."""
     tiny = args.tiny
-    small = TINY_FLAGS if tiny else []  # 2 clients of a few hundred examples per round
-    lab = small + (["--local-epochs", "1", "--distill-epochs", "1"] if tiny else [])
-    sizes = (100, 200, 400) if tiny else (100, 1000, 10000)
-    plan = [  # (label, algo, model, C, lowering, chunk, extra flags)
-        *[("dsfl lab", "dsfl", "lenet5", c, "auto", None, lab) for c in sizes],
-        *[("dsfl lab chunk 64", "dsfl", "lenet5", c, "auto", 64, lab) for c in sizes[1:]],
-        *[("dsfl lab", "dsfl", "lenet5", sizes[0], lo, None, lab) for lo in CONV_LOWERS],
-        ("fedavg cnn", "fedavg", "cnn", sizes[-1], "auto", None,
-         ["--local-epochs", "1", "--batch-size", "10", "--lr", "0.05", "--partition", "iid",
-          *small]),
-    ]  # fmt: skip
+    plan = bench_suites.gpu_plan(tiny)
     rows = []
     for label, algo, model, c, lowering, chunk, extra in plan:
         argv = ["--algo", algo, "--clients", str(c), "--model", model, "--conv-lowering", lowering]
@@ -298,38 +226,6 @@ def gpu_rows(args, dataset, gemm) -> list[dict]:
         rows.append({**row, "label": label})
         _print_row(algo, f"{model} {label}", lowering, c, row)
     return rows
-
-
-CONV_LOWERS = ("rows", "im2col", "patches", "xla")
-# --tiny: every workload with 2 sampled clients of a few hundred examples, a small public set
-TINY_FLAGS = ["--clients-per-round", "2", "--public-per-round", "100", "--client-test-size", "20"]
-
-
-def time_peer(exp, loop_clients: int) -> tuple[float, bool] | None:
-    """Round time of the peers' form (:mod:`jaxfl.peer`) of ``exp``'s client work, timed on
-    ``loop_clients`` clients and scaled to the round's m (None: no peer form for this
-    algorithm). DS-FL's counts the clients' phase only; the server's ERA and distillation (one
-    model, ``distill_epochs`` over the open subset) add about one client's distillation."""
-    algo, cfg, data = exp.args.algo, exp.algorithm_config, exp.data
-    if algo not in ("fedavg", "dsfl") or exp.groups:
-        return None
-    m = exp.algorithm.clients_per_round
-    k = min(m, loop_clients)
-    idx, counts = np.asarray(data.client_idx), np.asarray(data.client_count)
-    train_x, train_y = np.asarray(data.train_x), np.asarray(data.train_y)
-    clients = [(train_x[idx[i, : counts[i]]], train_y[idx[i, : counts[i]]]) for i in range(k)]
-    shape, classes = exp.model.feature_shape, data.num_classes
-    if algo == "fedavg":
-        per_client = peer.fedavg_client_seconds(
-            exp.model.name, shape, classes, clients, cfg.batch_size, cfg.lr, cfg.local_epochs
-        )
-    else:
-        open_x = np.asarray(data.public_x[: cfg.public_per_round])
-        per_client = peer.dsfl_client_seconds(
-            exp.model.name, shape, classes, clients, open_x, cfg.batch_size, cfg.lr,
-            cfg.local_epochs, cfg.distill_epochs,
-        )  # fmt: skip
-    return per_client * m, k < m
 
 
 HEADER = (
@@ -464,7 +360,7 @@ def main(argv=None) -> int:
         counts = args.experiments or ([1, 2] if args.tiny else [1, 4, 8])
         if args.suite == "gpu" and not args.experiments:
             counts = [1, 2] if args.tiny else [1, 8, 64]
-        sweep_rows = run_experiment_suite(args, dataset, counts, max(args.rounds, 2))
+        sweep_rows = bench_suites.run_experiment_suite(args, dataset, counts, max(args.rounds, 2))
         _write(args, gemm, rows, sweep_rows)
         return 0
     rows = []
@@ -501,7 +397,7 @@ def main(argv=None) -> int:
                     loop_s = (row["loop_round_s"], row["loop_extrapolated"])
                     if peer_s is None and not args.no_peer:
                         exp = experiment.build(flags.parse(run_argv), dataset=dataset)
-                        peer_s = time_peer(exp, args.loop_clients) or (None, False)
+                        peer_s = peer.round_seconds(exp, args.loop_clients) or (None, False)
                     if peer_s is not None and peer_s[0] is not None:
                         row["peer_round_s"], row["peer_extrapolated"] = peer_s
                         row["peer_over_jaxfl"] = peer_s[0] / row["round_s"]

@@ -20,7 +20,7 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
 from algorithms import ALGORITHMS  # noqa: E402
-from jaxfl import checkpoint, events, experiment, flags, scale, sweep  # noqa: E402
+from jaxfl import checkpoint, events, experiment, flags, report, scale, sweep  # noqa: E402
 from jaxfl.baseline import local_only_accuracy  # noqa: E402
 from jaxfl.clients import client_mesh, use_mesh  # noqa: E402
 from jaxfl.data import DataUnavailableError, PartitionError  # noqa: E402
@@ -174,7 +174,7 @@ def run_sweep(args) -> int:
     except (*CONFIG_ERRORS, sweep.SweepError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(sweep.comparison_table(summary))
+    print(report.comparison_table(summary))
     print(f"results in {out} (comparison.md, summary.json, metrics.jsonl, accuracy.png)")
     return 0
 

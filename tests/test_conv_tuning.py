@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxfl.clients import map_clients
-from jaxfl.models import CONV_LOWERINGS, get_model, layers, tuning
+from jaxfl.models import CONV_LOWERINGS, get_model, layers, model_tuning, tuning
 
 ZOO = [("lenet5", (28, 28, 1)), ("cnn", (28, 28, 1)), ("resnet8", (32, 32, 3))]
 
@@ -188,10 +188,10 @@ def test_real_whole_model_measurement():
     """The whole-model timing itself, on LeNet-5 with a batch of 2: a positive time for each
     candidate assignment, keyed by the assignment."""
     model = get_model("lenet5", (28, 28, 1), 10, "rows")
-    context = tuning.ModelContext("lenet5-test", 2, "float32", 1, True, 1)
+    context = model_tuning.ModelContext("lenet5-test", 2, "float32", 1, True, 1)
     candidates = [("rows", "rows"), ("xla", "im2col")]
     models = {c: get_model("lenet5", (28, 28, 1), 10, c) for c in candidates}
-    seconds = tuning.measure_model(
+    seconds = model_tuning.measure_model(
         context, candidates, model.init, lambda lows, p, x: models[lows].apply(p, x),
         (28, 28, 1), 10, steps=1, repeats=1,
     )  # fmt: skip

@@ -11,7 +11,8 @@ import pytest
 
 from algorithms import ALGORITHMS
 from jaxfl import experiment, experiments, flags, sweep
-from jaxfl.experiments import CompiledSweep, Experiment, SweepError, parse_seeds, parse_sweep
+from jaxfl.compiled_sweep import CompiledSweep
+from jaxfl.experiments import Experiment, SweepError, parse_seeds, parse_sweep
 
 from .test_cli import run
 
@@ -80,21 +81,22 @@ def test_two_seeds_in_one_call_equal_two_separate_runs_round_one(algo):
     built = {s: build(algo, s) for s in seeds}
     groups = experiments.static_groups(experiments.grid(seeds, {}), ALGORITHMS[algo])
     assert len(groups) == (2 if algo == "feddf" else 1)  # FedDF's public split is per seed
-    for group in groups:
-        check_round_one(algo, compiled(algo, group, built), built)
+    check_round_one(algo, compiled(algo, groups[-1], built), built)  # FedDF: seed 3's group
 
 
 def check_round_one(algo, sweep_, built):
+    """The sweep's last experiment against its own single run (one reference compile per
+    algorithm; the last lane shows that each lane reads its own seed's data and keys)."""
     state, block = sweep_.run_rounds(sweep_.init(), 1, 1)
     evaluated = sweep_.evaluate(state)
-    for i, s in enumerate(e.seed for e in sweep_.experiments):
-        ref_state, ref_metrics, ref_eval = one_run(built[s], 1)
-        lane = jax.tree.map(lambda x, i=i: x[i], state)
-        assert max_diff(lane, ref_state) < 2e-5, (algo, s)
-        for k, v in ref_metrics[0].items():
-            assert abs(float(block[k][i, 0]) - float(v)) < 2e-5, (algo, s, k)
-        for k, v in ref_eval.items():
-            assert max_diff(evaluated[k][i], v) < 2e-5, (algo, s, k)
+    i, s = len(sweep_.experiments) - 1, sweep_.experiments[-1].seed
+    ref_state, ref_metrics, ref_eval = one_run(built[s], 1)
+    lane = jax.tree.map(lambda x: x[i], state)
+    assert max_diff(lane, ref_state) < 2e-5, (algo, s)
+    for k, v in ref_metrics[0].items():
+        assert abs(float(block[k][i, 0]) - float(v)) < 2e-5, (algo, s, k)
+    for k, v in ref_eval.items():
+        assert max_diff(evaluated[k][i], v) < 2e-5, (algo, s, k)
 
 
 def test_fedavg_logreg_whole_history_and_traced_lr_equal_separate_runs():

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxfl.models import tuning
+from jaxfl.models import model_tuning
 from jaxfl.models.layers import Conv, default_conv_lowering, max_pool_2x2
 
 MODELS = ("logreg", "mlp", "cnn", "lenet5", "resnet8", "resnet20")
@@ -275,11 +275,11 @@ def get_model(
         return module.apply({"params": params}, x.astype(dtype)).astype(jnp.float32)
 
     if lowering == "auto" and name in IMAGE_MODELS:
-        apply = tuning.tuned_apply(
+        apply = model_tuning.tuned_apply(
             f"{name}|{tuple(feature_shape)}|L{num_classes}|{compute_dtype}",
             init,
             apply_with,
-            tuning.conv_layers(lambda low, x: build(low).init(jax.random.key(0), x), dummy),
+            model_tuning.conv_layers(lambda low, x: build(low).init(jax.random.key(0), x), dummy),
             tuple(feature_shape),
             num_classes,
         )
