@@ -47,12 +47,12 @@ def map_clients_cases(out: dict) -> None:
         h = jnp.tanh(x @ shared)
         return {"sum": h.sum(0) + jax.random.normal(key, (3,)), "max": h.max()}
 
-    for m in (3, 8, 13):
+    for m in (3, 13):  # fewer clients than devices; uneven over 3 and over 8
         xs = jax.random.normal(jax.random.key(m), (m, 5, 4))
         keys = jax.random.split(jax.random.key(100 + m), m)
         reference = loop_clients(one_client, w, xs, keys)
         for n in (3, 8):
-            for chunk in (None, 1, 2, 5):
+            for chunk in (None, 2):
                 with use_mesh(client_mesh(n)):
                     assert client_devices() == n
                     mapped = jax.jit(
@@ -81,7 +81,6 @@ RUNS = {  # name: run.py flags (2 rounds on the embedded data, small everything)
         "mlp:1,logreg:1", "--fedmd-public-epochs", "1", "--fedmd-private-epochs", "1",
     ],
     "ditto C=11": ["--algo", "ditto", "--clients", "11", "--personal-epochs", "1"],
-    "hypcluster C=9": ["--algo", "hypcluster", "--clients", "9", "--num-clusters", "2"],
 }  # fmt: skip
 
 

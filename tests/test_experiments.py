@@ -214,6 +214,27 @@ def test_sweep_flags_that_act_on_one_run_are_refused():
         sweep.check_sweep_flags(copy.copy(args))
 
 
+def test_bench_experiments_times_the_sweep_against_separate_runs(capsys):
+    """scripts/bench_experiments.py's comparison in-process on a small workload: one row per S
+    with the sweep's and the separate runs' times (their values are timings: not checked, only
+    that each ratio is the quotient it claims to be)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_experiments
+
+    argv = ["--algo", "fedavg", *BASE]
+    rows = bench_experiments.compare(argv, [1, 2], 2, None, 1, startup=0.5)
+    assert [r["experiments"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["sweep_round_s"] > 0 and row["separate_wall_s"] > 0
+        assert row["wall_ratio"] == row["sweep_wall_s"] / row["separate_wall_s"]
+    bench_experiments.print_rows("fedavg mlp", rows)
+    assert "fedavg mlp" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # the same comparison runs in-process in the test above
 def test_bench_experiments_suite_times_the_sweep_against_separate_runs(tmp_path):
     """scripts/bench.py --suite experiments, tiny: rows for both workloads with the sweep's and
     the separate runs' times (their values are timings: not checked)."""

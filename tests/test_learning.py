@@ -68,6 +68,7 @@ def test_dsfl_learns_embedded_data():
     not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
     reason=f"real MNIST not found at {MNIST_DIR}",
 )
+@pytest.mark.slow  # 3-5 min on 2 cores; DS-FL's learning and ERA's equation have fast tests
 def test_dsfl_era_beats_sa_and_local_only_on_real_mnist_two_classes_per_client():
     """DS-FL's non-IID setting: 20 clients holding 2 MNIST classes each, all participating.
 

@@ -34,9 +34,9 @@ def _env(devices: int | None = None) -> dict:
 
 
 def test_sharded_rounds_match_one_device_and_the_per_client_loop():
-    """8 CPU devices in a subprocess: map_clients sharded over 3 or 8 devices (3, 8 and 13
-    clients, every chunking) against a per-client Python loop, and two rounds plus evaluation of
-    five algorithm set-ups (uneven client counts, chunking, model groups with FedMD's two phases,
+    """8 CPU devices in a subprocess: map_clients sharded over 3 or 8 devices (3 and 13
+    clients, whole and chunked) against a per-client Python loop, and two rounds plus evaluation
+    of four algorithm set-ups (uneven client counts, chunking, model groups with FedMD's two phases,
     personal state, rounds scanned in one call) against the same run on one device."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "sharded_worker.py")],
@@ -47,9 +47,9 @@ def test_sharded_rounds_match_one_device_and_the_per_client_loop():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     diffs = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len([k for k in diffs if k.startswith("map_clients")]) == 24
-    assert len([k for k in diffs if k.startswith("sum_clients")]) == 24
-    assert len([k for k in diffs if "devices=8" in k and "_clients m=" not in k]) == 6
+    assert len([k for k in diffs if k.startswith("map_clients")]) == 8
+    assert len([k for k in diffs if k.startswith("sum_clients")]) == 8
+    assert len([k for k in diffs if "devices=8" in k and "_clients m=" not in k]) == 5
     too_far = {k: v for k, v in diffs.items() if not v <= 2e-6}
     assert not too_far, too_far  # float summation order only
 

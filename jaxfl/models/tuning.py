@@ -155,11 +155,11 @@ def choices() -> dict[str, str]:
 
 def rule_of_thumb(shape: ConvShape) -> str:
     """The choice without a measurement, from the 2-core CPU's measurements (scripts/bench.py
-    --suite lowerings): ``rows`` for narrow layers (at most 16 output channels) when their GEMM
-    is otherwise tiny (one input channel, or several clients vmapped), im2col's GEMM for the
-    rest; im2col on other backends (not measured there yet)."""
-    narrow = shape.cout <= 16 and (shape.cin == 1 or shape.clients > 1)
-    if jax.default_backend() == "cpu" and narrow:
+    --suite lowerings): ``rows`` for narrow layers (at most 16 output channels: LeNet-5's whole
+    training step is fastest with ``rows`` in both layers, although its second layer alone
+    times faster with im2col), im2col's GEMM for wider ones; im2col on other backends (not
+    measured there yet)."""
+    if jax.default_backend() == "cpu" and shape.cout <= 16:
         return "rows"
     return "im2col"
 
