@@ -80,7 +80,6 @@ RUNS = {  # name: run.py flags (2 rounds on the embedded data, small everything)
         "--algo", "fedmd", "--clients", "10", "--public-per-round", "64", "--models",
         "mlp:1,logreg:1", "--fedmd-public-epochs", "1", "--fedmd-private-epochs", "1",
     ],
-    "ditto C=11": ["--algo", "ditto", "--clients", "11", "--personal-epochs", "1"],
 }  # fmt: skip
 
 

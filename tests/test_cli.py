@@ -246,9 +246,9 @@ def test_personalization_config_files_run(tmp_path, name):
     assert config["client_val_fraction"] > 0 and config["data"]["client_val_size_mean"] > 0
 
 
-# FedDF and FedMD with groups: their rounds against a loop in tests/test_groups.py, FedDF end to
-# end on real MNIST in tests/test_learning.py
-@pytest.mark.parametrize("algo", ["dsfl", "fd", "fccl"])
+# DS-FL, FedDF and FedMD with groups: their rounds against a loop in tests/test_groups.py,
+# FedDF end to end on real MNIST in tests/test_learning.py
+@pytest.mark.parametrize("algo", ["fd", "fccl"])
 def test_mixed_architecture_groups_run_end_to_end(tmp_path, algo):
     out = tmp_path / "res"
     argv = ["--algo", algo, *SMALL, "--models", "mlp:3,logreg:1", "--clients-per-round", "4"]

@@ -120,7 +120,7 @@ def fake_timings(monkeypatch):
         return {",".join(c): float(i + 1) for i, c in enumerate(candidates)}
 
     monkeypatch.setattr(tuning, "measure", measure)
-    monkeypatch.setattr(tuning, "measure_model", measure_model)
+    monkeypatch.setattr(model_tuning, "measure_model", measure_model)
     return calls
 
 
@@ -161,7 +161,7 @@ def test_the_whole_model_decides_when_layers_interact(fake_timings, monkeypatch)
     def rows_fastest(context, candidates, *args):
         return {",".join(c): (0.5 if set(c) == {"rows"} else 1.0) for c in candidates}
 
-    monkeypatch.setattr(tuning, "measure_model", rows_fastest)
+    monkeypatch.setattr(model_tuning, "measure_model", rows_fastest)
     _train_step(get_model("lenet5", (28, 28, 1), 10), 4)
     (model_key,) = [k for k in tuning.choices() if k.startswith("model|")]
     assert tuning.choices()[model_key] == ["rows", "rows"]

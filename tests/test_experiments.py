@@ -73,15 +73,56 @@ def max_diff(a, b) -> float:
     return max(jax.tree.leaves(diffs), default=0.0)
 
 
-@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+# Round 1 to float tolerance in the default run for algorithms of each kind (plain averaging,
+# distillation, FedDF's per-seed static split, IncFL's extra make arguments, a personal
+# penalty, no server); the rest are traced and shape-checked here and compared numerically
+# under -m slow (the sweep's mechanism is the same for every algorithm: bind inside the trace).
+NUMERIC = ("dsfl", "fedavg", "feddf", "incfl", "local", "mrmtl")
+
+
+@pytest.mark.parametrize("algo", NUMERIC)
 def test_two_seeds_in_one_call_equal_two_separate_runs_round_one(algo):
-    """Round 1 of every algorithm: experiment i of the sweep is the single run with seed s_i
-    (own partition, sampling, initialisation), to float tolerance."""
+    """Round 1: experiment i of the sweep is the single run with seed s_i (own partition,
+    sampling, initialisation), to float tolerance."""
+    check_two_seeds(algo)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", sorted(set(ALGORITHMS) - set(NUMERIC)))
+def test_two_seeds_in_one_call_equal_two_separate_runs_round_one_slow(algo):
+    check_two_seeds(algo)
+
+
+def check_two_seeds(algo):
     seeds = (0, 3)
     built = {s: build(algo, s) for s in seeds}
     groups = experiments.static_groups(experiments.grid(seeds, {}), ALGORITHMS[algo])
     assert len(groups) == (2 if algo == "feddf" else 1)  # FedDF's public split is per seed
     check_round_one(algo, compiled(algo, groups[-1], built), built)  # FedDF: seed 3's group
+
+
+@pytest.mark.parametrize("algo", sorted(set(ALGORITHMS) - set(NUMERIC)))
+def test_every_algorithm_binds_inside_the_traced_sweep(algo):
+    """Traced, not compiled: the sweep of two seeds, with every float hyperparameter of the
+    algorithm traced (two values each), gives each experiment the single run's state shapes
+    and a (2, 1) row per round metric."""
+    seeds = (0, 3)
+    built = {s: build(algo, s) for s in seeds}
+    traced, _ = experiments.sweepable(ALGORITHMS[algo])
+    first = built[0]
+    defaults = {**vars(first.algorithm_config), **vars(first.fault_config)}
+    values = {n: float(defaults[n]) for n in traced if defaults[n] is not None}  # None: derived
+    grid = [Experiment(i, s, {n: v * (1 + 0.1 * i) for n, v in values.items()}) for i, s in
+            enumerate(seeds)]  # fmt: skip
+    sweep_ = compiled(algo, grid, built)
+    assert set(sweep_.swept) == set(values)
+    state = jax.eval_shape(sweep_._init, sweep_.lanes)
+    state, block = jax.eval_shape(
+        lambda s, lanes: sweep_._rounds(s, lanes, 1, num_rounds=1), state, sweep_.lanes
+    )
+    single = jax.eval_shape(first.algorithm.init, jax.random.key(0))
+    assert jax.tree.map(lambda x: x.shape[1:], state) == jax.tree.map(lambda x: x.shape, single)
+    assert all(v.shape == (2, 1) for v in block.values())
 
 
 def check_round_one(algo, sweep_, built):

@@ -164,6 +164,7 @@ def test_feddf_mixed_architectures_beat_per_group_fedavg_on_real_mnist_two_class
     not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
     reason=f"real MNIST not found at {MNIST_DIR}",
 )
+@pytest.mark.slow  # FedMD's and FCCL's rounds: loop references in tests/test_groups.py
 def test_fedmd_and_fccl_beat_local_only_on_real_mnist_two_classes_per_client():
     """20 clients with 2 MNIST classes each, MLPs, 3 rounds, each client's own test split.
 
