@@ -26,6 +26,7 @@ from jaxfl.models.tuning import (
     choose,
     in_fresh_thread,
     lookup,
+    machine_key,
     record,
     rule_of_thumb,
     tuning_enabled,
@@ -54,10 +55,8 @@ class ModelContext:
     devices: int
 
     def key(self) -> str:
-        device = jax.devices()[0]
         return (
-            f"model|{device.platform}|{device.device_kind}|jax{jax.__version__}|{self.model}|"
-            f"x{self.batch}|{self.dtype}|c{self.clients}|"
+            f"model|{machine_key()}|{self.model}|x{self.batch}|{self.dtype}|c{self.clients}|"
             f"{'train' if self.training else 'infer'}|d{self.devices}"
         )
 

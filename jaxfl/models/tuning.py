@@ -65,9 +65,8 @@ class ConvShape:
     devices: int = 1  # devices running the same program at once (they share the host's cores)
 
     def key(self) -> str:
-        device = jax.devices()[0]
         return (
-            f"{device.platform}|{device.device_kind}|jax{jax.__version__}|{self.dtype}|"
+            f"{machine_key()}|{self.dtype}|"
             f"x{self.batch}x{self.height}x{self.width}x{self.cin}|"
             f"k{self.kh}x{self.kw}x{self.cout}|s{self.stride}|{self.padding}|c{self.clients}|"
             f"{'train' if self.training else 'infer'}|d{self.devices}"
@@ -78,6 +77,12 @@ _lock = threading.Lock()
 _table: dict[str, dict] | None = None  # the disk cache, once loaded
 _pinned: dict[str, str] = {}
 _used: dict[str, str] = {}
+
+
+def machine_key() -> str:
+    """What a timing depends on besides the work: backend, device kind, JAX version."""
+    device = jax.devices()[0]
+    return f"{device.platform}|{device.device_kind}|jax{jax.__version__}"
 
 
 def tuning_enabled() -> bool:
