@@ -252,7 +252,27 @@ def run(args, start: float) -> int:
     writer.finish(summary, **per_client())
     shown = [f"{k} {final[k]:.4f}" for k in SHOWN if k in final]
     print(f"round {final['round']}: {', '.join(shown)}; results in {out}")
+    print(_explained(history, exp.data.num_classes))
     return 0
+
+
+def _explained(history: list[dict], num_classes: int) -> str:
+    """What the printed numbers mean, with round 1's values beside them (learning visible)."""
+    first, last = history[0], history[-1]
+    lines = []
+    if "test_acc" in last:
+        lines.append(
+            f"  test_acc: the server (global) model on the held-out test set; round "
+            f"{first['round']}: {first['test_acc']:.4f}, chance {1 / num_classes:.4f}"
+        )
+    if "client_acc_mean" in last:
+        lines.append(
+            "  client_acc_mean / client_acc_p10: the model each client ends with (its own, or "
+            "the global one where the algorithm has no local model) on the client's own test "
+            f"split, mean and 10th percentile over clients; round {first['round']}: "
+            f"{first['client_acc_mean']:.4f} / {first.get('client_acc_p10', float('nan')):.4f}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
