@@ -263,14 +263,16 @@ def _explained(history: list[dict], num_classes: int) -> str:
     if "test_acc" in last:
         lines.append(
             f"  test_acc: the server (global) model on the held-out test set; round "
-            f"{first['round']}: {first['test_acc']:.4f}, chance {1 / num_classes:.4f}"
+            f"{first['round']}: {first.get('test_acc', float('nan')):.4f}, "
+            f"chance {1 / num_classes:.4f}"
         )
     if "client_acc_mean" in last:
         lines.append(
             "  client_acc_mean / client_acc_p10: the model each client ends with (its own, or "
             "the global one where the algorithm has no local model) on the client's own test "
             f"split, mean and 10th percentile over clients; round {first['round']}: "
-            f"{first['client_acc_mean']:.4f} / {first.get('client_acc_p10', float('nan')):.4f}"
+            f"{first.get('client_acc_mean', float('nan')):.4f} / "
+            f"{first.get('client_acc_p10', float('nan')):.4f}"
         )
     return "\n".join(lines)
 
