@@ -17,6 +17,7 @@ client's w_k is lost, its v_k kept), stragglers (both updates take fewer steps),
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -24,8 +25,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from algorithms.fedavg import server_optimizer, server_update
-from jaxfl import aggregate, faults, hparams, metrics, train
+from algorithms.fedavg import flag_server_optimizer, server_update
+from jaxfl import aggregate, faults, hooks, hparams, metrics, train
 from jaxfl.algorithm import (
     RoundParts,
     client_inputs,
@@ -93,11 +94,12 @@ def personal_update(
       lam: lambda.
       key, count, capacity, batch_size, epochs, max_steps: as :func:`jaxfl.train.sgd_epochs`.
 
-    Returns (v_k, mean loss).
+    Returns a :class:`jaxfl.train.Trained`: v_k, the mean data loss f_k, the steps taken and
+    the mean proximal term.
     """
-    loss = lambda p, pos, mask: base_loss(p, pos, mask) + train.prox_term(p, anchor, lam)
+    prox = lambda p: train.prox_term(p, anchor, lam)
     return train.sgd_epochs(
-        loss, optimizer, personal, key, count, capacity, batch_size, epochs, max_steps
+        base_loss, optimizer, personal, key, count, capacity, batch_size, epochs, max_steps, prox
     )
 
 
@@ -109,8 +111,17 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
+    client_optimizer: optax.GradientTransformation | Callable | None = None,
+    server_optimizer: optax.GradientTransformation | Callable | None = None,
+    personal_optimizer: optax.GradientTransformation | Callable | None = None,
 ):
-    """Bind Ditto to a federation and a model; returns a FederatedAlgorithm."""
+    """Bind Ditto to a federation and a model; returns a FederatedAlgorithm.
+
+    ``client_optimizer`` (the global model's local SGD, ``--lr``), ``server_optimizer``
+    (``--server-opt``) and ``personal_optimizer`` (v_k's SGD, ``--personal-lr``): optax
+    transformations (or functions of the config) replacing the flags' optimizers
+    (:func:`jaxfl.hooks.optimizer`).
+    """
     m = config.clients_per_round or data.num_clients
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
     hparams.check(
@@ -118,9 +129,13 @@ def make(
         lambda v: v >= 0,
         f"--ditto-lambda {config.ditto_lambda} is not allowed; allowed: >= 0",
     )
-    server_opt = server_optimizer(config)
-    opt = optax.sgd(config.lr)
-    personal_opt = optax.sgd(hparams.given(config.personal_lr, config.lr))
+    server_opt = hooks.optimizer(server_optimizer, config, lambda: flag_server_optimizer(config))
+    opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
+    personal_opt = hooks.optimizer(
+        personal_optimizer,
+        config,
+        lambda: optax.sgd(hparams.given(config.personal_lr, config.lr)),
+    )
     personal_epochs = config.personal_epochs or config.local_epochs
     B = config.batch_size
 
@@ -153,7 +168,7 @@ def make(
         label_map, max_steps = faults.local_training_faults(
             fault_config, data.num_classes, is_adversary, work, count, B, config.local_epochs
         )
-        params, loss = train.private_sgd(
+        params, loss, *_ = train.private_sgd(
             model.apply,
             data,
             global_params,
@@ -170,7 +185,7 @@ def make(
             fault_config, data.num_classes, is_adversary, work, count, B, personal_epochs
         )
         base = train.private_loss(model.apply, data.train_x, data.train_y, idx_row, label_map)
-        personal, personal_loss = personal_update(
+        personal, personal_loss, _, personal_penalty = personal_update(
             base,
             personal_opt,
             personal,
@@ -184,11 +199,11 @@ def make(
             personal_steps,
         )
         delta = jax.tree.map(jnp.subtract, params, global_params)
-        return delta, personal, loss, personal_loss
+        return delta, personal, loss, personal_loss, personal_penalty
 
     def finish(state, ctx, outputs, data):
         sampled, counts, received = ctx
-        deltas, personal, losses, personal_losses = outputs
+        deltas, personal, losses, personal_losses, personal_penalties = outputs
         applied = faults.applied(received, fault_config.min_received)
         mean_delta = aggregate.weighted_mean(deltas, counts * received)
         params, opt_state = server_update(
@@ -203,7 +218,8 @@ def make(
         weights = counts / jnp.sum(counts)
         return new_state, {
             "train_loss": jnp.sum(losses * weights),
-            "personal_loss": jnp.sum(personal_losses * weights),
+            "personal_loss": jnp.sum(personal_losses * weights),  # f_k(v_k), the data loss
+            "personal_penalty": jnp.sum(personal_penalties * weights),  # (lam/2)||v_k - w_t||^2
             "received": jnp.sum(received),
             "applied": applied,
         }

@@ -21,13 +21,19 @@ Customisation inside the compiled round is by pure functions passed to :func:`ma
 ``select_clients(key, C, m) -> (m,) int32``, ``aggregate_soft_labels(client_probs (m, P, L),
 weights (m,)) -> (P, L)`` (default the ERA/SA of step 4, over the received clients) and
 ``client_loss_term(params, anchor_params) -> scalar`` added to every private batch loss (anchor:
-the client's model before step 2). Faults (:mod:`jaxfl.faults`): dropout (the soft labels average
+the client's model before step 2; ``train_loss`` stays the data loss, ``train_penalty`` reports
+the term). ``aggregate_soft_labels`` may also take keyword arguments ``key`` (its own PRNG key
+each round) and ``hparams`` (this config, e.g. ERA's ``temperature``, traced in a sweep), and
+``client_loss_term`` ``hparams`` (:mod:`jaxfl.hooks`). Optimizers: ``client_optimizer`` (step 2)
+and ``distill_optimizer`` (steps 1 and 5), optax transformations replacing the SGD of ``--lr`` /
+``--distill-lr``. Faults (:mod:`jaxfl.faults`): dropout (the soft labels average
 only the received uploads), stragglers (part of step 2), label flipping, random or scaled logits.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -35,7 +41,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import aggregate, faults, groups, hparams, metrics, train
+from jaxfl import aggregate, faults, groups, hooks, hparams, metrics, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 
@@ -79,6 +85,8 @@ def make(
     select_clients=sample_clients,
     aggregate_soft_labels=None,
     client_loss_term=None,
+    client_optimizer: optax.GradientTransformation | Callable | None = None,
+    distill_optimizer: optax.GradientTransformation | Callable | None = None,
 ):
     """Bind DS-FL to a federation and a model (or model groups); returns a FederatedAlgorithm.
 
@@ -100,10 +108,15 @@ def make(
                 client_probs, config.aggregation, config.temperature, weights
             )
 
+    aggregate_hook = hooks.bind(aggregate_soft_labels, config)
+    loss_term = hooks.bind(client_loss_term, config)
+
     n_open = config.public_per_round
     kd_batch = config.distill_batch_size or config.batch_size
-    opt = optax.sgd(config.lr)
-    kd_opt = optax.sgd(hparams.given(config.distill_lr, config.lr))
+    opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
+    kd_opt = hooks.optimizer(  # steps 1 and 5: the clients' and the server's distillation
+        distill_optimizer, config, lambda: optax.sgd(hparams.given(config.distill_lr, config.lr))
+    )
     if config.aggregation not in aggregate.AGGREGATIONS:
         raise ValueError(
             f"unknown --aggregation {config.aggregation!r}; allowed: "
@@ -112,9 +125,10 @@ def make(
 
     def distill(apply, params, inputs, targets, key):
         loss_fn = train.distill_loss(apply, inputs, targets)
-        return train.sgd_epochs(
+        trained = train.sgd_epochs(
             loss_fn, kd_opt, params, key, jnp.int32(n_open), n_open, kd_batch, config.distill_epochs
         )
+        return trained.params, trained.loss
 
     def init(key):
         k_server, k_clients = jax.random.split(key)
@@ -142,7 +156,8 @@ def make(
         client_args = groups.client_inputs(
             model_groups, sampled, jax.random.split(k_clients, m), work, data, adversary, params
         )
-        return shared, client_args, (sampled, next_open, k_server, received)
+        ctx = (sampled, next_open, k_server, received, hooks.round_key(key))
+        return shared, client_args, ctx
 
     def client_update_for(model):
         return lambda shared, *args: client_update(model, shared, *args)
@@ -160,7 +175,7 @@ def make(
         label_map, max_steps = faults.local_training_faults(
             fault_config, data.num_classes, is_adversary, work, count, *local
         )
-        params, train_loss = train.private_sgd(
+        trained = train.private_sgd(
             model.apply,
             data,
             params,
@@ -170,9 +185,10 @@ def make(
             opt,
             *local,
             label_map=label_map,
-            extra_term=(lambda p: client_loss_term(p, anchor)) if client_loss_term else None,
+            penalty=(lambda p: loss_term(p, anchor)) if loss_term else None,
             max_steps=max_steps,
         )
+        params = trained.params
         if attack in ("random_logits", "scaled_logits"):
             probs = faults.attack_probs(
                 train.batched_apply(model.apply, params, open_x),
@@ -183,15 +199,15 @@ def make(
             )
         else:
             probs = train.predict_probs(model.apply, params, open_x)
-        return params, probs, train_loss, kd_loss
+        return params, probs, trained.loss, kd_loss, trained.penalty
 
     def finish(state, ctx, outputs, data):
-        sampled, next_open, k_server, received = ctx
+        sampled, next_open, k_server, received, hook_key = ctx
         client_params = [out[0] for out in outputs]
-        client_probs, train_loss, kd_loss = (
-            jnp.concatenate([out[i] for out in outputs]) for i in (1, 2, 3)
+        client_probs, train_loss, kd_loss, penalty = (
+            jnp.concatenate([out[i] for out in outputs]) for i in (1, 2, 3, 4)
         )
-        soft_labels = aggregate_soft_labels(client_probs, received.astype(jnp.float32))
+        soft_labels = aggregate_hook(client_probs, received.astype(jnp.float32), key=hook_key)
         server_params, server_loss = distill(
             server_model.apply, state.server_params, data.public_x[next_open], soft_labels, k_server
         )
@@ -214,6 +230,7 @@ def make(
             "received": jnp.sum(received),
             "applied": applied,
             "train_loss": jnp.mean(train_loss),
+            **({"train_penalty": jnp.mean(penalty)} if loss_term else {}),
             "client_distill_loss": jnp.mean(kd_loss),
             "server_distill_loss": server_loss,
             "soft_label_entropy": jnp.mean(aggregate.entropy(soft_labels)),

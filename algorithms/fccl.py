@@ -30,13 +30,14 @@ flipping.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import aggregate, faults, groups, train
+from jaxfl import aggregate, faults, groups, hooks, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.clients import map_clients, on_client_mesh
 from jaxfl.data.federation import Federation
@@ -112,9 +113,14 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
-    optimizer: optax.GradientTransformation | None = None,
+    client_optimizer: optax.GradientTransformation | Callable | None = None,
 ):
-    """Bind FCCL to a federation and a model or model groups; returns a FederatedAlgorithm."""
+    """Bind FCCL to a federation and a model or model groups; returns a FederatedAlgorithm.
+
+    ``client_optimizer`` (every client step; the authors' Adam at ``--fccl-lr``): optax
+    transformations (or functions of the config) replacing the flags' optimizers
+    (:func:`jaxfl.hooks.optimizer`).
+    """
     m_total = config.clients_per_round or data.num_clients
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
@@ -125,7 +131,8 @@ def make(
             f"--public-per-round {n} is not allowed for FCCL (its public batch); allowed: "
             f"2..the public set's {data.public_size} examples (raise --public-size)"
         )
-    opt = optimizer or optax.adam(config.fccl_lr)  # the authors' Adam unless one is given
+    # the authors' Adam unless one is given
+    opt = hooks.optimizer(client_optimizer, config, lambda: optax.adam(config.fccl_lr))
     B = config.batch_size
 
     @jax.jit
@@ -210,7 +217,7 @@ def make(
                 fault_config, data.num_classes, is_adversary, work, count, B, config.local_epochs
             )
             loss_fn = non_forgetting_loss(apply, data, idx_row, inter, intra, label_map)
-            params, local_loss = train.sgd_epochs(
+            params, local_loss, *_ = train.sgd_epochs(
                 loss_fn, opt, params, key, count, data.capacity, B, config.local_epochs, max_steps
             )
             first = collab_losses[0] if config.fccl_collab_steps else jnp.float32(0.0)

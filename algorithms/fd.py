@@ -22,13 +22,14 @@ dropout (a lost table is not averaged), stragglers (fewer local steps), label fl
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import faults, groups, hparams, train
+from jaxfl import faults, groups, hooks, hparams, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 
@@ -130,8 +131,13 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
+    client_optimizer: optax.GradientTransformation | Callable | None = None,
 ):
-    """Bind FD to a federation and a model or model groups; returns a FederatedAlgorithm."""
+    """Bind FD to a federation and a model or model groups; returns a FederatedAlgorithm.
+
+    ``client_optimizer`` (``--lr``'s SGD): optax transformations (or functions of the config)
+    replacing the flags' optimizers (:func:`jaxfl.hooks.optimizer`).
+    """
     m_total = config.clients_per_round or data.num_clients
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
@@ -141,7 +147,7 @@ def make(
         lambda v: v >= 0,
         f"--fd-beta {config.fd_beta} is not allowed; allowed: >= 0",
     )
-    opt = optax.sgd(config.lr)
+    opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     L = data.num_classes
 
     def init(key):

@@ -14,15 +14,19 @@ Customisation inside the compiled round is by pure functions passed to :func:`ma
 ``aggregate_updates(deltas, weights) -> delta`` over the leading client axis (default the
 weighted mean; ``weights`` (m,) are the sample counts, 0 for a dropped client) and
 ``client_loss_term(params, global_params) -> scalar`` added to every local batch loss (e.g.
-FedProx's (mu/2)||w - w_t||^2). ``unseen_clients`` U keeps the last U clients out of training
-(they are only evaluated), to measure generalization to clients the server never saw.
-Faults (:mod:`jaxfl.faults`): dropout, stragglers, label flipping
-and scaled updates.
+FedProx's (mu/2)||w - w_t||^2; ``train_loss`` stays the data loss and ``train_penalty``
+reports the term). ``aggregate_updates`` may also take keyword arguments ``key`` (a PRNG key of
+its own each round: DP noise) and ``hparams`` (this config, traced in a sweep), and
+``client_loss_term`` ``hparams`` (:mod:`jaxfl.hooks`). ``unseen_clients`` U keeps the last U
+clients out of training (they are only evaluated), to measure generalization to clients the
+server never saw. Faults (:mod:`jaxfl.faults`): dropout, stragglers, label flipping and scaled
+updates.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -30,10 +34,11 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import aggregate, faults, metrics, train
-from jaxfl.algorithm import RoundParts, client_inputs, communication, make_algorithm, sample_clients
+from jaxfl import aggregate, faults, hooks, metrics
+from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
+from jaxfl.standard_clients import standard_clients
 
 SERVER_OPTS = ("sgd", "momentum", "adam")
 ATTACKS = ("label_flip", "scaled_update")
@@ -63,7 +68,9 @@ class FedAvgState:
     round: jax.Array  # () int32
 
 
-def server_optimizer(config: FedAvgConfig) -> optax.GradientTransformation:
+def flag_server_optimizer(config: FedAvgConfig) -> optax.GradientTransformation:
+    """The server optimizer the flags describe (``--server-opt``, ``--server-lr``,
+    ``--server-momentum``); ``make(server_optimizer=...)`` replaces it."""
     if config.server_opt == "sgd":
         return optax.sgd(config.server_lr)
     if config.server_opt == "momentum":
@@ -73,9 +80,6 @@ def server_optimizer(config: FedAvgConfig) -> optax.GradientTransformation:
     raise ValueError(
         f"unknown --server-opt {config.server_opt!r}; allowed: {', '.join(SERVER_OPTS)}"
     )
-
-
-shortcut_server_optimizer = server_optimizer  # make() takes a server_optimizer of its own
 
 
 def training_clients(config, data: Federation) -> int:
@@ -114,14 +118,15 @@ def make(
     aggregate_updates=aggregate.weighted_mean,
     client_loss_term=None,
     stream: bool = True,
-    client_optimizer: optax.GradientTransformation | None = None,
-    server_optimizer: optax.GradientTransformation | None = None,
+    client_optimizer: optax.GradientTransformation | Callable | None = None,
+    server_optimizer: optax.GradientTransformation | Callable | None = None,
 ):
     """Bind FedAvg to a federation and a model; returns a FederatedAlgorithm.
 
-    ``client_optimizer`` / ``server_optimizer``: your own optax transformations (fresh client
-    state every round; the server's state is kept in ``FedAvgState.opt_state``), instead of the
-    flags' shortcuts (``--lr``: SGD; ``--server-opt``/``--server-lr``/``--server-momentum``).
+    ``client_optimizer`` / ``server_optimizer``: your own optax transformations, or functions
+    ``config -> transformation`` that follow swept values (:func:`jaxfl.hooks.optimizer`; fresh
+    client state every round; the server's state is kept in ``FedAvgState.opt_state``), instead
+    of the flags' shortcuts (``--lr``: SGD; ``--server-opt``/``--server-lr``/``--server-momentum``).
 
     ``fault_config`` and ``seed`` (which draws the fixed adversarial set) simulate faults; the
     three functions customise the round (see the module docstring). With the default weighted
@@ -130,74 +135,84 @@ def make(
     """
     seen = training_clients(config, data)
     m = config.clients_per_round or seen
-    fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
-    server_opt = server_optimizer or shortcut_server_optimizer(config)
-    client_opt = client_optimizer or optax.sgd(config.lr)
+    clients = standard_clients(
+        data,
+        m,
+        fault_config=fault_config,
+        attacks=ATTACKS,
+        seed=seed,
+        select_clients=select_clients,
+        population=seen,
+    )
+    fault_config = clients.fault_config
+    server_opt = hooks.optimizer(server_optimizer, config, lambda: flag_server_optimizer(config))
+    client_opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     attack = fault_config.attack
     local = (config.batch_size, config.local_epochs)
     # the plain weighted mean streams: each client returns its weighted update and finish gets
     # their sum (memory for one chunk of updates, not m); other aggregators see every update
     streamed = stream and aggregate_updates is aggregate.weighted_mean
+    aggregate_hook = hooks.bind(aggregate_updates, config)
+    loss_term = hooks.bind(client_loss_term, config)
 
     def init(key):
         params = model.init(key)
         return FedAvgState(params, server_opt.init(params), jnp.zeros((), jnp.int32))
 
     def prepare(state, key, data):
-        k_sample, k_clients = jax.random.split(key)
-        sampled = select_clients(k_sample, seen, m)
-        received, work = faults.round_faults(key, m, fault_config)
-        client_args = client_inputs(sampled, jax.random.split(k_clients, m), work, data, adversary)
-        counts = data.client_count[sampled]
+        picked = clients.sample(key, data)
+        client_args, received = picked.client_args, picked.received
+        counts = data.client_count[picked.sampled]
         if streamed:  # normalised weights, as aggregate.weighted_mean computes them
             weights = counts * received
             mean_weights = weights.astype(jnp.float32) / jnp.maximum(jnp.sum(weights), 1e-30)
             loss_weights = counts / jnp.sum(counts)
             client_args = (*client_args, mean_weights, loss_weights)
-        return (data, state.params), client_args, (counts, received)
+        return (data, state.params), client_args, (counts, received, hooks.round_key(key))
 
     def client_update(shared, key, idx_row, count, work, is_adversary, *weights):
         data, global_params = shared
-        label_map, max_steps = faults.local_training_faults(
-            fault_config, data.num_classes, is_adversary, work, count, *local
-        )
-        params, loss = train.private_sgd(
+        trained = clients.train(
             model.apply,
             data,
             global_params,
+            client_opt,
+            *local,
             key,
             idx_row,
             count,
-            client_opt,
-            *local,
-            label_map=label_map,
-            extra_term=(lambda p: client_loss_term(p, global_params)) if client_loss_term else None,
-            max_steps=max_steps,
+            work,
+            is_adversary,
+            penalty=(lambda p: loss_term(p, global_params)) if loss_term else None,
         )
-        delta = jax.tree.map(jnp.subtract, params, global_params)
+        delta = jax.tree.map(jnp.subtract, trained.params, global_params)
+        losses = (trained.loss, trained.penalty) if loss_term else (trained.loss,)
         if attack == "scaled_update":
             scale = jnp.where(is_adversary, fault_config.attack_scale, 1.0)
             delta = jax.tree.map(lambda d: scale * d, delta)
         if streamed:  # this client's terms of the weighted means
             mean_weight, loss_weight = weights
-            return jax.tree.map(lambda d: mean_weight * d, delta), loss_weight * loss
-        return delta, loss
+            weighted = tuple(loss_weight * x for x in losses)
+            return jax.tree.map(lambda d: mean_weight * d, delta), weighted
+        return delta, losses
 
     def finish(state, ctx, outputs, data):
-        counts, received = ctx
+        counts, received, hook_key = ctx
         if streamed:  # sums over the clients, accumulated chunk by chunk
-            mean_delta, train_loss = outputs
+            mean_delta, mean_losses = outputs
         else:
             deltas, losses = outputs
-            mean_delta = aggregate_updates(deltas, counts * received)
-            train_loss = jnp.sum(losses * counts) / jnp.sum(counts)
+            mean_delta = aggregate_hook(deltas, counts * received, key=hook_key)
+            mean_losses = tuple(jnp.sum(x * counts) / jnp.sum(counts) for x in losses)
         applied = faults.applied(received, fault_config.min_received)
         params, opt_state = server_update(
             server_opt, state.params, state.opt_state, mean_delta, applied
         )
         new_state = FedAvgState(params, opt_state, state.round + 1)
+        penalty = {"train_penalty": mean_losses[1]} if loss_term else {}
         return new_state, {
-            "train_loss": train_loss,
+            "train_loss": mean_losses[0],
+            **penalty,
             "received": jnp.sum(received),
             "applied": applied,
         }

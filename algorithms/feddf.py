@@ -30,6 +30,7 @@ label flipping.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxfl import aggregate, faults, groups, hparams, metrics, train
+from jaxfl import aggregate, faults, groups, hooks, hparams, metrics, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 
@@ -79,8 +80,25 @@ def ensemble_kl(student_logits, teacher_logits, tau: float) -> jax.Array:
     return train.kl_to_target(student_logits / tau, jax.nn.softmax(teacher_logits / tau, -1))
 
 
+def server_distill_optimizer(config: FedDFConfig) -> optax.GradientTransformation:
+    """The authors' server optimizer: Adam with a cosine-decayed learning rate from
+    ``--server-distill-lr`` over the distillation steps (rounded up to whole checks)."""
+    steps = -(-config.server_distill_steps // config.distill_check_every) * (
+        config.distill_check_every
+    )
+    return optax.adam(optax.cosine_decay_schedule(config.server_distill_lr, max(1, steps)))
+
+
 def distill_with_early_stopping(
-    apply, params, train_x, train_teacher, val_x, val_teacher, key, config: FedDFConfig
+    apply,
+    params,
+    train_x,
+    train_teacher,
+    val_x,
+    val_teacher,
+    key,
+    config: FedDFConfig,
+    optimizer: optax.GradientTransformation | None = None,
 ):
     """Step 3-4 for one student: returns (best params, steps run, best validation KL,
     validation KL before distillation).
@@ -91,12 +109,13 @@ def distill_with_early_stopping(
       train_x: (P_t, ...) distillation inputs; train_teacher: (P_t, L) ensemble logits z(x).
       val_x, val_teacher: the held-out split, (P_v, ...) and (P_v, L).
       key: PRNG key for the minibatches.
+      optimizer: the server's distillation optimizer (default :func:`server_distill_optimizer`).
     """
     tau = config.distill_temperature
     check = config.distill_check_every
     chunks = -(-config.server_distill_steps // check)  # steps rounded up to whole checks
     batch = min(config.distill_batch_size or config.batch_size, train_x.shape[0])
-    opt = optax.adam(optax.cosine_decay_schedule(config.server_distill_lr, max(1, chunks * check)))
+    opt = optimizer or server_distill_optimizer(config)
 
     def val_kl(p):
         logits = train.batched_apply(apply, p, val_x)
@@ -145,8 +164,14 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
+    client_optimizer: optax.GradientTransformation | Callable | None = None,
+    server_optimizer: optax.GradientTransformation | Callable | None = None,
 ):
-    """Bind FedDF to a federation and a model or model groups; returns a FederatedAlgorithm."""
+    """Bind FedDF to a federation and a model or model groups; returns a FederatedAlgorithm.
+
+    ``client_optimizer`` replaces the clients' SGD (``--lr``), ``server_optimizer`` the server's
+    distillation optimizer (:func:`server_distill_optimizer`); see :func:`jaxfl.hooks.optimizer`.
+    """
     m_total = config.clients_per_round or data.num_clients
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
@@ -165,7 +190,10 @@ def make(
         )
     order = np.random.default_rng([seed, 0xFEDDF]).permutation(P)
     val_rows, train_rows = jnp.asarray(order[:n_val]), jnp.asarray(order[n_val:])
-    opt = optax.sgd(config.lr)
+    opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
+    distill_opt = hooks.optimizer(
+        server_optimizer, config, lambda: server_distill_optimizer(config)
+    )
     local = (config.batch_size, config.local_epochs)
 
     def init(key):
@@ -191,7 +219,7 @@ def make(
             label_map, max_steps = faults.local_training_faults(
                 fault_config, data.num_classes, is_adversary, work, count, *local
             )
-            params, loss = train.private_sgd(
+            params, loss, *_ = train.private_sgd(
                 g.model.apply, data, group_params[index], key, idx_row, count, opt, *local,
                 label_map=label_map, max_steps=max_steps,
             )  # fmt: skip
@@ -216,6 +244,7 @@ def make(
                 teacher[val_rows],
                 jax.random.fold_in(k_server, i),
                 config,
+                distill_opt,
             )
             any_received = jnp.sum(w) > 0
             new_params.append(faults.select(any_received, distilled, state.group_params[i]))

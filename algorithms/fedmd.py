@@ -25,13 +25,14 @@ consensus; the client still digests it), stragglers (fewer revisit steps), label
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import aggregate, faults, groups, hparams, train
+from jaxfl import aggregate, faults, groups, hooks, hparams, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.clients import map_clients, on_client_mesh
 from jaxfl.data.federation import Federation
@@ -83,9 +84,14 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
-    optimizer: optax.GradientTransformation | None = None,
+    client_optimizer: optax.GradientTransformation | Callable | None = None,
 ):
-    """Bind FedMD to a federation and a model or model groups; returns a FederatedAlgorithm."""
+    """Bind FedMD to a federation and a model or model groups; returns a FederatedAlgorithm.
+
+    ``client_optimizer`` (every client step; the authors' Adam at ``--fedmd-lr``): optax
+    transformations (or functions of the config) replacing the flags' optimizers
+    (:func:`jaxfl.hooks.optimizer`).
+    """
     m_total = config.clients_per_round or data.num_clients
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
@@ -103,7 +109,8 @@ def make(
             f"(0..{data.num_classes - 1}); this public set has labels "
             f"{labels.min()}..{labels.max()} (choose another --public-dataset)"
         )
-    opt = optimizer or optax.adam(config.fedmd_lr)  # the authors' Adam unless one is given
+    # the authors' Adam unless one is given
+    opt = hooks.optimizer(client_optimizer, config, lambda: optax.adam(config.fedmd_lr))
     digest_batch = min(config.fedmd_digest_batch, n)
 
     def transfer(apply, params, key, idx_row, count, data):
@@ -111,11 +118,11 @@ def make(
         k_pub, k_priv = jax.random.split(key)
         P = data.public_size
         public_loss = train.private_loss(apply, data.public_x, data.public_y, jnp.arange(P))
-        params, _ = train.sgd_epochs(
+        params, *_ = train.sgd_epochs(
             public_loss, opt, params, k_pub, jnp.int32(P), P, config.batch_size,
             config.fedmd_public_epochs,
         )  # fmt: skip
-        params, _ = train.private_sgd(
+        params, *_ = train.private_sgd(
             apply, data, params, k_priv, idx_row, count, opt, config.batch_size,
             config.fedmd_private_epochs,
         )  # fmt: skip
@@ -173,7 +180,7 @@ def make(
             data, public_inputs, consensus = shared
             k_digest, k_revisit = jax.random.split(key)
             digest = l1_to_consensus(g.model.apply, public_inputs, consensus)
-            params, digest_loss = train.sgd_epochs(
+            params, digest_loss, *_ = train.sgd_epochs(
                 digest, opt, params, k_digest, jnp.int32(n), n, digest_batch,
                 config.fedmd_digest_epochs,
             )  # fmt: skip
@@ -181,7 +188,7 @@ def make(
                 fault_config, data.num_classes, is_adversary, work, count, config.batch_size,
                 config.local_epochs,
             )  # fmt: skip
-            params, revisit_loss = train.private_sgd(
+            params, revisit_loss, *_ = train.private_sgd(
                 g.model.apply, data, params, k_revisit, idx_row, count, opt, config.batch_size,
                 config.local_epochs, label_map=label_map, max_steps=max_steps,
             )  # fmt: skip

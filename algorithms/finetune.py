@@ -19,13 +19,15 @@ fine-tuning. Candidates come from ``--finetune-epochs`` (e.g. "0,1,2,5"; 0 means
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from algorithms import fedavg
-from jaxfl import faults, hparams, metrics
+from jaxfl import faults, hooks, hparams, metrics
 from jaxfl.algorithm import make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
@@ -69,8 +71,14 @@ def make(
     seed: int = 0,
     select_clients=sample_clients,
     aggregate_updates=None,
+    client_optimizer: optax.GradientTransformation | Callable | None = None,
+    server_optimizer: optax.GradientTransformation | Callable | None = None,
 ):
-    """Bind FedAvg + fine-tuning to a federation and a model; returns a FederatedAlgorithm."""
+    """Bind FedAvg + fine-tuning to a federation and a model; returns a FederatedAlgorithm.
+
+    ``aggregate_updates``, ``client_optimizer`` and ``server_optimizer`` are FedAvg's
+    (:func:`algorithms.fedavg.make`); the fine-tuning step keeps ``--finetune-lr``'s SGD.
+    """
     candidates = parse_candidates(config.finetune_epochs)
     if config.finetune_layers not in FINETUNE_LAYERS:
         raise ValueError(
@@ -93,6 +101,9 @@ def make(
         fault_config=fault_config,
         seed=seed,
         select_clients=select_clients,
+        # built from this config (a factory sees the fine-tuning flags too); None: FedAvg's flags
+        client_optimizer=hooks.optimizer(client_optimizer, config, lambda: None),
+        server_optimizer=hooks.optimizer(server_optimizer, config, lambda: None),
         **extra,
     )
     eval_key = jax.random.fold_in(jax.random.key(seed), 0xF1E)

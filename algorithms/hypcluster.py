@@ -23,6 +23,7 @@ Faults: dropout (a dropped update is not averaged), stragglers, label flipping.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import faults, train
+from jaxfl import faults, hooks, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.clients import map_clients
 from jaxfl.data.federation import Federation
@@ -99,8 +100,13 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
+    client_optimizer: optax.GradientTransformation | Callable | None = None,
 ):
-    """Bind HypCluster to a federation and a model; returns a FederatedAlgorithm."""
+    """Bind HypCluster to a federation and a model; returns a FederatedAlgorithm.
+
+    ``client_optimizer`` (``--lr``'s SGD): optax transformations (or functions of the config)
+    replacing the flags' optimizers (:func:`jaxfl.hooks.optimizer`).
+    """
     m = config.clients_per_round or data.num_clients
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
     K = config.num_clusters
@@ -109,7 +115,7 @@ def make(
     if not 0.0 <= config.cluster_warmup <= 1.0:
         raise ValueError(f"--cluster-warmup {config.cluster_warmup} is not allowed; allowed: 0..1")
     warmup_rounds = int(round(config.cluster_warmup * config.rounds))
-    opt = optax.sgd(config.lr)
+    opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     local = (config.batch_size, config.local_epochs)
 
     def init(key):
@@ -143,7 +149,7 @@ def make(
         label_map, max_steps = faults.local_training_faults(
             fault_config, data.num_classes, is_adversary, work, count, *local
         )
-        params, loss = train.private_sgd(
+        params, loss, *_ = train.private_sgd(
             model.apply,
             data,
             start,

@@ -28,6 +28,7 @@ training entirely, to measure how IPR generalizes to clients the server never sa
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ import numpy as np
 import optax
 
 from algorithms import fedavg
-from jaxfl import aggregate, faults, hparams, metrics, train
+from jaxfl import aggregate, faults, hooks, hparams, metrics, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
@@ -74,9 +75,15 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
+    client_optimizer: optax.GradientTransformation | Callable | None = None,
+    server_optimizer: optax.GradientTransformation | Callable | None = None,
 ):
     """Bind IncFL to a federation and a model; ``local_losses`` (C,) are F_k(w_k^loc), on the
-    validation splits when ``data`` has them (else on the training splits)."""
+    validation splits when ``data`` has them (else on the training splits).
+
+    ``client_optimizer`` (``--lr``'s SGD) and ``server_optimizer`` (``--server-opt``): optax
+    transformations (or functions of the config) replacing the flags' optimizers.
+    """
     if local_losses is None:
         raise ValueError(
             "--algo incfl needs every client's local-only loss (local_losses); scripts/run.py "
@@ -95,8 +102,10 @@ def make(
     has_val = bool(np.any(jax.device_get(hparams.concrete(data).client_val_count)))
     gap_idx = data.client_val_idx if has_val else data.client_idx
     gap_count = data.client_val_count if has_val else data.client_count
-    server_opt = fedavg.server_optimizer(config)
-    opt = optax.sgd(config.lr)
+    server_opt = hooks.optimizer(
+        server_optimizer, config, lambda: fedavg.flag_server_optimizer(config)
+    )
+    opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     local = (config.batch_size, config.local_epochs)
 
     def init(key):
@@ -127,7 +136,7 @@ def make(
         label_map, max_steps = faults.local_training_faults(
             fault_config, data.num_classes, is_adversary, work, count, *local
         )
-        params, loss = train.private_sgd(
+        params, loss, *_ = train.private_sgd(
             model.apply,
             data,
             global_params,

@@ -14,6 +14,7 @@ stragglers (fewer local steps) and label flipping; dropout is meaningless withou
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import faults, hparams, metrics, train
+from jaxfl import faults, hooks, hparams, metrics, train
 from jaxfl.algorithm import (
     RoundParts,
     client_inputs,
@@ -66,13 +67,18 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
+    client_optimizer: optax.GradientTransformation | Callable | None = None,
 ):
-    """Bind local-only training to a federation and a model; returns a FederatedAlgorithm."""
+    """Bind local-only training to a federation and a model; returns a FederatedAlgorithm.
+
+    ``client_optimizer`` (``--lr``'s SGD): optax transformations (or functions of the config)
+    replacing the flags' optimizers (:func:`jaxfl.hooks.optimizer`).
+    """
     m = config.clients_per_round or data.num_clients
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
     if hparams.is_traced(fault_config.dropout) or fault_config.dropout > 0:
         raise ValueError("--dropout is not allowed for --algo local: local-only uploads nothing")
-    opt = optax.sgd(config.lr)
+    opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     local = (config.batch_size, config.local_epochs)
 
     def init(key):
@@ -98,7 +104,7 @@ def make(
         label_map, max_steps = faults.local_training_faults(
             fault_config, data.num_classes, is_adversary, work, count, *local
         )
-        return train.private_sgd(
+        trained = train.private_sgd(
             model.apply,
             data,
             params,
@@ -110,6 +116,7 @@ def make(
             label_map=label_map,
             max_steps=max_steps,
         )
+        return trained.params, trained.loss
 
     def finish(state, ctx, outputs, data):
         sampled, counts = ctx

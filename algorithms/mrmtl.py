@@ -16,6 +16,7 @@ Evaluation as Ditto: personal (``client_acc``) and mean model (``global_client_a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -24,7 +25,7 @@ import optax
 from flax import struct
 
 from algorithms.ditto import personal_evaluation, personal_update
-from jaxfl import aggregate, faults, hparams, train
+from jaxfl import aggregate, faults, hooks, hparams, train
 from jaxfl.algorithm import (
     RoundParts,
     client_inputs,
@@ -70,8 +71,13 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
+    client_optimizer: optax.GradientTransformation | Callable | None = None,
 ):
-    """Bind MR-MTL to a federation and a model; returns a FederatedAlgorithm."""
+    """Bind MR-MTL to a federation and a model; returns a FederatedAlgorithm.
+
+    ``client_optimizer`` (the personal step's SGD, ``--lr``): optax transformations (or functions of
+    the config) replacing the flags' optimizers (:func:`jaxfl.hooks.optimizer`).
+    """
     m = config.clients_per_round or data.num_clients
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
     hparams.check(
@@ -79,7 +85,7 @@ def make(
         lambda v: v >= 0,
         f"--mrmtl-lambda {config.mrmtl_lambda} is not allowed; allowed: >= 0",
     )
-    opt = optax.sgd(config.lr)
+    opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     local = (config.batch_size, config.local_epochs)
 
     def init(key):
@@ -109,7 +115,7 @@ def make(
             fault_config, data.num_classes, is_adversary, work, count, *local
         )
         base = train.private_loss(model.apply, data.train_x, data.train_y, idx_row, label_map)
-        return personal_update(
+        personal, loss, _, penalty = personal_update(
             base,
             opt,
             personal,
@@ -121,10 +127,11 @@ def make(
             *local,
             max_steps,
         )
+        return personal, loss, penalty
 
     def finish(state, ctx, outputs, data):
         sampled, counts, received = ctx
-        personal, losses = outputs
+        personal, losses, penalties = outputs
         applied = faults.applied(received, fault_config.min_received)
         mean_params = faults.select(
             applied, aggregate.weighted_mean(personal, counts * received), state.mean_params
@@ -133,7 +140,8 @@ def make(
             mean_params, scatter(state.personal_params, sampled, personal), state.round + 1
         )
         return new_state, {
-            "personal_loss": jnp.sum(losses * counts) / jnp.sum(counts),
+            "personal_loss": jnp.sum(losses * counts) / jnp.sum(counts),  # the data loss
+            "personal_penalty": jnp.sum(penalties * counts) / jnp.sum(counts),
             "received": jnp.sum(received),
             "applied": applied,
         }

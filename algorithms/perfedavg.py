@@ -18,6 +18,7 @@ training split and is scored on its test split (``client_acc``); the unadapted w
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,8 +26,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from algorithms.fedavg import server_optimizer, server_update
-from jaxfl import aggregate, faults, hparams, metrics, train
+from algorithms.fedavg import flag_server_optimizer, server_update
+from jaxfl import aggregate, faults, hooks, hparams, metrics, train
 from jaxfl.algorithm import RoundParts, client_inputs, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
@@ -90,8 +91,15 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
+    client_optimizer: optax.GradientTransformation | Callable | None = None,
+    server_optimizer: optax.GradientTransformation | Callable | None = None,
 ):
-    """Bind Per-FedAvg (FO) to a federation and a model; returns a FederatedAlgorithm."""
+    """Bind Per-FedAvg (FO) to a federation and a model; returns a FederatedAlgorithm.
+
+    ``client_optimizer`` (the outer step, ``--lr``) and ``server_optimizer`` (``--server-opt``):
+    optax transformations (or functions of the config) replacing the flags' optimizers
+    (:func:`jaxfl.hooks.optimizer`).
+    """
     m = config.clients_per_round or data.num_clients
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
     if config.batch_size < 2:
@@ -102,8 +110,8 @@ def make(
     if config.personal_steps < 0:
         raise ValueError(f"--personal-steps {config.personal_steps} is not allowed; allowed: >= 0")
     alpha = hparams.given(config.meta_lr, config.lr)
-    server_opt = server_optimizer(config)
-    opt = optax.sgd(config.lr)
+    server_opt = hooks.optimizer(server_optimizer, config, lambda: flag_server_optimizer(config))
+    opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     local = (config.batch_size, config.local_epochs)
 
     def init(key):
@@ -123,7 +131,7 @@ def make(
             fault_config, data.num_classes, is_adversary, work, count, *local
         )
         base = train.private_loss(model.apply, data.train_x, data.train_y, idx_row, label_map)
-        params, loss = train.sgd_epochs(
+        params, loss, *_ = train.sgd_epochs(
             meta_loss(base, alpha), opt, global_params, key, count, data.capacity, *local, max_steps
         )
         return jax.tree.map(jnp.subtract, params, global_params), loss

@@ -70,7 +70,8 @@ class FederatedAlgorithm:
         ``state``: its buffers are reused for the result, so do not read ``state`` afterwards.
       round_loop: the per-client Python-loop reference of ``round`` (same math, for tests/bench).
       parts: the ``prepare``/``client_update``/``finish`` pieces.
-      communication: bytes uploaded/downloaded per participating client per round.
+      communication: bytes uploaded/downloaded per participating client per round (empty when
+        the algorithm did not state them).
       clients_per_round: m, the static number of sampled clients.
       data: the bound Federation.
     """
@@ -166,6 +167,16 @@ def _traced_on_mesh(fn: Callable) -> Callable:
     return traced
 
 
+def infer_clients_per_round(parts: RoundParts, init: Callable, data: Federation) -> int:
+    """m, read from the leading axis of the client arguments ``parts.prepare`` returns (summed
+    over groups), by tracing ``init`` and ``prepare`` abstractly (nothing is computed)."""
+    key = jax.random.key(0)
+    state = jax.eval_shape(init, key)
+    _, client_args, _ = jax.eval_shape(parts.prepare, state, key, data)
+    per_group = client_args if parts.grouped else (client_args,)
+    return sum(jax.tree.leaves(args)[0].shape[0] for args in per_group)
+
+
 def make_algorithm(
     name: str,
     parts: RoundParts,
@@ -173,11 +184,20 @@ def make_algorithm(
     evaluate_fn: Callable,
     data: Federation,
     *,
-    clients_per_round: int,
-    client_chunk: int | None,
-    communication: dict,
+    clients_per_round: int | None = None,
+    client_chunk: int | None = None,
+    communication: dict | None = None,
 ) -> FederatedAlgorithm:
-    """Compose round pieces into the jitted round, its loop reference and the evaluator."""
+    """Compose round pieces into the jitted round, its loop reference and the evaluator.
+
+    Only the pieces are needed: ``clients_per_round`` (m) is read from what ``prepare`` returns
+    when not given (:func:`infer_clients_per_round`), ``client_chunk`` None vmaps all of a
+    device's clients at once (:func:`jaxfl.clients.map_clients`), and
+    ``communication`` (:func:`communication`) is reported only when given: what crosses the
+    network is the algorithm's to say.
+    """
+    if clients_per_round is None:
+        clients_per_round = infer_clients_per_round(parts, init, data)
 
     def per_group_updates(update):
         return update if parts.grouped else (update,)
@@ -259,7 +279,7 @@ def make_algorithm(
         run_rounds=run_rounds,
         round_loop=round_loop,
         parts=parts,
-        communication=communication,
+        communication=communication or {},
         clients_per_round=clients_per_round,
         data=data,
     )

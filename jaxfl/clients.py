@@ -326,15 +326,33 @@ def _local(fn: Callable, args, m: int, chunk_size: int | None):
     return jax.tree.map(lambda x: x.reshape(num_chunks * chunk_size, *x.shape[2:])[:m], out)
 
 
-def device_memory_bytes() -> int:
-    """Memory of the default device: the accelerator's limit, or the host's RAM on CPU."""
-    stats = None
+MEMORY_ENV = "JAXFL_DEVICE_MEMORY"  # bytes per device, to plan as if the device had this much
+
+
+def device_memory_limit() -> int | None:
+    """Bytes one device may use: ``$JAXFL_DEVICE_MEMORY`` when set (to plan for a smaller
+    device, or to cap a CPU run), else the accelerator's reported limit; None on a CPU, whose
+    devices share the host's RAM and report none."""
+    given = os.environ.get(MEMORY_ENV)
+    if given:
+        try:
+            return int(float(given))
+        except ValueError:
+            raise ValueError(f"${MEMORY_ENV}={given!r} is not a number of bytes") from None
     try:
         stats = jax.devices()[0].memory_stats()
     except Exception:  # CPU devices may not report stats
         stats = None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
+    return None
+
+
+def device_memory_bytes() -> int:
+    """Memory of the default device: :func:`device_memory_limit`, or the host's RAM on CPU."""
+    limit = device_memory_limit()
+    if limit is not None:
+        return limit
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

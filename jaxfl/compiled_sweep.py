@@ -206,6 +206,23 @@ class CompiledSweep:
             is_leaf=lambda a: a is None,
         )
 
+    def round_memory(self, chunk: int):
+        """XLA's memory analysis (per device) of one round of this sweep compiled with
+        ``chunk`` experiments vmapped at once; compiled only, nothing runs (cached per chunk)."""
+        cache = self.__dict__.setdefault("_memory", {})
+        if chunk not in cache:
+            saved, self.chunk = self.chunk, chunk  # read when the round is traced
+            try:
+                rounds = jax.jit(
+                    self._mapped(self._rounds_one), static_argnames="num_rounds", donate_argnums=0
+                )
+                state = jax.eval_shape(self._init, self.lanes)
+                lowered = rounds.lower(state, self.lanes, jnp.int32(1), num_rounds=1)
+                cache[chunk] = lowered.compile().memory_analysis()
+            finally:
+                self.chunk = saved
+        return cache[chunk]
+
     def init(self):
         """The stacked initial state of every experiment (leading axis: the padded count)."""
         return self._init(self.lanes)

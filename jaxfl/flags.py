@@ -53,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--experiment-chunk",
         type=int,
         default=None,
-        help="experiments vmapped at once per device in a sweep (default: all on accelerators; "
-        "on a CPU as many as keep a training step in cache)",
+        help="experiments vmapped at once per device in a sweep (default: on accelerators all "
+        "of a device's, or the most that fit in its memory by XLA's analysis of the compiled "
+        "round; on a CPU as many as keep a training step in cache)",
     )
     a("--clients", type=int, default=100, help="number of simulated clients C (default 100)")
     a(

@@ -114,3 +114,50 @@ def choose_chunk(algorithm, memory_bytes: int, fraction: float = 0.8) -> int | N
         )
     fit = int(room // max(measured.per_client_bytes, 1))
     return None if fit >= per_device else max(1, fit)
+
+
+def choose_experiment_chunk(sweep, memory_bytes: int, fraction: float = 0.8) -> int | None:
+    """The largest ``--experiment-chunk`` whose compiled round of ``sweep`` (a
+    :class:`jaxfl.compiled_sweep.CompiledSweep`) fits in ``fraction`` of ``memory_bytes`` per
+    device (None: all of a device's experiments at once, one vmap).
+
+    Each candidate is compiled (nothing runs) and XLA's memory analysis read: a device holds
+    the state and data of all its experiments (the call's arguments and outputs) plus the
+    temporaries of the experiments in flight. All at once is tried first, then one at a time
+    (a ``lax.map`` over chunks, a different program: its temporaries do not lie on a line
+    through the vmap's), then the chunk the two predict, halved until it fits. Raises
+    :class:`jaxfl.experiments.SweepError`, naming the flags, when one experiment does not fit.
+    """
+    from jaxfl.experiments import SweepError
+
+    budget = fraction * memory_bytes
+
+    def need(chunk):
+        m = sweep.round_memory(chunk)
+        return (
+            m.argument_size_in_bytes
+            + m.output_size_in_bytes
+            - m.alias_size_in_bytes
+            + (m.temp_size_in_bytes)
+        )
+
+    per_device = sweep.per_device
+    if need(per_device) <= budget:
+        return None
+    if per_device == 1 or need(1) > budget:
+        m = sweep.round_memory(1 if per_device > 1 else per_device)
+        fixed = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+        gib = 2**30
+        raise SweepError(
+            f"this sweep cannot fit even one experiment at a time (--experiment-chunk 1): a "
+            f"device holds {fixed / gib:.2f} GiB of state and data for its {per_device} "
+            f"experiments plus {m.temp_size_in_bytes / gib:.2f} GiB for one in flight, more "
+            f"than {fraction:.0%} of its {memory_bytes / gib:.2f} GiB; use fewer experiments "
+            "per device (fewer --seeds or --sweep values, more --devices), a smaller "
+            "--client-chunk or --clients-per-round, or a smaller model"
+        )
+    slope = max(1.0, (need(per_device) - need(1)) / (per_device - 1))
+    chunk = int(min(per_device - 1, max(1, 1 + (budget - need(1)) // slope)))
+    while chunk > 1 and need(chunk) > budget:
+        chunk //= 2
+    return chunk

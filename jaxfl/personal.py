@@ -108,7 +108,7 @@ def finetune_client(apply, params, data: Federation, key, client, opt, epochs: i
 
     def epoch(p, e):
         k = jax.random.fold_in(jax.random.fold_in(key, client), e)
-        p, _ = train.private_sgd(apply, data, p, k, idx_row, count, opt, batch_size, 1)
+        p, *_ = train.private_sgd(apply, data, p, k, idx_row, count, opt, batch_size, 1)
         return p, score(p)
 
     _, (val_acc, test_acc) = jax.lax.scan(epoch, params, jnp.arange(epochs))

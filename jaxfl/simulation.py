@@ -140,8 +140,9 @@ class Simulation:
         self.history = list(history or [])
         comm = algo.communication
         done = start_round - 1
-        up_total = done * algo.clients_per_round * comm["up_bytes"]
-        down_total = done * algo.clients_per_round * comm["down_bytes"]
+        per_round = algo.clients_per_round if comm else 0  # bytes unknown: not counted
+        up_total = done * per_round * comm.get("up_bytes", 0)
+        down_total = done * per_round * comm.get("down_bytes", 0)
         self.start_time = time.perf_counter()
         self.emit("run_start", state=state, start_round=start_round)
         first = start_round
@@ -164,10 +165,11 @@ class Simulation:
                 )
             for record in records:
                 r = self.round = record["round"]
-                up_total += algo.clients_per_round * comm["up_bytes"]
-                down_total += algo.clients_per_round * comm["down_bytes"]
-                record["comm_up_bytes_total"] = up_total
-                record["comm_down_bytes_total"] = down_total
+                if comm:
+                    up_total += per_round * comm["up_bytes"]
+                    down_total += per_round * comm["down_bytes"]
+                    record["comm_up_bytes_total"] = up_total
+                    record["comm_down_bytes_total"] = down_total
                 evaluated = r == last and (r % self.eval_every == 0 or r == self.rounds)
                 if evaluated:
                     self._evaluate(state, record)

@@ -27,7 +27,7 @@ import numpy as np
 
 from algorithms import ALGORITHMS
 from jaxfl import checkpoint, experiment, flags
-from jaxfl.clients import cpu_chunk_size, to_host
+from jaxfl.clients import cpu_chunk_size, device_memory_limit, to_host
 from jaxfl.compiled_sweep import CompiledSweep
 from jaxfl.experiments import (  # noqa: F401  (SweepError: run.py catches it from here)
     SweepError,
@@ -37,6 +37,7 @@ from jaxfl.experiments import (  # noqa: F401  (SweepError: run.py catches it fr
     static_groups,
 )
 from jaxfl.io import write_json
+from jaxfl.memory import choose_experiment_chunk
 from jaxfl.metrics import summarize_clients
 from jaxfl.report import comparison_table, plot_curves, summarize
 
@@ -135,7 +136,21 @@ def build_algorithm(args, algo: str, seeds, dataset_cache: dict, devices: int) -
             if isinstance(err, SweepError | flags.ConfigError):
                 raise
             raise flags.ConfigError(f"--algo {algo}: {err}") from err
+    fit_memory(groups, args.experiment_chunk)
     return AlgorithmSweep(algo, args, experiments, groups, built)
+
+
+def fit_memory(groups: list, given_chunk: int | None) -> None:
+    """Where a device's memory is known (an accelerator, or ``$JAXFL_DEVICE_MEMORY``), check
+    from compiled memory analyses that one experiment fits (else a SweepError naming the flags)
+    and, unless ``--experiment-chunk`` was given, lower each group's chunk to what fits."""
+    limit = device_memory_limit()
+    if limit is None:
+        return
+    for group in groups:
+        fit = choose_experiment_chunk(group, limit)
+        if given_chunk is None and fit is not None:
+            group.chunk = fit if group.chunk is None else min(group.chunk, fit)
 
 
 def _seeded_data(args) -> bool:

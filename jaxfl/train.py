@@ -11,10 +11,30 @@ the result equals training on the client's own examples alone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+
+class Trained(NamedTuple):
+    """What local training returns (:func:`sgd_epochs`, :func:`private_sgd`).
+
+    Attributes:
+      params: the trained parameter pytree.
+      loss: () mean over the active steps of the data loss (the penalty excluded), the number an
+        algorithm reports as its training loss.
+      steps: () int32 active steps taken (fewer than ``epochs * ceil(count / B)`` for a
+        straggler with a step budget).
+      penalty: () mean over the active steps of the added ``penalty`` term (0 without one): the
+        objective minimised was ``loss + penalty``.
+    """
+
+    params: Any
+    loss: jax.Array
+    steps: jax.Array
+    penalty: jax.Array
 
 
 def batch_schedule(
@@ -83,8 +103,12 @@ def sgd_epochs(
     batch_size: int,
     epochs: int,
     max_steps: jax.Array | None = None,
-):
+    penalty: Callable | None = None,
+) -> Trained:
     """Run ``epochs`` of minibatch training over one client's ``count`` examples.
+
+    Each active step minimises ``loss_fn(params, batch) + penalty(params)``; the two are
+    reported apart (a FedProx or Ditto proximal term is not part of the data loss).
 
     Args:
       loss_fn: ``(params, positions (B,), mask (B,)) -> scalar`` masked mean loss over the batch
@@ -95,12 +119,21 @@ def sgd_epochs(
       count: () number of valid slots.
       capacity, batch_size, epochs: static sizes.
       max_steps: optional () int: stop after this many active steps (a straggler's budget).
+      penalty: optional ``params -> scalar`` added to every batch loss (a proximal term).
 
     Returns:
-      (params, mean loss over the active steps).
+      :class:`Trained` (params, mean data loss, steps taken, mean penalty).
     """
     positions, mask = batch_schedule(key, count, capacity, batch_size, epochs)
-    grad_fn = jax.value_and_grad(loss_fn)
+
+    def objective(params, pos, m):
+        data_loss = loss_fn(params, pos, m)
+        if penalty is None:
+            return data_loss, (data_loss, jnp.float32(0.0))
+        term = penalty(params)
+        return data_loss + term, (data_loss, term)
+
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
 
     def step(carry, batch):
         params, opt_state, done = carry
@@ -108,7 +141,7 @@ def sgd_epochs(
         active = m[0]  # a step is active iff its first slot is valid
         if max_steps is not None:
             active = active & (done < max_steps)
-        loss, grads = grad_fn(params, pos, m)
+        (_, (loss, term)), grads = grad_fn(params, pos, m)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         keep = lambda new, old: jnp.where(active, new, old)
@@ -117,12 +150,13 @@ def sgd_epochs(
             jax.tree.map(keep, new_opt_state, opt_state),
             done + active,
         )
-        return carry, (jnp.where(active, loss, 0.0), active)
+        return carry, (jnp.where(active, loss, 0.0), jnp.where(active, term, 0.0))
 
-    (params, _, _), (losses, active) = jax.lax.scan(
+    (params, _, steps), (losses, terms) = jax.lax.scan(
         step, (params, optimizer.init(params), jnp.int32(0)), (positions, mask)
     )
-    return params, jnp.sum(losses) / jnp.maximum(jnp.sum(active), 1)
+    denominator = jnp.maximum(steps, 1)
+    return Trained(params, jnp.sum(losses) / denominator, steps, jnp.sum(terms) / denominator)
 
 
 def private_loss(
@@ -131,7 +165,6 @@ def private_loss(
     train_y: jax.Array,
     idx_row: jax.Array,
     label_map: Callable | None = None,
-    extra_term: Callable | None = None,
 ):
     """Cross-entropy loss over a client's private slots: ``loss(params, positions, mask)``.
 
@@ -140,14 +173,12 @@ def private_loss(
       train_x: (N, ...) all private examples; train_y: (N,).
       idx_row: (n_max,) this client's indices into ``train_x``.
       label_map: optional ``labels (B,) -> labels (B,)`` applied before the loss (label flipping).
-      extra_term: optional ``params -> scalar`` added to the batch loss (e.g. a proximal term).
     """
 
     def loss(params, positions, mask):
         idx = idx_row[positions]
         labels = train_y[idx] if label_map is None else label_map(train_y[idx])
-        value = masked_mean(cross_entropy(apply(params, train_x[idx]), labels), mask)
-        return value if extra_term is None else value + extra_term(params)
+        return masked_mean(cross_entropy(apply(params, train_x[idx]), labels), mask)
 
     return loss
 
@@ -163,18 +194,20 @@ def private_sgd(
     batch_size: int,
     epochs: int,
     label_map: Callable | None = None,
-    extra_term: Callable | None = None,
+    penalty: Callable | None = None,
     max_steps: jax.Array | None = None,
-):
+) -> Trained:
     """One client's local training on its private data (a Federation's ``train_x``/``train_y``).
 
-    ``idx_row`` (n_max,) and ``count`` () are the client's index view; the optional arguments are
-    those of :func:`private_loss` and :func:`sgd_epochs`. Returns (params, mean loss).
+    ``idx_row`` (n_max,) and ``count`` () are the client's index view; ``label_map`` is that of
+    :func:`private_loss`, ``penalty`` and ``max_steps`` those of :func:`sgd_epochs`. Returns a
+    :class:`Trained` (params, mean data loss, steps taken, mean penalty).
     """
-    loss_fn = private_loss(apply, data.train_x, data.train_y, idx_row, label_map, extra_term)
+    loss_fn = private_loss(apply, data.train_x, data.train_y, idx_row, label_map)
     return sgd_epochs(
-        loss_fn, optimizer, params, key, count, data.capacity, batch_size, epochs, max_steps
-    )
+        loss_fn, optimizer, params, key, count, data.capacity, batch_size, epochs, max_steps,
+        penalty,
+    )  # fmt: skip
 
 
 def distill_loss(apply: Callable, inputs: jax.Array, targets: jax.Array):

@@ -302,6 +302,12 @@ def parse_args(argv):
         help="experiment counts S for --suite experiments/gpu (default 1 4 8; gpu: 1 8 64)",
     )
     p.add_argument(
+        "--workloads",
+        nargs="+",
+        default=None,
+        help="--suite experiments: time only these workloads, by algorithm (fedavg, dsfl)",
+    )
+    p.add_argument(
         "--tiny", action="store_true", help="shrink the suite to seconds (tests the command)"
     )
     p.add_argument("--data-dir", default=None, help="MNIST IDX folder (default ../shared/data)")

@@ -90,6 +90,8 @@ def run_experiment_suite(args, dataset, counts, rounds) -> list[dict]:
     devices = args.devices[-1]
     rows = []
     for label, flags_ in EXPERIMENT_WORKLOADS.items():
+        if args.workloads and label.split()[0] not in args.workloads:
+            continue
         argv = [*flags_, "--clients", str(args.clients[0]), "--partition", "dirichlet"]
         argv += ["--public-size", "10000", *args.extra.split()]
         found = bench_experiments.compare(argv, counts, rounds, dataset, devices, startup)

@@ -135,9 +135,11 @@ def _predictions(dataset, args):
     x, y = jnp.asarray(dataset.train_x), jnp.asarray(dataset.train_y)
     n = len(dataset.train_y)
     loss = train.private_loss(model.apply, x, y, jnp.arange(n, dtype=jnp.int32))
-    params, _ = jax.jit(
-        lambda p: train.sgd_epochs(
-            loss, optax.sgd(0.1), p, jax.random.key(args.seed + 1), n, n, 50, args.curve_epochs
+    params = jax.jit(
+        lambda p: (
+            train.sgd_epochs(
+                loss, optax.sgd(0.1), p, jax.random.key(args.seed + 1), n, n, 50, args.curve_epochs
+            ).params
         )
     )(params)
     logits = train.batched_apply(model.apply, params, jnp.asarray(dataset.test_x))

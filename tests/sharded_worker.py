@@ -106,7 +106,7 @@ def build(argv):
             exp.data,
             exp.groups,
             seed=args.seed,
-            optimizer=optax.sgd(0.05),
+            client_optimizer=optax.sgd(0.05),
         )
         exp = dataclasses.replace(exp, algorithm=algo)
     return exp

@@ -3,6 +3,7 @@ equal Python constants; stacked federations of different sizes; bad input names 
 
 import argparse
 import copy
+import functools
 import json
 
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from algorithms import ALGORITHMS
-from jaxfl import experiment, experiments, flags, sweep
+from jaxfl import experiment, experiments, flags, memory, sweep
 from jaxfl.compiled_sweep import CompiledSweep
 from jaxfl.experiments import Experiment, SweepError, parse_seeds, parse_sweep
 
@@ -33,7 +34,10 @@ EXTRA = {  # per-algorithm flags that keep its round small
 }
 
 
+@functools.lru_cache(maxsize=64)
 def build(algo: str, seed: int, *more: str):
+    """One experiment as run.py builds it, cached: tests only read it (IncFL's build trains its
+    local-only baseline, seconds each time)."""
     args = flags.parse(["--algo", algo, "--seed", str(seed), *BASE, *EXTRA.get(algo, []), *more])
     return experiment.build(args)
 
@@ -247,6 +251,49 @@ def test_a_resumed_sweep_equals_an_uninterrupted_one(tmp_path):
         for h in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())
     )
     assert read(whole) == read(part)
+
+
+class _LinearMemory:
+    """A stand-in sweep whose compiled round needs 100 bytes of state and data plus
+    10 + 50 * chunk of temporaries (the chunker only reads per_device and round_memory)."""
+
+    per_device = 8
+
+    def __init__(self):
+        self.compiled = []
+
+    def round_memory(self, chunk):
+        self.compiled.append(chunk)
+        return argparse.Namespace(
+            argument_size_in_bytes=100,
+            output_size_in_bytes=20,
+            alias_size_in_bytes=20,
+            temp_size_in_bytes=10 + 50 * chunk,
+        )
+
+
+def test_the_experiment_chunk_is_the_largest_that_fits_in_device_memory():
+    fits = lambda chunk: 100 + 10 + 50 * chunk  # noqa: E731
+    assert memory.choose_experiment_chunk(_LinearMemory(), fits(8) / 0.8) is None  # all 8
+    sweep_ = _LinearMemory()
+    assert memory.choose_experiment_chunk(sweep_, fits(3) / 0.8 + 1) == 3
+    assert set(sweep_.compiled) <= {8, 1, 3}  # all, one, the predicted chunk: compiled once each
+    with pytest.raises(SweepError, match="even one experiment.*--experiment-chunk 1"):
+        memory.choose_experiment_chunk(_LinearMemory(), fits(1) / 0.8 - 1)
+
+
+def test_a_sweep_whose_one_experiment_exceeds_device_memory_is_refused(monkeypatch):
+    """Measured from the real compiled sweep: $JAXFL_DEVICE_MEMORY below one experiment's need
+    is refused naming the flags; a device with room leaves the chunk as it was."""
+    seeds = (0, 3)
+    built = {s: build("fedavg", s, "--model", "logreg") for s in seeds}
+    group = compiled("fedavg", experiments.grid(seeds, {}), built, experiment_chunk=2)
+    monkeypatch.setenv("JAXFL_DEVICE_MEMORY", "1e9")
+    sweep.fit_memory([group], None)
+    assert group.chunk == 2
+    monkeypatch.setenv("JAXFL_DEVICE_MEMORY", "1000")
+    with pytest.raises(SweepError, match="--experiment-chunk 1.*--seeds or --sweep"):
+        sweep.fit_memory([group], None)
 
 
 def test_sweep_flags_that_act_on_one_run_are_refused():

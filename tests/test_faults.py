@@ -56,7 +56,7 @@ def test_fedavg_dropout_averages_only_the_received_updates(tiny_federation):
     state = algo.init(jax.random.key(0))
     key = _key_where(config, 4, lambda n: 0 < n < 4)  # some but not all uploads are lost
     raw = fedavg.make(FEDAVG, data, _mlp(data), fault_config=config, stream=False)
-    (deltas, _), (counts, received) = _round_pieces(raw, state, key)
+    (deltas, _), (counts, received, _) = _round_pieces(raw, state, key)
     new_state, metrics = algo.round(state, key)  # the streamed weighted mean
     w = np.asarray(counts * received, np.float64)
     expected = jax.tree.map(
@@ -90,8 +90,8 @@ def test_dsfl_dropout_soft_labels_average_only_received_clients(tiny_federation)
     algo = dsfl.make(DSFL, data, _mlp(data), fault_config=config)
     state = algo.init(jax.random.key(0))
     key = _key_where(config, 4, lambda n: 0 < n < 4)
-    (_, probs, _, _), ctx = _round_pieces(algo, state, key)
-    received = np.asarray(ctx[-1])
+    (_, probs, *_), ctx = _round_pieces(algo, state, key)
+    received = np.asarray(ctx[3])
     new_state, _ = algo.round(state, key)
     expected = jax.nn.softmax(probs[received].mean(0) / DSFL.temperature, -1)
     np.testing.assert_allclose(new_state.soft_labels, expected, rtol=1e-4, atol=1e-6)
@@ -107,7 +107,7 @@ def test_straggler_budget_stops_after_its_steps(tiny_federation):
     loss_fn = train.private_loss(model.apply, data.train_x, data.train_y, data.client_idx[client])
     budget = faults.step_budget(jnp.float32(0.5), count, batch, epochs)
     assert int(budget) == int(np.ceil(0.5 * epochs * np.ceil(int(count) / batch)))
-    got, _ = train.sgd_epochs(
+    trained = train.sgd_epochs(
         loss_fn, optax.sgd(0.1), params, key, count, data.capacity, batch, epochs, budget
     )
     positions, mask = train.batch_schedule(key, count, data.capacity, batch, epochs)
@@ -117,7 +117,8 @@ def test_straggler_budget_stops_after_its_steps(tiny_federation):
             grads = jax.grad(loss_fn)(expected, pos, m)
             expected = jax.tree.map(lambda p, g: p - 0.1 * g, expected, grads)
             done += 1
-    _assert_trees_close(got, expected)
+    _assert_trees_close(trained.params, expected)
+    assert int(trained.steps) == done == int(budget)  # the steps taken are reported
 
 
 def test_label_flip_and_logit_attacks_follow_their_definitions():
@@ -223,8 +224,11 @@ def test_client_loss_term_fedprox_keeps_local_models_near_the_global(tiny_federa
     drift = {}
     for mu in (0.0, 10.0):
         algo = fedavg.make(FEDAVG, data, _mlp(data), client_loss_term=prox(mu), stream=False)
-        (deltas, _), _ = _round_pieces(algo, state, jax.random.key(1))
+        (deltas, (data_loss, penalty)), _ = _round_pieces(algo, state, jax.random.key(1))
         drift[mu] = sum(float(jnp.sum(d**2)) for d in jax.tree.leaves(deltas))
+        # the proximal term is reported apart from the data loss, per client
+        assert np.all(np.asarray(penalty) > 0) if mu else np.all(np.asarray(penalty) == 0)
+        assert np.all(np.isfinite(np.asarray(data_loss)))
     assert drift[10.0] < 0.5 * drift[0.0]
 
 
@@ -237,7 +241,7 @@ def test_custom_client_selection_and_aggregation_are_used(tiny_federation):
     )
     state = algo.init(jax.random.key(0))
     key = jax.random.key(3)
-    (deltas, _), (counts, _) = _round_pieces(algo, state, key)
+    (deltas, _), (counts, *_) = _round_pieces(algo, state, key)
     np.testing.assert_array_equal(counts, data.client_count[:4])
     new_state, _ = algo.round(state, key)
     expected = jax.tree.map(lambda p, d: p + np.median(np.asarray(d), axis=0), state.params, deltas)

@@ -80,7 +80,7 @@ FCCL = fccl.FCCLConfig(clients_per_round=4, local_epochs=1, batch_size=8, public
 )
 def test_mixed_architectures_round_equals_loop_reference(tiny_federation, module, config):
     mixed = _mixed(tiny_federation)
-    extra = {"optimizer": optax.sgd(0.05)} if module in (fedmd, fccl) else {}
+    extra = {"client_optimizer": optax.sgd(0.05)} if module in (fedmd, fccl) else {}
     algo = module.make(config, tiny_federation, mixed, **extra)
     state_v = state_l = algo.init(jax.random.key(0))
     if module is not feddf:  # FedDF keeps one model per group, the others one per client

@@ -108,7 +108,7 @@ def test_dsfl_era_beats_sa_and_local_only_on_real_mnist_two_classes_per_client()
     def local_only(key, idx_row, count):
         params = model.init(key)
         loss_fn = train.private_loss(model.apply, data.train_x, data.train_y, idx_row)
-        params, _ = train.sgd_epochs(
+        params, *_ = train.sgd_epochs(
             loss_fn, optax.sgd(0.1), params, key, count, data.capacity, 50, 5
         )
         return train.accuracy(model.apply, params, data.test_x, data.test_y)

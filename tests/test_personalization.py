@@ -87,7 +87,7 @@ def test_ditto_and_mrmtl_personal_update_follow_the_formula():
     w = {"w": jnp.array([0.3, 0.3, -1.0])}
     v0 = {"w": jnp.array([-1.0, 2.0, 0.0])}
     eta, lam, epochs = 0.1, 0.7, 4
-    got, _ = ditto.personal_update(
+    got, *_ = ditto.personal_update(
         _quadratic(a), optax.sgd(eta), v0, w, lam, jax.random.key(0), 1, 1, 1, epochs
     )
     v = np.asarray(v0["w"], np.float64)
@@ -95,7 +95,7 @@ def test_ditto_and_mrmtl_personal_update_follow_the_formula():
         v = v - eta * ((v - np.asarray(a[0])) + lam * (v - np.asarray(w["w"])))
     np.testing.assert_allclose(np.asarray(got["w"]), v, rtol=1e-5)
     # lambda = 0 is plain local training: v -> a geometrically
-    free, _ = ditto.personal_update(
+    free, *_ = ditto.personal_update(
         _quadratic(a), optax.sgd(eta), v0, w, 0.0, jax.random.key(0), 1, 1, 1, epochs
     )
     expected = np.asarray(a[0]) + (1 - eta) ** epochs * (np.asarray(v0["w"]) - np.asarray(a[0]))
@@ -131,7 +131,7 @@ def test_ditto_round_anchors_personal_models_to_the_round_start_global_model(val
     for i, k in enumerate(sampled):
         k_personal = jax.random.split(jax.random.split(k_clients, 4)[i])[1]
         base = train.private_loss(model.apply, data.train_x, data.train_y, data.client_idx[k])
-        expected, _ = ditto.personal_update(
+        expected, *_ = ditto.personal_update(
             base, optax.sgd(0.05), state0.params, state0.params, 2.0, k_personal,
             data.client_count[k], data.capacity, 8, 1,
         )  # fmt: skip
@@ -392,7 +392,7 @@ def test_local_only_round_is_private_sgd_from_each_clients_own_model(val_federat
     k_sample, k_clients = jax.random.split(key)
     sampled = np.asarray(sample_clients(k_sample, data.num_clients, 3))
     for i, k in enumerate(sampled):
-        expected, _ = train.private_sgd(
+        expected, *_ = train.private_sgd(
             model.apply, data, jax.tree.map(lambda x, k=k: x[k], state0.client_params),
             jax.random.split(k_clients, 3)[i], data.client_idx[k], data.client_count[k],
             optax.sgd(0.2), 8, 2,

@@ -70,7 +70,7 @@ def test_fedavg_is_the_count_weighted_mean_of_local_models(tiny_federation):
     local, weights = [], []
     for i, k in enumerate(sampled):
         loss_fn = train.private_loss(model.apply, data.train_x, data.train_y, data.client_idx[k])
-        w_k, _ = train.sgd_epochs(
+        w_k, *_ = train.sgd_epochs(
             loss_fn,
             optax.sgd(FEDAVG.lr),
             state.params,
@@ -175,15 +175,16 @@ def test_per_client_accuracy_equals_loop_reference(tiny_federation, chunk, perso
 
 
 def test_optax_optimizers_given_to_fedavg_equal_the_flag_shortcuts(tiny_federation):
-    """Your own optax transformations give the same numbers as the flags' shortcuts."""
+    """Your own optax transformations (or a function of the config building one) give the same
+    numbers as the flags' shortcuts."""
     model = get_model("mlp", tiny_federation.feature_shape, tiny_federation.num_classes)
     config = fedavg.FedAvgConfig(batch_size=8, lr=0.05, server_opt="momentum", server_lr=0.7)
     by_flags = fedavg.make(config, tiny_federation, model)
     given = fedavg.make(
-        fedavg.FedAvgConfig(batch_size=8),
+        fedavg.FedAvgConfig(batch_size=8, lr=0.05),
         tiny_federation,
         model,
-        client_optimizer=optax.sgd(0.05),
+        client_optimizer=lambda hparams: optax.sgd(hparams.lr),  # a factory of the config
         server_optimizer=optax.sgd(0.7, momentum=0.9),
     )
     a = b = by_flags.init(jax.random.key(0))

@@ -41,13 +41,13 @@ def test_padded_client_equals_unpadded_reference():
     key, lr, batch, epochs, count = jax.random.key(7), 0.3, 3, 2, 7
     x, y, own, idx_row = _client_setup(count, capacity=16)
     loss_fn = train.private_loss(model.apply, x, y, idx_row)
-    got, _ = train.sgd_epochs(
+    got, *_ = train.sgd_epochs(
         loss_fn, optax.sgd(lr), params0, key, jnp.int32(count), 16, batch, epochs
     )
     # the same client with no padding at all
     _, _, _, tight_row = _client_setup(count, capacity=count)
     tight_loss = train.private_loss(model.apply, x, y, tight_row)
-    tight, _ = train.sgd_epochs(
+    tight, *_ = train.sgd_epochs(
         tight_loss, optax.sgd(lr), params0, key, jnp.int32(count), count, batch, epochs
     )
     # explicit reference: per epoch, the client's examples in the schedule's order, mean CE per
@@ -89,3 +89,36 @@ def test_batched_apply_and_accuracy():
     )
     y = jnp.argmax(model.apply(params, x), -1)
     assert float(train.accuracy(model.apply, params, x, y, batch_size=4)) == 1.0
+
+
+def test_penalty_is_minimised_with_the_data_loss_and_reported_apart():
+    """sgd_epochs(loss, penalty=r) steps on loss + r exactly as on the summed loss, but reports
+    the data loss, the penalty and the steps taken apart, each a mean over the active steps."""
+    model = get_model("logreg", (5,), 3)
+    params0 = model.init(jax.random.key(1))
+    key, count, capacity, batch, epochs = jax.random.key(7), 7, 16, 3, 2
+    x, y, _, idx_row = _client_setup(count, capacity)
+    data_loss = train.private_loss(model.apply, x, y, idx_row)
+    prox = lambda p: train.prox_term(p, params0, 0.5)  # (0.5/2)||w - w0||^2
+    summed = lambda p, pos, m: data_loss(p, pos, m) + prox(p)
+    run = lambda loss, **kw: train.sgd_epochs(
+        loss, optax.sgd(0.3), params0, key, jnp.int32(count), capacity, batch, epochs, **kw
+    )
+    split, together = run(data_loss, penalty=prox), run(summed)
+    for a, b in zip(jax.tree.leaves(split.params), jax.tree.leaves(together.params), strict=True):
+        np.testing.assert_array_equal(a, b)  # the same objective, the same steps
+    steps = epochs * -(-count // batch)  # 3 active steps per epoch: batches of 3, 3, 1
+    assert int(split.steps) == int(together.steps) == steps
+    # the reference: replay the schedule and average each term over the active steps
+    positions, mask = train.batch_schedule(key, jnp.int32(count), capacity, batch, epochs)
+    params, data_terms, prox_terms = params0, [], []
+    for pos, m in zip(positions, mask, strict=True):
+        if bool(m[0]):
+            data_terms.append(float(data_loss(params, pos, m)))
+            prox_terms.append(float(prox(params)))
+            grads = jax.grad(summed)(params, pos, m)
+            params = jax.tree.map(lambda p, g: p - 0.3 * g, params, grads)
+    np.testing.assert_allclose(split.loss, np.mean(data_terms), rtol=1e-5)
+    np.testing.assert_allclose(split.penalty, np.mean(prox_terms), rtol=1e-5)
+    np.testing.assert_allclose(together.loss, np.mean(data_terms) + np.mean(prox_terms), rtol=1e-5)
+    assert float(together.penalty) == 0.0 and float(split.penalty) > 0.0
