@@ -40,7 +40,7 @@ def save(
     if check_finite and not bool(all_finite(state)):
         raise NonFiniteError(
             f"round {round_index}: the state holds NaN or inf; not checkpointed (the last "
-            "checkpoint is kept). Training diverged: try a smaller --lr or --server-lr."
+            "checkpoint is kept). Training diverged: try a smaller learning rate."
         )
     with _manager(directory, keep) as mgr:
         mgr.save(

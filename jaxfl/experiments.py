@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -115,6 +116,8 @@ def parse_sweep(items: Sequence[str] | None, module, algo: str) -> dict[str, tup
             raise SweepError(f"--sweep {item!r}: the values must be numbers") from err
         if not parsed:
             raise SweepError(f"--sweep {flag}: give at least one value ({flag}=v1,v2,...)")
+        if not all(math.isfinite(v) for v in parsed):
+            raise SweepError(f"--sweep {item!r}: every value must be a finite number")
         if field in grid:
             raise SweepError(f"--sweep {flag} is given twice; give all its values once")
         grid[field] = parsed

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from algorithms import ALGORITHMS, PERSONALIZATION
 from jaxfl.algorithm_flags import add_algorithm_arguments, validate_algorithm_flags
 from jaxfl.data import DATASETS, PARTITIONS
+from jaxfl.data.sources import EMBEDDED_DATASETS, check_data_dir
 from jaxfl.faults import ATTACKS
 from jaxfl.models import LOWERING_CHOICES, MODELS
 from jaxfl.scale import EXECUTION_FLAGS, add_scale_arguments, validate_scale_flags
@@ -225,6 +227,11 @@ def _fail(flag: str, value, allowed) -> None:
 
 def validate(args: argparse.Namespace) -> None:
     """Cheap checks, before any data is loaded."""
+    for name, value in vars(args).items():  # NaN passes every comparison below: refuse it here
+        if isinstance(value, float) and not math.isfinite(value):
+            _fail("--" + name.replace("_", "-"), value, "a finite number")
+    if getattr(args, "data_dir", None) is not None and args.dataset not in EMBEDDED_DATASETS:
+        check_data_dir(args.data_dir, args.dataset)
     for algo in args.algo.split(","):
         if algo.strip() not in ALGORITHMS:
             _fail(

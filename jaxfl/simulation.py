@@ -30,6 +30,7 @@ handlers on this same API (:mod:`jaxfl.events`, :mod:`jaxfl.io`, :mod:`jaxfl.che
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import defaultdict
@@ -156,12 +157,12 @@ class Simulation:
             for i, r in enumerate(range(first, last + 1)):
                 record = {"round": r, **{k: float(v[i]) for k, v in block_metrics.items()}}
                 record["round_time_s"] = elapsed
-                _check_finite(record, r)
+                _check_finite(record, r, algo.name)
                 records.append(record)
             if not bool(to_host(all_finite(state))):
                 raise NonFiniteError(
                     f"round {last}: the state (model parameters) holds NaN or inf; training "
-                    "diverged (try a smaller --lr or --server-lr). Results written so far are kept."
+                    f"diverged ({divergence_hint(algo.name)}). Results written so far are kept."
                 )
             for record in records:
                 r = self.round = record["round"]
@@ -195,7 +196,7 @@ class Simulation:
                 client_acc, global_client_acc, self.local_client_acc, self.seen_clients
             )
         )
-        _check_finite(record, record["round"])
+        _check_finite(record, record["round"], self.algorithm.name)
         self.history.append(record)
         self.emit(
             "evaluate",
@@ -213,10 +214,25 @@ def all_finite(state) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves] or [True]))
 
 
-def _check_finite(record: dict, round_index: int) -> None:
-    for name, value in record.items():
+def divergence_hint(name: str) -> str:
+    """ "try a smaller --lr or --distill-lr": the learning-rate flags algorithm ``name`` has
+    (a hint that names a flag the algorithm ignores only misleads)."""
+    try:
+        from algorithms import ALGORITHMS
+
+        fields = [f.name for f in dataclasses.fields(ALGORITHMS[name].CONFIG)]
+        rates = [f for f in fields if f == "lr" or f.endswith("_lr")]
+    except (ImportError, KeyError, AttributeError):  # an algorithm of your own
+        rates = []
+    if not rates:
+        return "try a smaller learning rate"
+    return "try a smaller " + " or ".join("--" + f.replace("_", "-") for f in rates)
+
+
+def _check_finite(record: dict, round_index: int, name: str = "") -> None:
+    for metric, value in record.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise NonFiniteError(
-                f"round {round_index}: metric {name!r} is {value}; training diverged "
-                "(try a smaller --lr or --server-lr). Results written so far are kept."
+                f"round {round_index}: metric {metric!r} is {value}; training diverged "
+                f"({divergence_hint(name)}). Results written so far are kept."
             )

@@ -10,7 +10,11 @@ import pytest
 
 from jaxfl.data import Dataset, FederationSpec, build_federation
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+# real MNIST IDX files: $JAXFL_MNIST, else this repository's machines' shared copy
+MNIST_DIR = Path(
+    os.environ.get("JAXFL_MNIST")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -51,4 +55,4 @@ def tiny_federation():
 
 
 def mnist_available() -> bool:
-    return (MNIST_DIR / "train-images-idx3-ubyte.gz").exists() or os.environ.get("JAXFL_MNIST")
+    return any((MNIST_DIR / f"train-images-idx3-ubyte{ext}").exists() for ext in ("", ".gz"))

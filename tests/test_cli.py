@@ -88,6 +88,9 @@ def test_same_seed_same_numbers(tmp_path):
         (["--aggregation", "median"], "--aggregation 'median'"),
         (["--partition", "shards", "--shards-per-client", "100000"], "--shards-per-client 100000"),
         (["--public-size", "10"], "distillation batch"),
+        (["--lr", "nan"], "--lr nan is not allowed; allowed: a finite number"),
+        (["--sweep", "lr=0.1,inf"], "every value must be a finite number"),
+        (["--dataset", "mnist", "--data-dir", "/no/such/folder"], "does not exist"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path, capsys, argv, needle):
@@ -271,3 +274,11 @@ def test_feddf_paper_config_parses_and_runs_scaled_down(tmp_path):
     assert run.main([*argv, "--out", str(out), "--checkpoint-every", "0"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["algo"] == "feddf" and config["algorithm_config"]["distill_patience"] == 1000
+
+
+def test_the_divergence_hint_names_only_the_algorithms_own_learning_rates():
+    from jaxfl.simulation import divergence_hint
+
+    assert divergence_hint("dsfl") == "try a smaller --lr or --distill-lr"
+    assert divergence_hint("fedavg") == "try a smaller --lr or --server-lr"
+    assert divergence_hint("my_fedavg") == "try a smaller learning rate"  # not a known algorithm

@@ -43,6 +43,24 @@ def test_idx_folder_missing_files_names_the_flag(tmp_path):
         load_dataset("mnist", str(tmp_path))
 
 
+def test_a_missing_empty_or_truncated_data_dir_is_named_before_any_work(tmp_path):
+    from jaxfl.data.sources import check_data_dir, read_idx
+
+    with pytest.raises(DataUnavailableError, match="does not exist"):
+        check_data_dir(tmp_path / "nowhere", "mnist")
+    with pytest.raises(DataUnavailableError, match="holds neither MNIST-family IDX files"):
+        check_data_dir(tmp_path, "mnist")  # empty
+    (tmp_path / "mnist").mkdir()
+    check_data_dir(tmp_path, "mnist")  # a prepared TFDS copy: left to TFDS
+    whole = tmp_path / "train-images-idx3-ubyte.gz"
+    _write_idx(whole, np.zeros((4, 28, 28)))
+    truncated = tmp_path / "cut" / "train-images-idx3-ubyte.gz"
+    truncated.parent.mkdir()
+    truncated.write_bytes(whole.read_bytes()[:-20])
+    with pytest.raises(DataUnavailableError, match=f"{truncated}.*damaged or truncated"):
+        read_idx(truncated)
+
+
 def test_tfds_path_under_mock_data_and_cache():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):

@@ -84,18 +84,27 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (optionally gzip-compressed) into a NumPy array."""
+    """Read one IDX file (optionally gzip-compressed) into a NumPy array; an unreadable,
+    truncated or malformed file is a :class:`DataUnavailableError` naming it."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError) as err:  # gzip.BadGzipFile is an OSError
+        raise DataUnavailableError(
+            f"{path} cannot be read ({type(err).__name__}: {err}): the file is damaged or "
+            "truncated; download it again"
+        ) from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
+        raise DataUnavailableError(f"{path} is not an IDX file (bad magic number)")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=_IDX_DTYPES[raw[2]], offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says {dims} but holds {data.size} values")
+        raise DataUnavailableError(
+            f"{path}: header says {dims} but holds {data.size} values (a truncated file?)"
+        )
     return data.reshape(dims)
 
 
@@ -104,6 +113,25 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
         if (folder / candidate).exists():
             return folder / candidate
     return None
+
+
+def check_data_dir(data_dir: str | Path, name: str) -> None:
+    """Before any work: ``--data-dir`` must be a folder holding MNIST-family IDX files or a
+    prepared TFDS copy of ``name`` (a ``<builder>/`` folder), else a DataUnavailableError that
+    says which."""
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise DataUnavailableError(f"--data-dir {folder} does not exist or is not a folder")
+    if _find_idx(folder, "train-images-idx3-ubyte") is not None:
+        return
+    builder = TFDS_DATASETS.get(name, (name,))[0].split("/")[0]
+    if (folder / builder).is_dir():
+        return
+    raise DataUnavailableError(
+        f"--data-dir {folder} holds neither MNIST-family IDX files (train-images-idx3-ubyte[.gz], "
+        f"train-labels-idx1-ubyte[.gz], t10k-...) nor a prepared TFDS data set ({builder}/); "
+        "omit --data-dir to let TFDS download into its default folder"
+    )
 
 
 def load_idx_folder(folder: str | Path, name: str = "mnist", num_classes: int = 10) -> Dataset:
