@@ -179,6 +179,25 @@ def run_sweep(args) -> int:
     return 0
 
 
+def interrupted(out: Path) -> tuple[dict, str]:
+    """The summary status and the message of a run stopped by Ctrl-C: the resume command only
+    when a complete checkpoint exists to resume from (``--resume`` refuses a folder without
+    one), else how to start again."""
+    saved = checkpoint.latest_round(out / checkpoint.CHECKPOINT_DIR)
+    if saved is None:
+        why = "interrupted before its first checkpoint (--checkpoint-every)"
+        return (
+            {"status": "interrupted", "checkpoint": None},
+            f"{why}: nothing to resume; the metrics so far are in {out}, run the command again "
+            "to start over",
+        )
+    command = f"python scripts/run.py --resume {out}"
+    return (
+        {"status": "interrupted", "checkpoint_round": saved, "resume": command},
+        f"interrupted; continue from round {saved + 1} with: {command}",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
@@ -228,11 +247,9 @@ def run(args, start: float) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        writer.finish(
-            {"status": "interrupted", "resume": f"python scripts/run.py --resume {out}"},
-            **per_client(),
-        )
-        print(f"interrupted; continue with: python scripts/run.py --resume {out}", file=sys.stderr)
+        status, message = interrupted(out)
+        writer.finish(status, **per_client())
+        print(message, file=sys.stderr)
         return 130
     if not history:
         writer.finish({"status": "completed", "rounds": args.rounds})

@@ -282,3 +282,17 @@ def test_the_divergence_hint_names_only_the_algorithms_own_learning_rates():
     assert divergence_hint("dsfl") == "try a smaller --lr or --distill-lr"
     assert divergence_hint("fedavg") == "try a smaller --lr or --server-lr"
     assert divergence_hint("my_fedavg") == "try a smaller learning rate"  # not a known algorithm
+
+
+def test_ctrl_c_offers_the_resume_command_only_when_a_checkpoint_exists(tmp_path):
+    import jax.numpy as jnp
+
+    from jaxfl import checkpoint
+
+    status, message = run.interrupted(tmp_path)  # stopped before its first checkpoint
+    assert status["checkpoint"] is None and "--resume" not in message
+    assert "nothing to resume" in message
+    checkpoint.save(tmp_path / checkpoint.CHECKPOINT_DIR, 3, {"w": jnp.zeros(2)}, {})
+    status, message = run.interrupted(tmp_path)
+    assert status["checkpoint_round"] == 3 and status["resume"] in message
+    assert f"--resume {tmp_path}" in message and "round 4" in message
