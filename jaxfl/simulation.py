@@ -215,8 +215,8 @@ def all_finite(state) -> jax.Array:
 
 
 def divergence_hint(name: str) -> str:
-    """ "try a smaller --lr or --distill-lr": the learning-rate flags algorithm ``name`` has
-    (a hint that names a flag the algorithm ignores only misleads)."""
+    """The divergence hint for algorithm ``name``, naming the learning-rate flags it has, e.g.
+    "try a smaller --lr or --distill-lr" (a flag the algorithm ignores only misleads)."""
     try:
         from algorithms import ALGORITHMS
 
