@@ -17,7 +17,6 @@ client's w_k is lost, its v_k kept), stragglers (both updates take fewer steps),
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -111,9 +110,9 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
-    client_optimizer: optax.GradientTransformation | Callable | None = None,
-    server_optimizer: optax.GradientTransformation | Callable | None = None,
-    personal_optimizer: optax.GradientTransformation | Callable | None = None,
+    client_optimizer: hooks.OptimizerArg | None = None,
+    server_optimizer: hooks.OptimizerArg | None = None,
+    personal_optimizer: hooks.OptimizerArg | None = None,
 ):
     """Bind Ditto to a federation and a model; returns a FederatedAlgorithm.
 

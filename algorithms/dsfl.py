@@ -33,7 +33,6 @@ only the received uploads), stragglers (part of step 2), label flipping, random 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -85,8 +84,8 @@ def make(
     select_clients=sample_clients,
     aggregate_soft_labels=None,
     client_loss_term=None,
-    client_optimizer: optax.GradientTransformation | Callable | None = None,
-    distill_optimizer: optax.GradientTransformation | Callable | None = None,
+    client_optimizer: hooks.OptimizerArg | None = None,
+    distill_optimizer: hooks.OptimizerArg | None = None,
 ):
     """Bind DS-FL to a federation and a model (or model groups); returns a FederatedAlgorithm.
 

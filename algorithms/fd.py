@@ -22,7 +22,6 @@ dropout (a lost table is not averaged), stragglers (fewer local steps), label fl
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -131,7 +130,7 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
-    client_optimizer: optax.GradientTransformation | Callable | None = None,
+    client_optimizer: hooks.OptimizerArg | None = None,
 ):
     """Bind FD to a federation and a model or model groups; returns a FederatedAlgorithm.
 

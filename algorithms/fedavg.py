@@ -26,7 +26,6 @@ updates.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -118,8 +117,8 @@ def make(
     aggregate_updates=aggregate.weighted_mean,
     client_loss_term=None,
     stream: bool = True,
-    client_optimizer: optax.GradientTransformation | Callable | None = None,
-    server_optimizer: optax.GradientTransformation | Callable | None = None,
+    client_optimizer: hooks.OptimizerArg | None = None,
+    server_optimizer: hooks.OptimizerArg | None = None,
 ):
     """Bind FedAvg to a federation and a model; returns a FederatedAlgorithm.
 

@@ -30,7 +30,6 @@ label flipping.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -164,8 +163,8 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
-    client_optimizer: optax.GradientTransformation | Callable | None = None,
-    server_optimizer: optax.GradientTransformation | Callable | None = None,
+    client_optimizer: hooks.OptimizerArg | None = None,
+    server_optimizer: hooks.OptimizerArg | None = None,
 ):
     """Bind FedDF to a federation and a model or model groups; returns a FederatedAlgorithm.
 

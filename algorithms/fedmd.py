@@ -25,7 +25,6 @@ consensus; the client still digests it), stragglers (fewer revisit steps), label
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +83,7 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
-    client_optimizer: optax.GradientTransformation | Callable | None = None,
+    client_optimizer: hooks.OptimizerArg | None = None,
 ):
     """Bind FedMD to a federation and a model or model groups; returns a FederatedAlgorithm.
 

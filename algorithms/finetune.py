@@ -19,12 +19,10 @@ fine-tuning. Candidates come from ``--finetune-epochs`` (e.g. "0,1,2,5"; 0 means
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from algorithms import fedavg
 from jaxfl import faults, hooks, hparams, metrics
@@ -71,8 +69,8 @@ def make(
     seed: int = 0,
     select_clients=sample_clients,
     aggregate_updates=None,
-    client_optimizer: optax.GradientTransformation | Callable | None = None,
-    server_optimizer: optax.GradientTransformation | Callable | None = None,
+    client_optimizer: hooks.OptimizerArg | None = None,
+    server_optimizer: hooks.OptimizerArg | None = None,
 ):
     """Bind FedAvg + fine-tuning to a federation and a model; returns a FederatedAlgorithm.
 

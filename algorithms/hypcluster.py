@@ -23,7 +23,6 @@ Faults: dropout (a dropped update is not averaged), stragglers, label flipping.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -100,7 +99,7 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
-    client_optimizer: optax.GradientTransformation | Callable | None = None,
+    client_optimizer: hooks.OptimizerArg | None = None,
 ):
     """Bind HypCluster to a federation and a model; returns a FederatedAlgorithm.
 

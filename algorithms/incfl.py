@@ -28,7 +28,6 @@ training entirely, to measure how IPR generalizes to clients the server never sa
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -75,8 +74,8 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
-    client_optimizer: optax.GradientTransformation | Callable | None = None,
-    server_optimizer: optax.GradientTransformation | Callable | None = None,
+    client_optimizer: hooks.OptimizerArg | None = None,
+    server_optimizer: hooks.OptimizerArg | None = None,
 ):
     """Bind IncFL to a federation and a model; ``local_losses`` (C,) are F_k(w_k^loc), on the
     validation splits when ``data`` has them (else on the training splits).

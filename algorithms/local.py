@@ -14,7 +14,6 @@ stragglers (fewer local steps) and label flipping; dropout is meaningless withou
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -67,7 +66,7 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
-    client_optimizer: optax.GradientTransformation | Callable | None = None,
+    client_optimizer: hooks.OptimizerArg | None = None,
 ):
     """Bind local-only training to a federation and a model; returns a FederatedAlgorithm.
 

@@ -16,7 +16,6 @@ Evaluation as Ditto: personal (``client_acc``) and mean model (``global_client_a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -71,7 +70,7 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
-    client_optimizer: optax.GradientTransformation | Callable | None = None,
+    client_optimizer: hooks.OptimizerArg | None = None,
 ):
     """Bind MR-MTL to a federation and a model; returns a FederatedAlgorithm.
 

@@ -18,7 +18,6 @@ training split and is scored on its test split (``client_acc``); the unadapted w
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -91,8 +90,8 @@ def make(
     fault_config: faults.FaultConfig | None = None,
     seed: int = 0,
     select_clients=sample_clients,
-    client_optimizer: optax.GradientTransformation | Callable | None = None,
-    server_optimizer: optax.GradientTransformation | Callable | None = None,
+    client_optimizer: hooks.OptimizerArg | None = None,
+    server_optimizer: hooks.OptimizerArg | None = None,
 ):
     """Bind Per-FedAvg (FO) to a federation and a model; returns a FederatedAlgorithm.
 

@@ -30,6 +30,9 @@ from collections.abc import Callable
 import jax
 import optax
 
+# what an algorithm's ``make`` takes for an optimizer role (see :func:`optimizer`)
+OptimizerArg = optax.GradientTransformation | Callable
+
 HOOK_STREAM = 0x400C  # fold_in constant of the hooks' key, apart from every other stream
 
 EXTRAS = ("key", "hparams")
