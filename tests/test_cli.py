@@ -237,7 +237,7 @@ def test_personalization_config_files_run(tmp_path, name):
         from tests.conftest import MNIST_DIR, mnist_available
 
         if not mnist_available():
-            pytest.skip("needs MNIST under ../shared/data/mnist")
+            pytest.skip("needs MNIST: set JAXFL_MNIST")
         extra = ["--data-dir", str(MNIST_DIR), "--client-test-size", "50"]
     out = tmp_path / "res"
     argv = ["--config", str(ROOT / "configs" / name), "--algo", "ditto", "--rounds", "1"]

@@ -102,7 +102,7 @@ def test_synthetic_is_non_iid_and_deterministic():
 
 @pytest.mark.skipif(
     not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
-    reason=f"real MNIST not found at {MNIST_DIR}",
+    reason=f"real MNIST not found at {MNIST_DIR} (set JAXFL_MNIST)",
 )
 def test_real_mnist_from_shared_idx_files():
     with gzip.open(MNIST_DIR / "t10k-labels-idx1-ubyte.gz") as f:

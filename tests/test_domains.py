@@ -70,7 +70,7 @@ def test_fccl_runs_on_a_multi_domain_federation_with_a_model_per_domain():
     assert float(metrics["collab_loss"]) > 0
 
 
-@pytest.mark.skipif(not mnist_available(), reason="needs MNIST under ../shared/data/mnist")
+@pytest.mark.skipif(not mnist_available(), reason="needs MNIST: set JAXFL_MNIST")
 def test_multi_domain_cli_run(tmp_path):
     import sys
     from pathlib import Path

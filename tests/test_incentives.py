@@ -89,7 +89,7 @@ def test_degraded_predictions_deliver_the_target_accuracy():
     assert incentives.mixing_probability(0.9, 0.95, classes) == 0.0  # cannot serve better
 
 
-@pytest.mark.skipif(not mnist_available(), reason="needs MNIST under ../shared/data/mnist")
+@pytest.mark.skipif(not mnist_available(), reason="needs MNIST: set JAXFL_MNIST")
 def test_degrade_on_mnist_hits_the_targets(tmp_path):
     import incentives as script
 

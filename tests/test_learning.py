@@ -66,7 +66,7 @@ def test_dsfl_learns_embedded_data():
 
 @pytest.mark.skipif(
     not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
-    reason=f"real MNIST not found at {MNIST_DIR}",
+    reason=f"real MNIST not found at {MNIST_DIR} (set JAXFL_MNIST)",
 )
 @pytest.mark.slow  # 3-5 min on 2 cores; DS-FL's learning and ERA's equation have fast tests
 def test_dsfl_era_beats_sa_and_local_only_on_real_mnist_two_classes_per_client():
@@ -124,7 +124,7 @@ def test_dsfl_era_beats_sa_and_local_only_on_real_mnist_two_classes_per_client()
 
 @pytest.mark.skipif(
     not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
-    reason=f"real MNIST not found at {MNIST_DIR}",
+    reason=f"real MNIST not found at {MNIST_DIR} (set JAXFL_MNIST)",
 )
 def test_feddf_mixed_architectures_beat_per_group_fedavg_on_real_mnist_two_classes_per_client():
     """20 clients with 2 MNIST classes each, half MLP and half logistic regression.
@@ -162,7 +162,7 @@ def test_feddf_mixed_architectures_beat_per_group_fedavg_on_real_mnist_two_class
 
 @pytest.mark.skipif(
     not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
-    reason=f"real MNIST not found at {MNIST_DIR}",
+    reason=f"real MNIST not found at {MNIST_DIR} (set JAXFL_MNIST)",
 )
 @pytest.mark.slow  # FedMD's and FCCL's rounds: loop references in tests/test_groups.py
 def test_fedmd_and_fccl_beat_local_only_on_real_mnist_two_classes_per_client():
