@@ -28,6 +28,7 @@ from algorithms import (
     perfedavg,
 )
 from jaxfl.models.zoo import as_model
+from jaxfl.names import PERSONALIZATION as PERSONALIZATION  # defined without JAX, for --help
 
 ALGORITHMS = {
     "fedavg": fedavg,
@@ -44,7 +45,6 @@ ALGORITHMS = {
     "fedmd": fedmd,
     "fccl": fccl,
 }
-PERSONALIZATION = ("local", "finetune", "ditto", "mrmtl", "hypcluster", "perfedavg")
 
 
 def _checks_model(make):

@@ -37,9 +37,9 @@ from jaxfl import aggregate, faults, hooks, metrics
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
+from jaxfl.names import SERVER_OPTS as SERVER_OPTS  # defined without JAX, for --help
 from jaxfl.standard_clients import standard_clients
 
-SERVER_OPTS = ("sgd", "momentum", "adam")
 ATTACKS = ("label_flip", "scaled_update")
 SUPPORTS_UNSEEN = True  # --unseen-clients
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-AGGREGATIONS = ("era", "sa")
+from jaxfl.names import AGGREGATIONS as AGGREGATIONS  # defined without JAX, for --help
 
 
 def weighted_mean(tree, weights: jax.Array):

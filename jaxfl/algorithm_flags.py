@@ -7,10 +7,61 @@ short. An algorithm's config class takes the values of the flags of the same nam
 
 from __future__ import annotations
 
-from algorithms import ALGORITHMS
-from algorithms.fedavg import SERVER_OPTS
-from jaxfl.aggregate import AGGREGATIONS
-from jaxfl.personal import FINETUNE_LAYERS
+from jaxfl.names import AGGREGATIONS, FINETUNE_LAYERS, SERVER_OPTS
+
+# the per-algorithm flags each algorithm reads (its CONFIG's fields among the flags below); kept
+# here, without importing the algorithms, so that `run.py --algo X --help` needs no JAX. A test
+# checks it against every algorithm's CONFIG.
+ALGORITHM_FLAGS = {
+    "fedavg": ("server_opt", "server_lr", "unseen_clients"),
+    "dsfl": (
+        "public_per_round",
+        "distill_epochs",
+        "distill_lr",
+        "distill_batch_size",
+        "temperature",
+        "aggregation",
+    ),
+    "local": (),
+    "finetune": (
+        "server_opt",
+        "server_lr",
+        "unseen_clients",
+        "finetune_epochs",
+        "finetune_layers",
+        "finetune_lr",
+    ),
+    "ditto": ("server_opt", "server_lr", "ditto_lambda", "personal_epochs", "personal_lr"),
+    "mrmtl": ("mrmtl_lambda",),
+    "hypcluster": ("num_clusters", "cluster_warmup"),
+    "perfedavg": ("server_opt", "server_lr", "meta_lr", "personal_steps"),
+    "incfl": ("server_opt", "server_lr", "unseen_clients", "incfl_tau", "incfl_floor"),
+    "fd": ("fd_beta",),
+    "feddf": (
+        "distill_batch_size",
+        "server_distill_steps",
+        "server_distill_lr",
+        "distill_temperature",
+        "distill_patience",
+        "distill_check_every",
+        "distill_val_fraction",
+    ),
+    "fedmd": (
+        "public_per_round",
+        "fedmd_lr",
+        "fedmd_digest_epochs",
+        "fedmd_digest_batch",
+        "fedmd_public_epochs",
+        "fedmd_private_epochs",
+    ),
+    "fccl": (
+        "public_per_round",
+        "fccl_lr",
+        "fccl_lambda",
+        "fccl_collab_steps",
+        "fccl_pretrain_epochs",
+    ),
+}
 
 
 def add_algorithm_arguments(a) -> None:
@@ -267,6 +318,8 @@ def validate_algorithm_flags(args, fail) -> None:
     ):
         if getattr(args, flag) < 0:
             fail("--" + flag.replace("_", "-"), getattr(args, flag), "a number >= 0")
+    from algorithms import ALGORITHMS
+
     unseen_algos = [n for n, m in ALGORITHMS.items() if getattr(m, "SUPPORTS_UNSEEN", False)]
     if args.unseen_clients and args.algo not in unseen_algos:
         fail(

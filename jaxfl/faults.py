@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfl import hparams
+from jaxfl.names import ATTACKS as ATTACKS  # defined without JAX, for --help
 
-ATTACKS = ("none", "label_flip", "random_logits", "scaled_logits", "scaled_update")
 FAULT_STREAM = 0x0FA17
 
 

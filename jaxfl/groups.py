@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfl.clients import map_clients
-from jaxfl.models import MODELS, Model, get_model
+from jaxfl.models import MODEL_NAMES_HELP, Model, get_model, is_model_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +52,10 @@ def parse_models(spec: str) -> list[tuple[str, float]]:
             w = float(weight) if weight else 1.0
         except ValueError:
             w = -1.0
-        if name not in MODELS or w <= 0:
+        if not is_model_name(name) or w <= 0:
             raise ValueError(
                 f"--models {spec!r}: {item!r} is not MODEL[:WEIGHT] with a model from "
-                f"{', '.join(MODELS)} and a weight > 0 (e.g. lenet5:40,mlp:30,logreg:30)"
+                f"{MODEL_NAMES_HELP} and a weight > 0 (e.g. lenet5:40,mlp:30,logreg:30)"
             )
         out.append((name, w))
     if not out:

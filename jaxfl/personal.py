@@ -19,8 +19,7 @@ from jaxfl import train
 from jaxfl.clients import map_clients
 from jaxfl.data.federation import Federation
 from jaxfl.metrics import client_split
-
-FINETUNE_LAYERS = ("all", "last")
+from jaxfl.names import FINETUNE_LAYERS as FINETUNE_LAYERS  # defined without JAX, for --help
 
 
 def broadcast_clients(params, num_clients: int):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from jaxfl.models import COMPUTE_DTYPES
+from jaxfl.names import COMPUTE_DTYPES
 
 # flags that change how a run executes, not what it computes: --resume accepts them
 EXECUTION_FLAGS = (

@@ -151,7 +151,7 @@ class Simulation:
             last = self.block_end(first)
             start = time.perf_counter()
             state, block_metrics = algo.run_rounds(state, self.round_key, first, last - first + 1)
-            block_metrics = to_host(block_metrics)
+            block_metrics = to_host(wait_ready(block_metrics))
             elapsed = (time.perf_counter() - start) / (last - first + 1)
             records = []
             for i, r in enumerate(range(first, last + 1)):
@@ -184,7 +184,7 @@ class Simulation:
         return state, self.history
 
     def _evaluate(self, state, record: dict) -> None:
-        evaluated = to_host(self.algorithm.evaluate(state))
+        evaluated = to_host(wait_ready(self.algorithm.evaluate(state)))
         client_acc = np.asarray(evaluated.pop("client_acc"))
         global_client_acc = evaluated.pop("global_client_acc", None)
         if global_client_acc is not None:
@@ -205,6 +205,19 @@ class Simulation:
             client_acc=client_acc,
             global_client_acc=global_client_acc,
         )
+
+
+def wait_ready(tree, poll_s: float = 0.02):
+    """Wait until every array of ``tree`` is computed, then return it.
+
+    Waits in short sleeps rather than one blocking transfer: Python runs signal handlers (Ctrl-C)
+    only between bytecodes, so a main thread blocked inside XLA for a whole round would not see
+    Ctrl-C until the round ends; sleeping in steps of ``poll_s`` it sees it at once.
+    """
+    leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+    while not all(x.is_ready() for x in leaves):
+        time.sleep(poll_s)
+    return tree
 
 
 @jax.jit

@@ -11,16 +11,24 @@ metrics.jsonl (one line per evaluated round), summary.json, accuracy.png and che
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
-import jax
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    from jaxfl import flags  # builds every flag without importing JAX: --help in about a second
+
+    flags.parse(sys.argv[1:], description=__doc__.split("\n\n")[0])  # prints and exits
+
+import jax  # noqa: E402
+
 from algorithms import ALGORITHMS  # noqa: E402
-from jaxfl import checkpoint, events, experiment, flags, report, scale, sweep  # noqa: E402
+from jaxfl import checkpoint, events, experiment, flags, flops, report, scale, sweep  # noqa: E402
 from jaxfl.baseline import local_only_accuracy  # noqa: E402
 from jaxfl.clients import client_mesh, use_mesh  # noqa: E402
 from jaxfl.data import DataUnavailableError, PartitionError  # noqa: E402
@@ -198,6 +206,47 @@ def interrupted(out: Path) -> tuple[dict, str]:
     )
 
 
+INTERRUPTED = "interrupted (Ctrl-C)"
+
+
+class CtrlC:
+    """Ctrl-C during the rounds: the first press stops the run after the round in flight, which
+    is then evaluated and checkpointed (the run's end always is), so no finished work is lost;
+    a second press quits at once (``KeyboardInterrupt``), leaving the last periodic checkpoint.
+
+    The round in flight cannot be cut short (XLA does not cancel a running computation) and the
+    round before it cannot be saved instead: its state was donated to the round in flight.
+    """
+
+    def __init__(self, sim: Simulation):
+        self.sim = sim
+        self.pressed = False
+        self.previous = None
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():  # signals go to it only
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def handle(self, signum=None, frame=None) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        self.sim.stop(INTERRUPTED)
+        took = self.sim.history[-1]["round_time_s"] if self.sim.history else None
+        print(
+            f"\nCtrl-C: finishing round {self.sim.round + 1}"
+            + (f" (a round takes about {took:.0f} s)" if took else "")
+            + ", then checkpointing it and stopping; press Ctrl-C again to quit at once",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
@@ -207,8 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     # one device: no mesh at all, so the single-device program is exactly the unsharded one
-    with use_mesh(mesh):
-        return run(args, start)
+    try:
+        with use_mesh(mesh):
+            return run(args, start)
+    except KeyboardInterrupt:  # before the rounds started (loading data, compiling)
+        print("\ninterrupted before the first round: nothing to resume", file=sys.stderr)
+        return 130
 
 
 def run(args, start: float) -> int:
@@ -228,6 +281,8 @@ def run(args, start: float) -> int:
         f"({exp.model.num_params:,} params), {exp.config['clients_per_round']} per round "
         f"-> {out}" + (f" (resuming at round {start_round})" if start_round > 1 else "")
     )
+    if jax.process_index() == 0:
+        print(_round_time_estimate(exp, args.rounds - start_round + 1))
     sim = Simulation(exp.algorithm, args.rounds, args.eval_every, args.seed, args.rounds_per_call)
     last = attach_handlers(sim, args, out, writer)
     if args.compare_local or getattr(ALGORITHMS[args.algo], "NEEDS_LOCAL_BASELINE", False):
@@ -241,7 +296,8 @@ def run(args, start: float) -> int:
         }
 
     try:
-        _, history = sim.run(state, start_round, writer.history)
+        with CtrlC(sim):
+            _, history = sim.run(state, start_round, writer.history)
     except NonFiniteError as err:
         writer.finish({"status": "failed", "error": str(err)}, **per_client())
         print(f"error: {err}", file=sys.stderr)
@@ -266,35 +322,80 @@ def run(args, start: float) -> int:
         "best_client_acc_mean": max(h["client_acc_mean"] for h in history),
         "communication_per_client_per_round": exp.algorithm.communication,
     }
+    if sim.stop_reason == INTERRUPTED:
+        status, message = interrupted(out)
+        summary.update(status)
     writer.finish(summary, **per_client())
     shown = [f"{k} {final[k]:.4f}" for k in SHOWN if k in final]
     print(f"round {final['round']}: {', '.join(shown)}; results in {out}")
     print(_explained(history, exp.data.num_classes))
+    if sim.stop_reason == INTERRUPTED:
+        print(message, file=sys.stderr)
+        return 130
     return 0
 
 
-def _explained(history: list[dict], num_classes: int) -> str:
-    """What the printed numbers mean, with round 1's values beside them (learning visible)."""
-    first, last = history[0], history[-1]
-    lines = []
-    if "test_acc" in last:
-        lines.append(
-            f"  test_acc: the server (global) model on the held-out test set; round "
-            f"{first['round']}: {first.get('test_acc', float('nan')):.4f}, "
-            f"chance {1 / num_classes:.4f}"
+SLOW_ROUND_S = 60.0
+
+
+def _round_time_estimate(exp, rounds: int) -> str:
+    """One line: at least how long a round (and the run) will take here, from the round's FLOPs
+    and this device's measured matmul rate, with what to change when that is slow."""
+    try:
+        seconds, round_flops, rate = flops.estimate_round_seconds(exp)
+    except Exception as err:  # an estimate must never stop a run
+        return f"(no round-time estimate: {type(err).__name__})"
+    total = seconds * rounds
+    line = (
+        f"estimate: at least {seconds:,.1f} s per round ({round_flops / 1e9:,.0f} GFLOP of "
+        f"training at this device's {rate / 1e9:,.0f} GFLOP/s dense-matmul speed; a round "
+        f"usually takes 2-3x that), {total / 60:,.0f} min for {rounds} rounds"
+        if total > 60
+        else f"estimate: at least {seconds:,.1f} s per round ({round_flops / 1e9:,.0f} GFLOP of "
+        f"training at this device's {rate / 1e9:,.0f} GFLOP/s dense-matmul speed; a round "
+        "usually takes 2-3x that)"
+    )
+    if seconds > SLOW_ROUND_S:
+        line += (
+            "\n  slow on this device: a smaller --model, fewer --clients-per-round or "
+            "--local-epochs, or a GPU/TPU would be faster; Ctrl-C stops after the current round"
         )
-    if "client_acc_mean" in last:
+    return line
+
+
+def _explained(history: list[dict], num_classes: int) -> str:
+    """What the printed numbers mean, with their course over the rounds (learning visible)."""
+    lines = []
+    if "test_acc" in history[-1]:
+        lines.append(
+            f"  test_acc: the server (global) model on the held-out test set "
+            f"(chance {1 / num_classes:.2f}); {_course(history, 'test_acc')}"
+        )
+    if "client_acc_mean" in history[-1]:
         lines.append(
             "  client_acc_mean / client_acc_p10: the model each client ends with (its own, or "
             "the global one where the algorithm has no local model) on the client's own test "
-            f"split, mean and 10th percentile over clients; round {first['round']}: "
-            f"{first.get('client_acc_mean', float('nan')):.4f} / "
-            f"{first.get('client_acc_p10', float('nan')):.4f}"
+            "split, mean and 10th percentile over clients; mean "
+            + _course(history, "client_acc_mean")
         )
     return "\n".join(lines)
+
+
+def _course(history: list[dict], metric: str, shown: int = 8) -> str:
+    """``"by round: 1 0.24, 2 0.50, ..."`` for at most ``shown`` evenly spaced evaluated rounds."""
+    points = [h for h in history if metric in h]
+    if len(points) > shown:
+        picks = sorted({round(i * (len(points) - 1) / (shown - 1)) for i in range(shown)})
+        points = [points[i] for i in picks]
+    return "by round: " + ", ".join(f"{h['round']} {h[metric]:.2f}" for h in points)
 
 
 if __name__ == "__main__":
     if "--coordinator-address" not in sys.argv:  # one host: one CPU device per core
         scale.force_host_devices(scale.cpu_cores())
-    sys.exit(main())
+    code = main()
+    if code == 130:  # interrupted: do not wait at exit for a round still running in XLA
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -122,13 +122,56 @@ def test_nan_loss_stops_with_round_and_metric_and_keeps_results(tmp_path, capsys
     assert (out / "config.json").exists()
 
 
+def _help(*argv: str) -> str:
+    """run.py's --help as a user gets it (a fresh process), checking that it imported no JAX."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['run.py', *{list(argv)!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({str(ROOT / 'scripts' / 'run.py')!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('JAX IMPORTED' if 'jax' in sys.modules else 'no jax')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.rstrip().endswith("no jax"), out.stdout[-300:]
+    return out.stdout
+
+
+def test_help_is_grouped_needs_no_jax_and_shows_one_algorithms_own_flags():
+    from jaxfl import flags
+
+    text = _help("--help")
+    titles = [*flags.GROUPS, flags.ALGORITHM_GROUP]
+    positions = [text.index(f"\n{title}:\n") for title in titles]
+    assert positions == sorted(positions)
+    dsfl = _help("--algo", "dsfl", "--help")
+    assert "dsfl's own flags:" in dsfl and "--temperature" in dsfl and "--aggregation" in dsfl
+    assert "--ditto-lambda" not in dsfl and "--fedmd-lr" not in dsfl and "--rounds" in dsfl
+
+
+def test_the_jax_free_names_match_the_implementations():
+    """jaxfl.names and ALGORITHM_FLAGS stand in for the algorithms when --help builds the flags."""
+    import argparse
+    import dataclasses
+
+    from algorithms import ALGORITHMS, PERSONALIZATION
+    from jaxfl import algorithm_flags, flags, names
+
+    assert tuple(ALGORITHMS) == names.ALGORITHMS and names.PERSONALIZATION == PERSONALIZATION
+    parser = argparse.ArgumentParser()
+    algorithm_flags.add_algorithm_arguments(parser.add_argument)
+    own = {action.dest for action in parser._actions} - {"help"}
+    for name, module in ALGORITHMS.items():
+        fields = {field.name for field in dataclasses.fields(module.CONFIG)}
+        assert set(algorithm_flags.ALGORITHM_FLAGS[name]) == fields & own, name
+    grouped = [dest for dests in flags.GROUPS.values() for dest in dests]
+    every = {action.dest for action in flags._parser()._actions} - {"help"}
+    assert len(grouped) == len(set(grouped)) and set(grouped) == every - own
+
+
 def test_help_explains_every_flag():
-    text = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "run.py"), "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    text = _help("--help")
     for flag in [
         "--algo",
         "--clients",
@@ -296,3 +339,62 @@ def test_ctrl_c_offers_the_resume_command_only_when_a_checkpoint_exists(tmp_path
     status, message = run.interrupted(tmp_path)
     assert status["checkpoint_round"] == 3 and status["resume"] in message
     assert f"--resume {tmp_path}" in message and "round 4" in message
+
+
+def test_ctrl_c_checkpoints_the_round_in_flight_and_its_resume_command_works(tmp_path):
+    """A real process and SIGINT: the run stops after the round in flight, checkpoints it (the
+    periodic checkpoint is far away), exits with 130 and prints a resume command that runs."""
+    import signal
+    import time
+
+    from jaxfl import checkpoint
+
+    out = tmp_path / "res"
+    command = [sys.executable, str(ROOT / "scripts" / "run.py"), "--algo", "fedavg"]
+    command += ["--dataset", "blobs", "--model", "mlp-8", "--clients", "6", "--rounds", "100000"]
+    command += ["--checkpoint-every", "100000", "--local-epochs", "1", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "no round finished in 10 minutes"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    saved = checkpoint.latest_round(out / checkpoint.CHECKPOINT_DIR)
+    assert saved is not None and saved >= 1, stderr
+    assert f"python scripts/run.py --resume {out}" in stderr and f"round {saved + 1}" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["checkpoint_round"] == saved
+    assert run.main(["--resume", str(out), "--rounds", str(saved + 1)]) == 0
+    rounds = [json.loads(line)["round"] for line in metrics.read_text().splitlines()]
+    assert rounds[-1] == saved + 1 and rounds == sorted(set(rounds))
+
+
+def test_a_second_ctrl_c_quits_at_once():
+    stops = []
+
+    class Sim:
+        round, history = 4, [{"round_time_s": 30.0}]
+
+        def stop(self, reason):
+            stops.append(reason)
+
+    ctrl_c = run.CtrlC(Sim())
+    ctrl_c.handle()  # the first asks the run to stop after round 5, the one in flight
+    assert stops == [run.INTERRUPTED]
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c.handle()
+
+
+def test_the_round_time_estimate_warns_of_a_model_too_slow_for_the_device(monkeypatch):
+    from jaxfl import flops
+
+    monkeypatch.setattr(flops, "estimate_round_seconds", lambda exp: (150.0, 1.2e13, 8e10))
+    line = run._round_time_estimate(None, rounds=20)
+    assert "at least 150.0 s per round" in line and "12,000 GFLOP" in line and "80 GFLOP/s" in line
+    assert "50 min for 20 rounds" in line and "slow on this device" in line and "--model" in line
+    monkeypatch.setattr(flops, "estimate_round_seconds", lambda exp: (0.5, 4e10, 8e10))
+    assert "slow" not in run._round_time_estimate(None, rounds=20)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-PARTITIONS = ("iid", "dirichlet", "shards", "classes", "quantity", "natural")
+from jaxfl.names import PARTITIONS as PARTITIONS  # defined without JAX, for --help
 
 
 class PartitionError(ValueError):

@@ -15,20 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxfl.data.synthetic import synthetic_federated
-
-# name -> (TFDS builder name, image key, number of classes)
-TFDS_DATASETS = {
-    "mnist": ("mnist", "image", 10),
-    "fashion_mnist": ("fashion_mnist", "image", 10),
-    "emnist_digits": ("emnist/digits", "image", 10),
-    "emnist_balanced": ("emnist/balanced", "image", 47),
-    "emnist_letters": ("emnist/letters", "image", 37),
-    "cifar10": ("cifar10", "image", 10),
-    "cifar100": ("cifar100", "image", 100),
-}
-EMBEDDED_DATASETS = ("synthetic", "synthetic_iid")
-DATASETS = tuple(TFDS_DATASETS) + EMBEDDED_DATASETS
+from jaxfl.data.synthetic import blobs, synthetic_federated
+from jaxfl.names import DATASETS as DATASETS  # defined without JAX, for --help
+from jaxfl.names import EMBEDDED_DATASETS as EMBEDDED_DATASETS
+from jaxfl.names import TFDS_DATASETS as TFDS_DATASETS
 
 
 class DataUnavailableError(RuntimeError):
@@ -258,6 +248,8 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise ValueError(f"unknown --dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    if name == "blobs":
+        return blobs(seed=seed)
     if name in EMBEDDED_DATASETS:
         return synthetic_federated(
             num_clients, synthetic_alpha, synthetic_beta, seed=seed, iid=name == "synthetic_iid"

@@ -9,13 +9,22 @@ from jaxfl.models.layers import (
     im2col,
     max_pool_2x2,
 )
-from jaxfl.models.zoo import COMPUTE_DTYPES, IMAGE_MODELS, MODELS, Model, get_model
+from jaxfl.models.zoo import (
+    COMPUTE_DTYPES,
+    IMAGE_MODELS,
+    MODEL_NAMES_HELP,
+    MODELS,
+    Model,
+    get_model,
+    is_model_name,
+)
 
 __all__ = [
     "COMPUTE_DTYPES",
     "CONV_LOWERINGS",
     "IMAGE_MODELS",
     "LOWERING_CHOICES",
+    "MODEL_NAMES_HELP",
     "MODELS",
     "Conv",
     "conv",
@@ -23,5 +32,6 @@ __all__ = [
     "default_conv_lowering",
     "get_model",
     "im2col",
+    "is_model_name",
     "max_pool_2x2",
 ]

@@ -32,10 +32,10 @@ import numpy as np
 from flax import linen as nn
 
 from jaxfl.models import tuning
+from jaxfl.names import CONV_LOWERINGS as CONV_LOWERINGS  # defined without JAX, for --help
+from jaxfl.names import LOWERING_CHOICES as LOWERING_CHOICES
 
-CONV_LOWERINGS = ("rows", "im2col", "patches", "xla")
 # "auto" (the default): the lowering measured fastest for each layer's shape (jaxfl.models.tuning)
-LOWERING_CHOICES = ("auto", *CONV_LOWERINGS)
 
 
 def default_conv_lowering(backend: str | None = None) -> str:

@@ -18,9 +18,12 @@ from flax import linen as nn
 
 from jaxfl.models import model_tuning
 from jaxfl.models.layers import Conv, default_conv_lowering, max_pool_2x2
-
-MODELS = ("logreg", "mlp", "cnn", "lenet5", "resnet8", "resnet20")
-IMAGE_MODELS = ("cnn", "lenet5", "resnet8", "resnet20")
+from jaxfl.names import COMPUTE_DTYPES as COMPUTE_DTYPES  # defined without JAX, for --help
+from jaxfl.names import IMAGE_MODELS as IMAGE_MODELS
+from jaxfl.names import MODEL_NAMES_HELP as MODEL_NAMES_HELP
+from jaxfl.names import MODELS as MODELS
+from jaxfl.names import is_model_name as is_model_name
+from jaxfl.names import mlp_hidden as mlp_hidden
 
 
 class LogReg(nn.Module):
@@ -32,7 +35,7 @@ class LogReg(nn.Module):
 
 
 class MLP(nn.Module):
-    """FedAvg's "2NN": 784-200-200-10 with ReLU."""
+    """An MLP with ReLU; the default hidden (200, 200) is FedAvg's "2NN" (784-200-200-10)."""
 
     num_classes: int
     hidden: tuple[int, ...] = (200, 200)
@@ -223,9 +226,6 @@ def as_model(model) -> Model:
     return model
 
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
 def get_model(
     name: str,
     feature_shape: tuple[int, ...],
@@ -244,8 +244,8 @@ def get_model(
         raise ValueError(
             f"unknown --compute-dtype {compute_dtype!r}; allowed: {', '.join(COMPUTE_DTYPES)}"
         )
-    if name not in MODELS:
-        raise ValueError(f"unknown --model {name!r}; allowed: {', '.join(MODELS)}")
+    if not is_model_name(name):
+        raise ValueError(f"unknown --model {name!r}; allowed: {MODEL_NAMES_HELP}")
     if name in IMAGE_MODELS and len(feature_shape) != 3:
         raise ValueError(
             f"--model {name} needs image inputs (H, W, C) but the data has shape {feature_shape}; "
@@ -254,12 +254,12 @@ def get_model(
     lowering = conv_lowering or default_conv_lowering()
     build = {
         "logreg": lambda lowering: LogReg(num_classes),
-        "mlp": lambda lowering: MLP(num_classes),
+        "mlp": lambda lowering: MLP(num_classes, mlp_hidden(name)),
         "cnn": lambda lowering: FedAvgCNN(num_classes, lowering),
         "lenet5": lambda lowering: LeNet5(num_classes, lowering),
         "resnet8": lambda lowering: ResNet(num_classes, 1, lowering),
         "resnet20": lambda lowering: ResNet(num_classes, 3, lowering),
-    }[name]
+    }["mlp" if mlp_hidden(name) else name]
     module = build("xla" if lowering == "auto" else lowering)
     dummy = jnp.zeros((1, *feature_shape), jnp.float32)
 
