@@ -89,7 +89,7 @@ def _xla_model(model):
 def _step_flops(model, batch: int) -> float:
     """FLOPs of one SGD step on ``batch`` examples (native convolutions: useful FLOPs only)."""
     model = _xla_model(model)
-    params = model.init(jax.random.key(0))
+    params = jax.eval_shape(model.init, jax.random.key(0))  # lowering needs shapes only
     opt = optax.sgd(0.1)
 
     def step(p, x, y):
@@ -111,7 +111,7 @@ def _group_flops(exp, model, m: int, counts: np.ndarray) -> tuple[float, float]:
     flops = m * epochs * steps_per_epoch * _step_flops(model, b)
     samples = epochs * counts.mean() * m
     xla = _xla_model(model)
-    params = xla.init(jax.random.key(0))
+    params = jax.eval_shape(xla.init, jax.random.key(0))
     if exp.args.algo == "hypcluster":  # every client scores the K cluster models on its data
         fwd = _flops(xla.apply, params, jnp.zeros((data.capacity, *xla.feature_shape)))
         flops += m * cfg.num_clusters * fwd
