@@ -281,7 +281,7 @@ def run(args, start: float) -> int:
         f"({exp.model.num_params:,} params), {exp.config['clients_per_round']} per round "
         f"-> {out}" + (f" (resuming at round {start_round})" if start_round > 1 else "")
     )
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and start_round <= args.rounds:
         print(_round_time_estimate(exp, args.rounds - start_round + 1))
     sim = Simulation(exp.algorithm, args.rounds, args.eval_every, args.seed, args.rounds_per_call)
     last = attach_handlers(sim, args, out, writer)
@@ -345,16 +345,13 @@ def _round_time_estimate(exp, rounds: int) -> str:
         seconds, round_flops, rate = flops.estimate_round_seconds(exp)
     except Exception as err:  # an estimate must never stop a run
         return f"(no round-time estimate: {type(err).__name__})"
-    total = seconds * rounds
     line = (
         f"estimate: at least {seconds:,.1f} s per round ({round_flops / 1e9:,.0f} GFLOP of "
         f"training at this device's {rate / 1e9:,.0f} GFLOP/s dense-matmul speed; a round "
-        f"usually takes 2-3x that), {total / 60:,.0f} min for {rounds} rounds"
-        if total > 60
-        else f"estimate: at least {seconds:,.1f} s per round ({round_flops / 1e9:,.0f} GFLOP of "
-        f"training at this device's {rate / 1e9:,.0f} GFLOP/s dense-matmul speed; a round "
         "usually takes 2-3x that)"
     )
+    if seconds * rounds > 60:
+        line += f", at least {seconds * rounds / 60:,.0f} min for {rounds} rounds"
     if seconds > SLOW_ROUND_S:
         line += (
             "\n  slow on this device: a smaller --model, fewer --clients-per-round or "

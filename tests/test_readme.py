@@ -3,6 +3,7 @@ pastes them; later blocks use the ``data``, ``model`` and ``algo`` of earlier on
 at reduced sizes where the README's take minutes, and every ``scripts/run.py`` command of its
 bash blocks parses and passes the checks run before any work; the quick start runs, smaller."""
 
+import json
 import re
 import shlex
 import sys
@@ -71,4 +72,14 @@ def test_every_run_command_parses_and_the_quick_start_runs(tmp_path, monkeypatch
     smaller = ["--clients", "20", "--rounds", "2", "--local-epochs", "1", "--distill-epochs", "1"]
     smaller += ["--public-per-round", "100", "--out", str(out)]
     assert run.main([*quick, *smaller]) == 0
-    assert (out / "summary.json").exists()
+    # the results folder, as the README describes it
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["dataset"] == "blobs" and config["model"] == "mlp-64-64"
+    assert config["communication_per_client_per_round"]["up_floats"] == 100 * 10
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [1, 2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and 0 <= summary["final"]["test_acc"] <= 1
+    assert (out / "accuracy.png").stat().st_size > 1000
+    # communication: soft labels on 100 public samples x 10 classes, float32, 20 clients, 2 rounds
+    assert json.loads(lines[-1])["comm_up_bytes_total"] == 2 * 20 * 4 * 100 * 10
