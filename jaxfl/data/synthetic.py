@@ -11,7 +11,7 @@ global model to learn: it is a personalization benchmark.
 
 Blobs (:func:`blobs`): one labelling function for everyone, a centralised train/test split that the
 partitioners (``--partition``) make non-IID. A global model can be learned from label-skewed
-clients, which makes it the embedded default for the distillation family.
+clients, which makes it the quick start's data set.
 """
 
 from __future__ import annotations
@@ -90,10 +90,12 @@ def blobs(
     ``clusters_per_class`` unit-variance Gaussians with centres ~ N(0, spread^2 I).
 
     x = mu[y, j] + N(0, I) with y uniform over classes and j uniform over a class's clusters.
-    With the defaults the Bayes classifier scores about 0.94 and the nearest class mean about
-    0.68, so a hidden layer helps and chance is 0.1. Sizes match MNIST's (60,000 / 10,000), so a
-    run on blobs has the shape of one on MNIST at a fraction of the compute. Returns a
-    :class:`jaxfl.data.sources.Dataset` without natural clients.
+    With the defaults (spread 1.0) the Bayes classifier scores about 0.9999 and the nearest
+    class mean about 0.93 (measured on 20,000 draws; spread 0.5 gives 0.94 and 0.68), chance is
+    0.1. Spread 1.0 was chosen so that DS-FL's server visibly learns within the quick start's
+    five rounds (0.24 -> 0.84 at 1000 clients; at spread 0.5 it reached 0.18). Sizes match
+    MNIST's (60,000 / 10,000), so a run on blobs has the shape of one on MNIST at a fraction of
+    the compute. Returns a :class:`jaxfl.data.sources.Dataset` without natural clients.
     """
     from jaxfl.data.sources import Dataset
 
