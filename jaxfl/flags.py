@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 from jaxfl.algorithm_flags import ALGORITHM_FLAGS, add_algorithm_arguments, validate_algorithm_flags
+from jaxfl.flag_help import Grouped, help_algo
 from jaxfl.names import (
     ALGORITHMS,
     ATTACKS,
@@ -26,70 +26,6 @@ from jaxfl.names import (
     is_model_name,
 )
 from jaxfl.scale import EXECUTION_FLAGS, add_scale_arguments, validate_scale_flags
-
-# --help's groups, in order, and the flags each holds (in definition order); every flag not
-# named here is a per-algorithm flag (jaxfl.algorithm_flags)
-GROUPS = {
-    "essentials": (
-        "algo",
-        "dataset",
-        "data_dir",
-        "clients",
-        "clients_per_round",
-        "rounds",
-        "model",
-        "seed",
-        "config",
-        "out",
-    ),
-    "experiments axis (seeds and sweeps side by side in one compiled call)": (
-        "seeds",
-        "sweep",
-        "experiment_chunk",
-    ),
-    "data": (
-        "domains",
-        "partition",
-        "alpha",
-        "shards_per_client",
-        "classes_per_client",
-        "public_size",
-        "public_dataset",
-        "client_test_size",
-        "client_val_fraction",
-    ),
-    "model": ("models", "conv_lowering", "compute_dtype"),
-    "training": ("local_epochs", "batch_size", "lr", "eval_every"),
-    "faults (dropout, stragglers, adversaries)": (
-        "dropout",
-        "min_received",
-        "straggler_fraction",
-        "straggler_work",
-        "adversary_fraction",
-        "attack",
-        "attack_scale",
-    ),
-    "scale (devices, hosts, memory)": (
-        "client_chunk",
-        "devices",
-        "rounds_per_call",
-        "coordinator_address",
-        "num_processes",
-        "process_id",
-    ),
-    "output, checkpoints and stopping": (
-        "checkpoint_every",
-        "keep_checkpoints",
-        "resume",
-        "early_stop_patience",
-        "early_stop_metric",
-        "target",
-        "time_budget",
-        "compare_local",
-        "tensorboard",
-    ),
-}
-ALGORITHM_GROUP = "per-algorithm flags (each names the algorithms that read it)"
 
 
 class ConfigError(ValueError):
@@ -430,26 +366,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     return parser
 
 
-class _Grouped:
-    """Stands in for the parser while the flags are added: each flag goes to its --help group
-    (:data:`GROUPS`); with ``algo``, the other algorithms' own flags parse but are not shown."""
-
-    def __init__(self, parser: argparse.ArgumentParser, algo: str | None):
-        self.parser = parser
-        algo_title = f"{algo}'s own flags" if algo else ALGORITHM_GROUP
-        self.groups = {t: parser.add_argument_group(t) for t in (*GROUPS, algo_title)}
-        self.group_of = {dest: title for title, dests in GROUPS.items() for dest in dests}
-        self.algo_title = algo_title
-        self.shown = set(ALGORITHM_FLAGS[algo]) if algo else None
-
-    def add_argument(self, *names, **kwargs):
-        dest = names[0].lstrip("-").replace("-", "_")
-        title = self.group_of.get(dest, self.algo_title)
-        if title == self.algo_title and self.shown is not None and dest not in self.shown:
-            kwargs["help"] = argparse.SUPPRESS
-        return self.groups[title].add_argument(*names, **kwargs)
-
-
 def _parser(description: str = "", algo: str | None = None, **kwargs) -> argparse.ArgumentParser:
     """All flags, grouped for --help; ``algo`` (one known algorithm) shows only its own flags."""
     epilog = (
@@ -459,20 +375,10 @@ def _parser(description: str = "", algo: str | None = None, **kwargs) -> argpars
     )
     kwargs.setdefault("usage", "%(prog)s [--algo NAME] [--dataset NAME] [--clients C] [FLAG ...]")
     parser = argparse.ArgumentParser(description=description, epilog=epilog, **kwargs)
-    grouped = _Grouped(parser, algo if algo in ALGORITHM_FLAGS else None)
+    grouped = Grouped(parser, algo if algo in ALGORITHM_FLAGS else None)
     add_arguments(grouped)
     add_run_arguments(grouped)
     return parser
-
-
-def _help_algo(argv: list[str] | None) -> str | None:
-    """The one algorithm ``--algo`` names when ``argv`` asks for --help (else None)."""
-    argv = list(argv) if argv is not None else sys.argv[1:]
-    if not {"-h", "--help"} & set(argv):
-        return None
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--algo", default=None)
-    return pre.parse_known_args(argv)[0].algo
 
 
 def load_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict:
@@ -504,7 +410,7 @@ def load_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict:
 
 def parse(argv: list[str] | None = None, description: str = "") -> argparse.Namespace:
     """Parse ``argv``; values from ``--config FILE`` act as defaults the command line overrides."""
-    parser = _parser(description, algo=_help_algo(argv))
+    parser = _parser(description, algo=help_algo(argv))
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         parser.set_defaults(**load_config_file(pre.config, parser))

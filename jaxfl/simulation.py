@@ -212,11 +212,13 @@ def wait_ready(tree, poll_s: float = 0.02):
 
     Waits in short sleeps rather than one blocking transfer: Python runs signal handlers (Ctrl-C)
     only between bytecodes, so a main thread blocked inside XLA for a whole round would not see
-    Ctrl-C until the round ends; sleeping in steps of ``poll_s`` it sees it at once.
+    Ctrl-C until the round ends; sleeping in steps of at most ``poll_s`` it sees it at once.
     """
     leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+    pause = 1e-5  # doubling up to poll_s: a sub-millisecond round is not held up by 20 ms
     while not all(x.is_ready() for x in leaves):
-        time.sleep(poll_s)
+        time.sleep(pause)
+        pause = min(2 * pause, poll_s)
     return tree
 
 

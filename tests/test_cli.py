@@ -124,10 +124,10 @@ def _help(*argv: str) -> str:
 
 
 def test_help_is_grouped_needs_no_jax_and_shows_one_algorithms_own_flags():
-    from jaxfl import flags
+    from jaxfl import flag_help
 
     text = _help("--help")
-    titles = [*flags.GROUPS, flags.ALGORITHM_GROUP]
+    titles = [*flag_help.GROUPS, flag_help.ALGORITHM_GROUP]
     positions = [text.index(f"\n{title}:\n") for title in titles]
     assert positions == sorted(positions)
     dsfl = _help("--algo", "dsfl", "--help")
@@ -141,7 +141,7 @@ def test_the_jax_free_names_match_the_implementations():
     import dataclasses
 
     from algorithms import ALGORITHMS, PERSONALIZATION
-    from jaxfl import algorithm_flags, flags, names
+    from jaxfl import algorithm_flags, flag_help, flags, names
 
     assert tuple(ALGORITHMS) == names.ALGORITHMS and names.PERSONALIZATION == PERSONALIZATION
     parser = argparse.ArgumentParser()
@@ -150,7 +150,7 @@ def test_the_jax_free_names_match_the_implementations():
     for name, module in ALGORITHMS.items():
         fields = {field.name for field in dataclasses.fields(module.CONFIG)}
         assert set(algorithm_flags.ALGORITHM_FLAGS[name]) == fields & own, name
-    grouped = [dest for dests in flags.GROUPS.values() for dest in dests]
+    grouped = [dest for dests in flag_help.GROUPS.values() for dest in dests]
     every = {action.dest for action in flags._parser()._actions} - {"help"}
     assert len(grouped) == len(set(grouped)) and set(grouped) == every - own
 
