@@ -5,6 +5,7 @@ job with its inline plot, the research-code cell and the seeds sweep."""
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,6 +16,9 @@ SEEDS = 2
 EXTRA_FLAGS = ["--local-epochs", "1", "--distill-epochs", "1", "--public-per-round", "100"]"""
 
 
+# slow (67 s): CI's suite is near its 35-minute limit; the same code paths (run.main on blobs,
+# dsfl.make and run_rounds, a seeds sweep) run in tests/test_readme.py by default
+@pytest.mark.slow
 def test_the_colab_notebook_runs_on_a_cpu(tmp_path):
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     [parameters] = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
