@@ -12,6 +12,8 @@ global model. Every v_k starts as w_0. Clients not sampled keep v_k. Evaluation:
 personal model on its own test split (``client_acc``), the global model on the same splits
 (``global_client_acc``) and on the global test set (``test_acc``). Faults: dropout (a dropped
 client's w_k is lost, its v_k kept), stragglers (both updates take fewer steps), label flipping.
+With ``--dp-clip``/``--dp-noise`` step 1's mean is DP-FedAvg's private mean
+(:func:`jaxfl.privacy.private_mean`): only w_k - w_t leaves a client; v_k never does.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import optax
 from flax import struct
 
 from algorithms.fedavg import flag_server_optimizer, server_update
-from jaxfl import aggregate, faults, hooks, hparams, metrics, train
+from jaxfl import faults, hooks, hparams, metrics, privacy, train
 from jaxfl.algorithm import (
     RoundParts,
     client_inputs,
@@ -41,10 +43,11 @@ from jaxfl.personal import broadcast_clients
 
 ATTACKS = ("label_flip",)
 VALIDATION_FRACTION = 0.1
+SUPPORTS_DP = True  # the shared model's updates: --dp-clip, --dp-noise (jaxfl.privacy)
 
 
 @dataclasses.dataclass(frozen=True)
-class DittoConfig:
+class DittoConfig(privacy.DPFields):
     clients_per_round: int | None = None
     local_epochs: int = 1
     batch_size: int = 50
@@ -67,6 +70,7 @@ class DittoState:
     opt_state: Any  # server optimizer state
     personal_params: Any  # (C, ...) personal models v
     round: jax.Array
+    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
 
 
 def personal_update(
@@ -123,6 +127,7 @@ def make(
     """
     m = config.clients_per_round or data.num_clients
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    privacy.check(config, m)
     hparams.check(
         config.ditto_lambda,
         lambda v: v >= 0,
@@ -145,6 +150,7 @@ def make(
             server_opt.init(params),
             broadcast_clients(params, data.num_clients),
             jnp.zeros((), jnp.int32),
+            privacy.init(config),
         )
 
     def prepare(state, key, data):
@@ -159,7 +165,8 @@ def make(
             adversary,
             gather(state.personal_params, sampled),
         )
-        return (data, state.params), client_args, (sampled, data.client_count[sampled], received)
+        ctx = (sampled, data.client_count[sampled], received, hooks.round_key(key))
+        return (data, state.params), client_args, ctx
 
     def client_update(shared, personal, key, idx_row, count, work, is_adversary):
         data, global_params = shared
@@ -201,10 +208,12 @@ def make(
         return delta, personal, loss, personal_loss, personal_penalty
 
     def finish(state, ctx, outputs, data):
-        sampled, counts, received = ctx
+        sampled, counts, received, hook_key = ctx
         deltas, personal, losses, personal_losses, personal_penalties = outputs
         applied = faults.applied(received, fault_config.min_received)
-        mean_delta = aggregate.weighted_mean(deltas, counts * received)
+        mean_delta, dp_state, dp_metrics = privacy.mean_update(
+            deltas, counts, received, state.dp, hook_key, config
+        )
         params, opt_state = server_update(
             server_opt, state.params, state.opt_state, mean_delta, applied
         )
@@ -213,6 +222,7 @@ def make(
             opt_state,
             scatter(state.personal_params, sampled, personal),
             state.round + 1,
+            faults.select(applied, dp_state, state.dp),
         )
         weights = counts / jnp.sum(counts)
         return new_state, {
@@ -221,6 +231,7 @@ def make(
             "personal_penalty": jnp.sum(personal_penalties * weights),  # (lam/2)||v_k - w_t||^2
             "received": jnp.sum(received),
             "applied": applied,
+            **dp_metrics,
         }
 
     def evaluate(state, data):

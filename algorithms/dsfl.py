@@ -11,6 +11,11 @@ network. Round t, with O_t the open subset drawn this round and S_t the sampled 
    Aggregation: y_hat_t(x) = softmax(p_bar(x) / T), T = 0.1 (``aggregation="sa"``: y_hat_t = p_bar)
 5. the server model distills on (O_t, y_hat_t) as in step 1; it is the "global" model evaluated.
 
+Private soft labels (``--dp-clip S --dp-noise z``, :mod:`jaxfl.privacy`): step 4 becomes
+p_bar = (sum_k clip_S(p_k) + N(0, (z S)^2 I)) / m, each client's whole (P, L) upload clipped to
+L2 norm S, then ERA as above (SA: p_bar put back on the simplex). A probability upload has norm
+at most sqrt(P) (each row's L2 norm is at most its L1 norm, 1), so S >= sqrt(P) never clips.
+
 Defaults follow the authors' lab code: 100 clients, open set 10,000 with 1,000 per round,
 5 local epochs, batch 50, lr 0.1, 5 distillation epochs, Dirichlet alpha 1.0.
 
@@ -40,13 +45,13 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import aggregate, faults, groups, hooks, hparams, metrics, train
+from jaxfl import aggregate, faults, groups, hooks, hparams, metrics, privacy, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 
 
 @dataclasses.dataclass(frozen=True)
-class DSFLConfig:
+class DSFLConfig(privacy.DPFields):
     clients_per_round: int | None = None  # None: all clients
     local_epochs: int = 5
     batch_size: int = 50
@@ -63,6 +68,7 @@ class DSFLConfig:
 CONFIG = DSFLConfig  # the config class scripts/run.py fills from its flags of the same names
 ATTACKS = ("label_flip", "random_logits", "scaled_logits")
 SUPPORTS_GROUPS = True  # --models: clients with different architectures
+SUPPORTS_DP = True  # private soft labels: --dp-clip, --dp-noise (jaxfl.privacy)
 
 
 @struct.dataclass
@@ -72,6 +78,7 @@ class DSFLState:
     soft_labels: jax.Array  # (P_r, L) global soft labels of the previous round
     open_idx: jax.Array  # (P_r,) int32 rows of public_x those labels belong to
     round: jax.Array  # () int32
+    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
 
 
 def make(
@@ -100,6 +107,7 @@ def make(
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
     attack = fault_config.attack
     local = (config.batch_size, config.local_epochs)
+    custom_aggregation = aggregate_soft_labels is not None
     if aggregate_soft_labels is None:
 
         def aggregate_soft_labels(client_probs, weights):
@@ -107,6 +115,13 @@ def make(
                 client_probs, config.aggregation, config.temperature, weights
             )
 
+    dp = privacy.enabled(config)
+    privacy.check(config, m)
+    if dp and custom_aggregation:
+        raise ValueError(
+            "--dp-clip replaces the soft labels' mean with the private mean (jaxfl.privacy); "
+            "give make() either aggregate_soft_labels or a DP setting, not both"
+        )
     aggregate_hook = hooks.bind(aggregate_soft_labels, config)
     loss_term = hooks.bind(client_loss_term, config)
 
@@ -137,6 +152,7 @@ def make(
             soft_labels=jnp.zeros((n_open, data.num_classes), jnp.float32),
             open_idx=jnp.zeros((n_open,), jnp.int32),
             round=jnp.zeros((), jnp.int32),
+            dp=privacy.init(config),
         )
 
     def prepare(state, key, data):
@@ -206,7 +222,17 @@ def make(
         client_probs, train_loss, kd_loss, penalty = (
             jnp.concatenate([out[i] for out in outputs]) for i in (1, 2, 3, 4)
         )
-        soft_labels = aggregate_hook(client_probs, received.astype(jnp.float32), key=hook_key)
+        dp_state, dp_metrics = state.dp, {}
+        if dp:  # Y = ERA(private mean), or for SA the private mean back on the simplex
+            mean_probs, dp_state, dp_metrics = privacy.private_mean(
+                client_probs, received, state.dp, privacy.key_of(hook_key), config
+            )
+            if config.aggregation == "era":
+                soft_labels = aggregate.entropy_reduction(mean_probs, config.temperature)
+            else:
+                soft_labels = privacy.simplex(mean_probs)
+        else:
+            soft_labels = aggregate_hook(client_probs, received.astype(jnp.float32), key=hook_key)
         server_params, server_loss = distill(
             server_model.apply, state.server_params, data.public_x[next_open], soft_labels, k_server
         )
@@ -224,6 +250,7 @@ def make(
             soft_labels=server[1],
             open_idx=server[2],
             round=state.round + 1,
+            dp=faults.select(applied, dp_state, state.dp),
         )
         return new_state, {
             "received": jnp.sum(received),
@@ -233,6 +260,7 @@ def make(
             "client_distill_loss": jnp.mean(kd_loss),
             "server_distill_loss": server_loss,
             "soft_label_entropy": jnp.mean(aggregate.entropy(soft_labels)),
+            **dp_metrics,
         }
 
     def evaluate(state, data):

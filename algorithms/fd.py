@@ -14,6 +14,10 @@ mean logits; no public data. Round t, S_t the m sampled clients, L labels:
        G_t+1[l] = sum_{k holds l} T_k[l] / #{k holds l};
    a label nobody in S_t holds keeps its previous row (or stays without one).
 
+Private tables (``--dp-clip S --dp-noise z``, :mod:`jaxfl.privacy`): step 2 uses the noised
+sums and noised holder counts of :func:`private_tables` (logits are unbounded: the clip S bounds
+what one client can move).
+
 beta = ``fd_beta``. Communication: L x L floats up and down per client. Evaluation: each
 client's own model on its own test split (``client_acc``); there is no global model. Faults:
 dropout (a lost table is not averaged), stragglers (fewer local steps), label flipping.
@@ -28,17 +32,18 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import faults, groups, hooks, hparams, train
+from jaxfl import faults, groups, hooks, hparams, privacy, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 
 ATTACKS = ("label_flip",)
 GLOBAL_MODEL = False
 SUPPORTS_GROUPS = True
+SUPPORTS_DP = True  # private logit tables: --dp-clip, --dp-noise (jaxfl.privacy)
 
 
 @dataclasses.dataclass(frozen=True)
-class FDConfig:
+class FDConfig(privacy.DPFields):
     clients_per_round: int | None = None
     local_epochs: int = 1
     batch_size: int = 50
@@ -56,6 +61,7 @@ class FDState:
     global_logits: jax.Array  # (L, L) G_t: row l is the mean logit vector of label l
     has_row: jax.Array  # (L,) bool: G_t[l] has been set
     round: jax.Array
+    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
 
 
 def aggregate_tables(tables, holds, received, previous, previous_has_row):
@@ -75,6 +81,28 @@ def aggregate_tables(tables, holds, received, previous, previous_has_row):
     mean = jnp.einsum("ml,mlc->lc", w, tables) / jnp.maximum(n, 1.0)[:, None]
     fresh = n > 0
     return jnp.where(fresh[:, None], mean, previous), previous_has_row | fresh
+
+
+def private_tables(tables, holds, received, previous, previous_has_row, dp_state, key, config):
+    """G_t+1 from the clients' tables under DP (:mod:`jaxfl.privacy`).
+
+    Each client's upload is the pair (T_k with the rows of labels it does not hold zeroed,
+    holds_k as 0/1), clipped to norm C_t as ONE vector and summed over the received clients with
+    Gaussian noise: the per-label sums and holder counts are both released privately, and
+    G_t+1[l] = noised sum[l] / noised count[l] where the noised count is at least 1/2.
+    Arguments as :func:`aggregate_tables`, plus the DP state, key and config; returns
+    (G_t+1, has_row, new DP state, DP metrics).
+    """
+    m = holds.shape[0]
+    w = holds.astype(jnp.float32)
+    (sums, counts), dp_state, dp_metrics = privacy.private_mean(
+        (tables * w[..., None], w), received, dp_state, key, config
+    )
+    n = counts * m  # noised holders per label
+    fresh = n >= 0.5
+    mean = sums * m / jnp.maximum(n, 1.0)[:, None]
+    new = jnp.where(fresh[:, None], mean, previous)
+    return new, previous_has_row | fresh, dp_state, dp_metrics
 
 
 def local_training(
@@ -141,6 +169,8 @@ def make(
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    dp = privacy.enabled(config)
+    privacy.check(config, m)
     hparams.check(
         config.fd_beta,
         lambda v: v >= 0,
@@ -155,6 +185,7 @@ def make(
             jnp.zeros((L, L), jnp.float32),
             jnp.zeros((L,), bool),
             jnp.zeros((), jnp.int32),
+            privacy.init(config),
         )
 
     def prepare(state, key, data):
@@ -166,7 +197,7 @@ def make(
             model_groups, sampled, jax.random.split(k_clients, m), work, data, adversary, params
         )
         shared = (data, state.global_logits, state.has_row)
-        return shared, client_args, (sampled, received)
+        return shared, client_args, (sampled, received, hooks.round_key(key))
 
     def client_update_for(g):
         def client_update(shared, params, key, idx_row, count, work, is_adversary):
@@ -182,26 +213,36 @@ def make(
         return client_update
 
     def finish(state, ctx, outputs, data):
-        sampled, received = ctx
+        sampled, received, hook_key = ctx
         client_params = groups.scatter_rows(
             state.client_params, model_groups, sampled, [out[0] for out in outputs]
         )
         losses = jnp.concatenate([out[1] for out in outputs])
         tables = jnp.concatenate([out[2] for out in outputs])
         holds = jnp.concatenate([out[3] for out in outputs])
-        global_logits, has_row = aggregate_tables(
-            tables, holds, received, state.global_logits, state.has_row
-        )
+        dp_state, dp_metrics = state.dp, {}
+        if dp:
+            global_logits, has_row, dp_state, dp_metrics = private_tables(
+                tables, holds, received, state.global_logits, state.has_row, state.dp,
+                privacy.key_of(hook_key), config,
+            )  # fmt: skip
+        else:
+            global_logits, has_row = aggregate_tables(
+                tables, holds, received, state.global_logits, state.has_row
+            )
         applied = faults.applied(received, fault_config.min_received)
-        global_logits, has_row = faults.select(
-            applied, (global_logits, has_row), (state.global_logits, state.has_row)
+        global_logits, has_row, dp_state = faults.select(
+            applied,
+            (global_logits, has_row, dp_state),
+            (state.global_logits, state.has_row, state.dp),
         )
-        new_state = FDState(client_params, global_logits, has_row, state.round + 1)
+        new_state = FDState(client_params, global_logits, has_row, state.round + 1, dp_state)
         return new_state, {
             "train_loss": jnp.mean(losses),
             "labels_with_global_logits": jnp.sum(has_row),
             "received": jnp.sum(received),
             "applied": applied,
+            **dp_metrics,
         }
 
     def evaluate(state, data):

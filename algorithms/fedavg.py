@@ -17,10 +17,12 @@ weighted mean; ``weights`` (m,) are the sample counts, 0 for a dropped client) a
 FedProx's (mu/2)||w - w_t||^2; ``train_loss`` stays the data loss and ``train_penalty``
 reports the term). ``aggregate_updates`` may also take keyword arguments ``key`` (a PRNG key of
 its own each round: DP noise) and ``hparams`` (this config, traced in a sweep), and
-``client_loss_term`` ``hparams`` (:mod:`jaxfl.hooks`). ``unseen_clients`` U keeps the last U
-clients out of training (they are only evaluated), to measure generalization to clients the
-server never saw. Faults (:mod:`jaxfl.faults`): dropout, stragglers, label flipping and scaled
-updates.
+``client_loss_term`` ``hparams`` (:mod:`jaxfl.hooks`). ``--dp-clip``/``--dp-noise`` make the
+round DP-FedAvg (:mod:`jaxfl.privacy`): each update is clipped to norm C_t, every client weighs
+the same, and Delta = (sum_k clip(w_k - w_t) + N(0, (z C_t)^2 I)) / m. ``unseen_clients`` U
+keeps the last U clients out of training (they are only evaluated), to measure generalization to
+clients the server never saw. Faults (:mod:`jaxfl.faults`): dropout, stragglers, label flipping
+and scaled updates.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import aggregate, faults, hooks, metrics
+from jaxfl import aggregate, faults, hooks, metrics, privacy
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
@@ -42,10 +44,11 @@ from jaxfl.standard_clients import standard_clients
 
 ATTACKS = ("label_flip", "scaled_update")
 SUPPORTS_UNSEEN = True  # --unseen-clients
+SUPPORTS_DP = True  # --dp-clip, --dp-noise, ... (jaxfl.privacy)
 
 
 @dataclasses.dataclass(frozen=True)
-class FedAvgConfig:
+class FedAvgConfig(privacy.DPFields):
     clients_per_round: int | None = None  # None: all clients
     local_epochs: int = 1
     batch_size: int = 50
@@ -65,6 +68,7 @@ class FedAvgState:
     params: Any  # global model
     opt_state: Any  # server optimizer state
     round: jax.Array  # () int32
+    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
 
 
 def flag_server_optimizer(config: FedAvgConfig) -> optax.GradientTransformation:
@@ -151,12 +155,20 @@ def make(
     # the plain weighted mean streams: each client returns its weighted update and finish gets
     # their sum (memory for one chunk of updates, not m); other aggregators see every update
     streamed = stream and aggregate_updates is aggregate.weighted_mean
+    dp = privacy.enabled(config)
+    privacy.check(config, m)
+    if dp and aggregate_updates is not aggregate.weighted_mean:
+        raise ValueError(
+            "--dp-clip replaces the weighted mean with the private mean (jaxfl.privacy); "
+            "give make() either aggregate_updates or a DP setting, not both"
+        )
     aggregate_hook = hooks.bind(aggregate_updates, config)
     loss_term = hooks.bind(client_loss_term, config)
 
     def init(key):
         params = model.init(key)
-        return FedAvgState(params, server_opt.init(params), jnp.zeros((), jnp.int32))
+        state = FedAvgState(params, server_opt.init(params), jnp.zeros((), jnp.int32))
+        return state.replace(dp=privacy.init(config))
 
     def prepare(state, key, data):
         picked = clients.sample(key, data)
@@ -165,12 +177,16 @@ def make(
         if streamed:  # normalised weights, as aggregate.weighted_mean computes them
             weights = counts * received
             mean_weights = weights.astype(jnp.float32) / jnp.maximum(jnp.sum(weights), 1e-30)
+            if dp:  # 1/m each: the fixed denominator of the private mean (noised_mean)
+                mean_weights = received.astype(jnp.float32) / m
             loss_weights = counts / jnp.sum(counts)
             client_args = (*client_args, mean_weights, loss_weights)
-        return (data, state.params), client_args, (counts, received, hooks.round_key(key))
+        clip = state.dp.clip if dp else None
+        shared = (data, state.params, clip)
+        return shared, client_args, (counts, received, hooks.round_key(key))
 
     def client_update(shared, key, idx_row, count, work, is_adversary, *weights):
-        data, global_params = shared
+        data, global_params, clip = shared
         trained = clients.train(
             model.apply,
             data,
@@ -189,31 +205,48 @@ def make(
         if attack == "scaled_update":
             scale = jnp.where(is_adversary, fault_config.attack_scale, 1.0)
             delta = jax.tree.map(lambda d: scale * d, delta)
+        unclipped = ()
+        if dp:  # clipped after any attack: DP bounds an adversary's update too
+            delta, bit = privacy.clip_upload(delta, clip)
+            unclipped = (bit,)
         if streamed:  # this client's terms of the weighted means
             mean_weight, loss_weight = weights
             weighted = tuple(loss_weight * x for x in losses)
-            return jax.tree.map(lambda d: mean_weight * d, delta), weighted
-        return delta, losses
+            bits = tuple(mean_weight * b for b in unclipped)
+            return jax.tree.map(lambda d: mean_weight * d, delta), weighted, bits
+        return delta, losses, unclipped
 
     def finish(state, ctx, outputs, data):
         counts, received, hook_key = ctx
         if streamed:  # sums over the clients, accumulated chunk by chunk
-            mean_delta, mean_losses = outputs
+            mean_delta, mean_losses, unclipped = outputs
         else:
-            deltas, losses = outputs
-            mean_delta = aggregate_hook(deltas, counts * received, key=hook_key)
+            deltas, losses, unclipped = outputs
+            if dp:  # sum_k u~_k / m over the received clipped updates
+                weights = received.astype(jnp.float32) / m
+                mean_delta = aggregate.weighted_sum(deltas, weights)
+                unclipped = (jnp.sum(weights * unclipped[0]),)
+            else:
+                mean_delta = aggregate_hook(deltas, counts * received, key=hook_key)
             mean_losses = tuple(jnp.sum(x * counts) / jnp.sum(counts) for x in losses)
+        dp_state, dp_metrics = state.dp, {}
+        if dp:
+            mean_delta, dp_state, dp_metrics = privacy.noised_mean(
+                mean_delta, unclipped[0], state.dp, privacy.key_of(hook_key), config, m
+            )
         applied = faults.applied(received, fault_config.min_received)
         params, opt_state = server_update(
             server_opt, state.params, state.opt_state, mean_delta, applied
         )
-        new_state = FedAvgState(params, opt_state, state.round + 1)
+        dp_state = faults.select(applied, dp_state, state.dp)
+        new_state = FedAvgState(params, opt_state, state.round + 1, dp_state)
         penalty = {"train_penalty": mean_losses[1]} if loss_term else {}
         return new_state, {
             "train_loss": mean_losses[0],
             **penalty,
             "received": jnp.sum(received),
             "applied": applied,
+            **dp_metrics,
         }
 
     def evaluate(state, data):

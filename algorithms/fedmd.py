@@ -20,6 +20,10 @@ Steps 2 and 4-5 are two client phases of the same compiled round (``RoundParts.e
 The public labels are used only by the transfer learning at init. Evaluation: each client's own
 model on its own test split (``client_acc``). Faults: dropout (a lost upload is left out of the
 consensus; the client still digests it), stragglers (fewer revisit steps), label flipping.
+
+Private logits (``--dp-clip S --dp-noise z``, :mod:`jaxfl.privacy`): step 3 becomes
+c = (sum_k clip_S(f_k(X)) + N(0, (z S)^2 I)) / m, each client's whole (P, L) logit upload
+clipped to L2 norm S (logits are unbounded: without the clip one client could move c anywhere).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import aggregate, faults, groups, hooks, hparams, train
+from jaxfl import aggregate, faults, groups, hooks, hparams, privacy, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.clients import map_clients, on_client_mesh
 from jaxfl.data.federation import Federation
@@ -39,10 +43,11 @@ from jaxfl.data.federation import Federation
 ATTACKS = ("label_flip",)
 GLOBAL_MODEL = False
 SUPPORTS_GROUPS = True
+SUPPORTS_DP = True  # private logits: --dp-clip, --dp-noise (jaxfl.privacy)
 
 
 @dataclasses.dataclass(frozen=True)
-class FedMDConfig:
+class FedMDConfig(privacy.DPFields):
     clients_per_round: int | None = None
     local_epochs: int = 2  # revisit epochs
     batch_size: int = 50
@@ -62,6 +67,7 @@ CONFIG = FedMDConfig
 class FedMDState:
     client_params: tuple  # per model group, (C_g, ...) every client's own model
     round: jax.Array
+    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
 
 
 def l1_to_consensus(apply, inputs, consensus):
@@ -95,6 +101,8 @@ def make(
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    dp = privacy.enabled(config)
+    privacy.check(config, m)
     n = config.public_per_round
     if not 0 < n <= data.public_size:
         raise ValueError(
@@ -145,7 +153,7 @@ def make(
                     chunk_size=config.client_chunk,
                 )
             )
-        return FedMDState(tuple(trained), jnp.zeros((), jnp.int32))
+        return FedMDState(tuple(trained), jnp.zeros((), jnp.int32), privacy.init(config))
 
     def init(key):
         return init_with(key, data)
@@ -160,7 +168,7 @@ def make(
             model_groups, sampled, jax.random.split(k_clients, m), work, data, adversary, params
         )
         public_inputs = data.public_x[public_rows]
-        ctx = (sampled, received, public_inputs, phase2)
+        ctx = (sampled, received, public_inputs, phase2, hooks.round_key(key))
         return public_inputs, tuple((p,) for p in params), ctx
 
     def communicate_for(g):
@@ -169,10 +177,17 @@ def make(
         )
 
     def exchange(state, ctx, outputs, data):
-        sampled, received, public_inputs, phase2 = ctx
-        consensus = aggregate.weighted_mean(jnp.concatenate(outputs), received)
+        sampled, received, public_inputs, phase2, hook_key = ctx
+        logits = jnp.concatenate(outputs)
+        dp_state, dp_metrics = state.dp, {}
+        if dp:  # the private mean of the clipped logit uploads
+            consensus, dp_state, dp_metrics = privacy.private_mean(
+                logits, received, state.dp, privacy.key_of(hook_key), config
+            )
+        else:
+            consensus = aggregate.weighted_mean(logits, received)
         shared = (data, public_inputs, consensus)
-        return shared, phase2, (sampled, received)
+        return shared, phase2, (sampled, received, dp_state, dp_metrics)
 
     def digest_and_revisit_for(g):
         def update(shared, params, key, idx_row, count, work, is_adversary):
@@ -196,14 +211,15 @@ def make(
         return update
 
     def finish(state, ctx, outputs, data):
-        sampled, received = ctx
+        sampled, received, dp_state, dp_metrics = ctx
         client_params = groups.scatter_rows(
             state.client_params, model_groups, sampled, [out[0] for out in outputs]
         )
-        return FedMDState(client_params, state.round + 1), {
+        return FedMDState(client_params, state.round + 1, dp_state), {
             "digest_loss": jnp.mean(jnp.concatenate([out[1] for out in outputs])),
             "revisit_loss": jnp.mean(jnp.concatenate([out[2] for out in outputs])),
             "received": jnp.sum(received),
+            **dp_metrics,
         }
 
     def evaluate(state, data):

@@ -32,6 +32,7 @@ from jaxfl.models import Model
 from jaxfl.personal import FINETUNE_LAYERS, choose_epochs, finetune_curves
 
 ATTACKS = fedavg.ATTACKS
+SUPPORTS_DP = True  # FedAvg's DP-FedAvg round (--dp-clip, --dp-noise); fine-tuning stays local
 SUPPORTS_UNSEEN = True
 VALIDATION_FRACTION = 0.1
 

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from algorithms import fedavg
-from jaxfl import aggregate, faults, hooks, hparams, metrics, train
+from jaxfl import aggregate, faults, hooks, hparams, metrics, privacy, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
@@ -83,6 +83,7 @@ def make(
     ``client_optimizer`` (``--lr``'s SGD) and ``server_optimizer`` (``--server-opt``): optax
     transformations (or functions of the config) replacing the flags' optimizers.
     """
+    privacy.refuse(config, "incfl")  # its config inherits FedAvg's --dp-* fields
     if local_losses is None:
         raise ValueError(
             "--algo incfl needs every client's local-only loss (local_losses); scripts/run.py "

@@ -12,7 +12,9 @@ into two halves D and D':
 FedAvg: w_t+1 = w_t + ServerOpt(-sum_k n_k (w_k - w_t) / sum_k n_k). Evaluation personalizes:
 each client takes ``personal_steps`` full-batch gradient steps of lr alpha from w on its own
 training split and is scored on its test split (``client_acc``); the unadapted w gives
-``global_client_acc`` and ``test_acc``. Faults: dropout, stragglers, label flipping.
+``global_client_acc`` and ``test_acc``. Faults: dropout, stragglers, label flipping. With
+``--dp-clip``/``--dp-noise`` the server's mean is DP-FedAvg's private mean
+(:func:`jaxfl.privacy.private_mean`).
 """
 
 from __future__ import annotations
@@ -26,18 +28,19 @@ import optax
 from flax import struct
 
 from algorithms.fedavg import flag_server_optimizer, server_update
-from jaxfl import aggregate, faults, hooks, hparams, metrics, train
+from jaxfl import faults, hooks, hparams, metrics, privacy, train
 from jaxfl.algorithm import RoundParts, client_inputs, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
 from jaxfl.personal import adapt_and_score
 
 ATTACKS = ("label_flip",)
+SUPPORTS_DP = True  # the shared model's updates: --dp-clip, --dp-noise (jaxfl.privacy)
 VALIDATION_FRACTION = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
-class PerFedAvgConfig:
+class PerFedAvgConfig(privacy.DPFields):
     clients_per_round: int | None = None
     local_epochs: int = 1
     batch_size: int = 50
@@ -58,6 +61,7 @@ class PerFedAvgState:
     params: Any
     opt_state: Any
     round: jax.Array
+    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
 
 
 def meta_loss(base_loss, alpha: float):
@@ -101,6 +105,7 @@ def make(
     """
     m = config.clients_per_round or data.num_clients
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    privacy.check(config, m)
     if config.batch_size < 2:
         raise ValueError(
             f"--batch-size {config.batch_size} is not allowed for --algo perfedavg; allowed: >= 2 "
@@ -115,14 +120,17 @@ def make(
 
     def init(key):
         params = model.init(key)
-        return PerFedAvgState(params, server_opt.init(params), jnp.zeros((), jnp.int32))
+        return PerFedAvgState(
+            params, server_opt.init(params), jnp.zeros((), jnp.int32), privacy.init(config)
+        )
 
     def prepare(state, key, data):
         k_sample, k_clients = jax.random.split(key)
         sampled = select_clients(k_sample, data.num_clients, m)
         received, work = faults.round_faults(key, m, fault_config)
         client_args = client_inputs(sampled, jax.random.split(k_clients, m), work, data, adversary)
-        return (data, state.params), client_args, (data.client_count[sampled], received)
+        ctx = (data.client_count[sampled], received, hooks.round_key(key))
+        return (data, state.params), client_args, ctx
 
     def client_update(shared, key, idx_row, count, work, is_adversary):
         data, global_params = shared
@@ -136,17 +144,21 @@ def make(
         return jax.tree.map(jnp.subtract, params, global_params), loss
 
     def finish(state, ctx, outputs, data):
-        counts, received = ctx
+        counts, received, hook_key = ctx
         deltas, losses = outputs
         applied = faults.applied(received, fault_config.min_received)
-        mean_delta = aggregate.weighted_mean(deltas, counts * received)
+        mean_delta, dp_state, dp_metrics = privacy.mean_update(
+            deltas, counts, received, state.dp, hook_key, config
+        )
         params, opt_state = server_update(
             server_opt, state.params, state.opt_state, mean_delta, applied
         )
-        return PerFedAvgState(params, opt_state, state.round + 1), {
+        dp_state = faults.select(applied, dp_state, state.dp)
+        return PerFedAvgState(params, opt_state, state.round + 1, dp_state), {
             "meta_loss": jnp.sum(losses * counts) / jnp.sum(counts),
             "received": jnp.sum(received),
             "applied": applied,
+            **dp_metrics,
         }
 
     def evaluate(state, data):

@@ -19,6 +19,12 @@ def weighted_mean(tree, weights: jax.Array):
     return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1).astype(x.dtype), tree)
 
 
+def weighted_sum(tree, weights: jax.Array):
+    """sum_k w_k x_k over the leading client axis of every leaf (``weights`` (m,))."""
+    w = weights.astype(jnp.float32)
+    return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1).astype(x.dtype), tree)
+
+
 def mean_soft_labels(client_probs: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """Simple average (SA) of the clients' probabilities: (m, P, L) -> (P, L).
 

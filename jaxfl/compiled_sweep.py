@@ -113,6 +113,10 @@ class CompiledSweep:
         self._evaluate = jax.jit(self._mapped(self._evaluate_one))
 
     # -- one experiment -------------------------------------------------------------------
+    def config_of(self, experiment) -> tuple:
+        """(algorithm config, FaultConfig) of one of this group's experiments, concrete."""
+        return self._config_for(experiment.hparams)
+
     def _config_for(self, values: dict):
         def pick(kind):
             static = {n: v for n, v in self.static_values.items() if self.static_fields[n] == kind}

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from algorithms import ALGORITHMS
+from jaxfl import accounting, privacy
 from jaxfl.clients import client_devices, cpu_chunk_size, device_memory_bytes, replicate
 from jaxfl.data import FederationSpec, PartitionError, build_federation, load_dataset
 from jaxfl.data.domains import build_multidomain_federation, parse_domains, transform_dataset
@@ -38,6 +39,7 @@ class Experiment:
     groups: tuple | None = None  # the model groups with --models (model is the first group's)
     make_kwargs: dict = dataclasses.field(default_factory=dict)  # further arguments of make()
     fault_config: object = None  # the FaultConfig the algorithm was bound with
+    accountant: object = None  # jaxfl.accounting.Accountant with --dp-clip and noise, else None
 
 
 def estimate_step_bytes(model, batch_size: int) -> int:
@@ -150,7 +152,11 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
     chunk = args.client_chunk
     if chunk is None and on_cpu:
         chunk = cpu_client_chunk(models, args.batch_size, m)
-    algo_config = config_from_args(module.CONFIG, args, clients_per_round=m, client_chunk=chunk)
+    privacy_record = calibrate_privacy(args, m)
+    noise = {} if privacy_record is None else {"dp_noise": privacy_record["noise_multiplier"]}
+    algo_config = config_from_args(
+        module.CONFIG, args, clients_per_round=m, client_chunk=chunk, **noise
+    )
     fault_config = config_from_args(FaultConfig, args)
     extra = {}
     if getattr(module, "NEEDS_LOCAL_BASELINE", False):
@@ -197,15 +203,66 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         "model_params": model.num_params,
         "model_groups": describe(model_groups) if model_groups else None,
         "communication_per_client_per_round": algorithm.communication,
+        "privacy": privacy_record,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "client_devices": client_devices(),
         "processes": jax.process_count(),
         "jax_version": jax.__version__,
     }
+    accountant = None
+    if privacy_record is not None:
+        accountant = accounting.for_config(
+            algo_config, privacy_record["population"], m, privacy_record["delta"]
+        )
     return Experiment(
-        args, data, info, model, algorithm, algo_config, config, model_groups, extra, fault_config
+        args,
+        data,
+        info,
+        model,
+        algorithm,
+        algo_config,
+        config,
+        model_groups,
+        extra,
+        fault_config,
+        accountant,
     )
+
+
+def calibrate_privacy(args: argparse.Namespace, m: int) -> dict | None:
+    """With ``--dp-clip``: the accounting setting (population, m, delta), the noise multiplier
+    (``--dp-noise``, or for ``--dp-epsilon`` calibrated to it) and the epsilon planned after
+    ``--rounds``: the record config.json keeps. None without DP."""
+    if getattr(args, "dp_clip", None) is None:
+        return None
+    population = args.clients - getattr(args, "unseen_clients", 0)
+    delta = args.dp_delta if args.dp_delta is not None else accounting.default_delta(population)
+    sigma_b = None
+    if args.dp_clip_quantile is not None:
+        sigma_b = args.dp_clip_count_noise or m / 20.0
+    record = {"population": population, "clients_per_round": m, "delta": delta}
+    noise = args.dp_noise
+    if args.dp_epsilon is not None:
+        try:
+            noise = accounting.calibrate_noise(
+                args.dp_epsilon, args.rounds, population, m, delta, sigma_b
+            )
+        except accounting.AccountingError as err:
+            raise ConfigError(str(err)) from err
+        record["target_epsilon"] = args.dp_epsilon
+    record["noise_multiplier"] = noise
+    setting = privacy.DPFields(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(privacy.DPFields)}
+    )
+    try:  # before accounting: z >= 2 sigma_b has no update noise (jaxfl.privacy)
+        privacy.check(dataclasses.replace(setting, dp_noise=noise), m)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    planned = accounting.accountant(float(noise), population, m, delta, sigma_b)
+    epsilon = planned.epsilon(args.rounds)
+    record["epsilon_planned"] = epsilon if math.isfinite(epsilon) else None  # None: no noise
+    return record
 
 
 def config_from_args(config_cls, args: argparse.Namespace, **overrides):

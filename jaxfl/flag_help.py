@@ -50,6 +50,15 @@ GROUPS = {
         "attack",
         "attack_scale",
     ),
+    "differential privacy (jaxfl.privacy; epsilon by dp-accounting)": (
+        "dp_clip",
+        "dp_noise",
+        "dp_epsilon",
+        "dp_delta",
+        "dp_clip_quantile",
+        "dp_clip_lr",
+        "dp_clip_count_noise",
+    ),
     "scale (devices, hosts, memory)": (
         "client_chunk",
         "devices",

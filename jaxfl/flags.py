@@ -25,6 +25,7 @@ from jaxfl.names import (
     PERSONALIZATION,
     is_model_name,
 )
+from jaxfl.privacy_flags import add_privacy_arguments, validate_privacy_flags
 from jaxfl.scale import EXECUTION_FLAGS, add_scale_arguments, validate_scale_flags
 
 
@@ -178,6 +179,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--seed", type=int, default=0, help="seed for data partition, init and every round")
     add_algorithm_arguments(a)
     _add_fault_arguments(a)
+    add_privacy_arguments(a)
     add_scale_arguments(a)
     return parser
 
@@ -289,6 +291,7 @@ def validate(args: argparse.Namespace) -> None:
     if args.client_val_fraction is not None and not 0 <= args.client_val_fraction < 1:
         _fail("--client-val-fraction", args.client_val_fraction, "0 <= fraction < 1")
     validate_algorithm_flags(args, _fail)
+    validate_privacy_flags(args, _fail)
     validate_scale_flags(args, _fail)
 
 

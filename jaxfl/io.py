@@ -192,7 +192,13 @@ def plot_history(history: list[dict], path: Path) -> None:
             ax_acc.plot(rounds, [h[key] for h in history], marker="o", ms=3, label=label)
     ax_acc.set(xlabel="round", ylabel="accuracy", title="Accuracy")
     ax_acc.grid(alpha=0.3)
-    ax_acc.legend()
+    ax_acc.legend(loc="upper left")
+    if "dp_epsilon" in history[-1]:  # the privacy spent, on its own axis
+        ax_eps = ax_acc.twinx()
+        points = [(h["round"], h["dp_epsilon"]) for h in history if "dp_epsilon" in h]
+        ax_eps.plot(*zip(*points, strict=True), "k--", lw=1, label="DP epsilon (right axis)")
+        ax_eps.set_ylabel("epsilon (user-level DP)")
+        ax_eps.legend(loc="lower right")
     up = [h["comm_up_bytes_total"] / 2**20 for h in history]
     down = [h["comm_down_bytes_total"] / 2**20 for h in history]
     ax_comm.plot(rounds, up, label="uplink (all clients)")

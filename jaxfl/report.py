@@ -52,7 +52,7 @@ def summarize(history: list[dict], seeds) -> dict:
             "final": {},
             "best": {},
         }
-        for metric in ("test_acc", "client_acc_mean", "client_acc_p10", "train_loss"):
+        for metric in ("test_acc", "client_acc_mean", "client_acc_p10", "train_loss", "dp_epsilon"):
             if metric in finals[0]:
                 entry["final"][metric] = describe(h[metric] for h in finals)
         for metric in ("test_acc", "client_acc_mean"):
@@ -73,21 +73,25 @@ def _fmt(stats: dict | None) -> str:
 
 
 def comparison_table(summary: dict) -> str:
-    """Markdown: one row per algorithm and setting, mean ± 95% CI half-width over seeds."""
+    """Markdown: one row per algorithm and setting, mean ± 95% CI half-width over seeds (and
+    the DP epsilon reached, in a DP sweep)."""
+    private = any("dp_epsilon" in s["final"] for s in summary["settings"])
     lines = [
         "Mean ± half-width of the 95% confidence interval over seeds (Student's t).",
         "",
         "| algorithm | setting | seeds | rounds | final test_acc | best test_acc | "
-        "final client_acc_mean | final train_loss |",
-        "|---|---|---:|---:|---|---|---|---|",
+        "final client_acc_mean | final train_loss |" + (" DP epsilon |" if private else ""),
+        "|---|---|---:|---:|---|---|---|---|" + ("---:|" if private else ""),
     ]
     for s in summary["settings"]:
         final, best = s["final"], s["best"]
         diverged = f" ({s['diverged']} diverged)" if s["diverged"] else ""
+        epsilon = final.get("dp_epsilon", {}).get("mean")
         lines.append(
             f"| {s['algo']} | {s['setting']} | {len(s['seeds'])}{diverged} | {s['rounds']} | "
             f"{_fmt(final.get('test_acc'))} | {_fmt(best.get('test_acc'))} | "
             f"{_fmt(final.get('client_acc_mean'))} | {_fmt(final.get('train_loss'))} |"
+            + ((f" {epsilon:.3g} |" if epsilon is not None else " inf |") if private else "")
         )
     return "\n".join(lines) + "\n"
 

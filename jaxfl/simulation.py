@@ -94,6 +94,8 @@ class Simulation:
         # (C,) local-only accuracies on the same split: adds frac_worse_than_local to records
         self.local_client_acc: np.ndarray | None = None
         self.seen_clients: int | None = None  # clients 0..S-1 train; the rest only evaluated
+        # jaxfl.accounting.Accountant of a DP run: adds dp_epsilon (after the round) to records
+        self.accountant = None
 
     def on(self, event: str, handler: Callable, when: Callable | None = None) -> Callable:
         """Register ``handler(sim=..., **payload)`` for ``event``, run in registration order.
@@ -171,6 +173,8 @@ class Simulation:
                     down_total += per_round * comm["down_bytes"]
                     record["comm_up_bytes_total"] = up_total
                     record["comm_down_bytes_total"] = down_total
+                if self.accountant is not None:
+                    record["dp_epsilon"] = self.accountant.epsilon(r)
                 evaluated = r == last and (r % self.eval_every == 0 or r == self.rounds)
                 if evaluated:
                     self._evaluate(state, record)
@@ -236,7 +240,7 @@ def divergence_hint(name: str) -> str:
         from algorithms import ALGORITHMS
 
         fields = [f.name for f in dataclasses.fields(ALGORITHMS[name].CONFIG)]
-        rates = [f for f in fields if f == "lr" or f.endswith("_lr")]
+        rates = [f for f in fields if f == "lr" or (f.endswith("_lr") and f != "dp_clip_lr")]
     except (ImportError, KeyError, AttributeError):  # an algorithm of your own
         rates = []
     if not rates:

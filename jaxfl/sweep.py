@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from algorithms import ALGORITHMS
-from jaxfl import checkpoint, experiment, flags
+from jaxfl import accounting, checkpoint, experiment, flags
 from jaxfl.clients import cpu_chunk_size, device_memory_limit, to_host
 from jaxfl.compiled_sweep import CompiledSweep
 from jaxfl.experiments import (  # noqa: F401  (SweepError: run.py catches it from here)
@@ -205,6 +205,7 @@ def _run_group(args, out, sweep, g, group, history, metrics_path, progress):
         block = to_host(block)
         if last % args.eval_every == 0 or last == args.rounds:
             records = _records(sweep.algo, group, block, to_host(group.evaluate(state)), last)
+            _add_epsilon(records, group, next(iter(sweep.built.values())).config)
             history += records
             _append_lines(metrics_path, records)
             if bar is not None:
@@ -262,6 +263,21 @@ def _records(algo: str, group: CompiledSweep, block: dict, evaluated: dict, roun
         )
         records.append(record)
     return records
+
+
+def _add_epsilon(records: list[dict], group, config: dict) -> None:
+    """Each record's ``dp_epsilon`` after its round, from its experiment's own noise multiplier
+    (``--sweep dp-noise=...``) and the run's accounting setting (``config["privacy"]``)."""
+    setting = config.get("privacy")
+    if setting is None:
+        return
+    for record, e in zip(records, group.experiments, strict=True):
+        algo_config, _ = group.config_of(e)
+        accountant = accounting.for_config(
+            algo_config, setting["population"], setting["clients_per_round"], setting["delta"]
+        )
+        if accountant is not None:
+            record["dp_epsilon"] = accountant.epsilon(record["round"])
 
 
 def _config_record(args, seeds, sweeps) -> dict:

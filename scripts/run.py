@@ -48,6 +48,7 @@ SHOWN = (
     "frac_better_than_global",
     "frac_worse_than_local",
     "ipr",
+    "dp_epsilon",
 )
 CONFIG_ERRORS = (
     flags.ConfigError,
@@ -283,7 +284,10 @@ def run(args, start: float) -> int:
     )
     if jax.process_index() == 0 and start_round <= args.rounds:
         print(_round_time_estimate(exp, args.rounds - start_round + 1))
+    if exp.config["privacy"] is not None:
+        print(_privacy_line(exp.config["privacy"], args))
     sim = Simulation(exp.algorithm, args.rounds, args.eval_every, args.seed, args.rounds_per_call)
+    sim.accountant = exp.accountant
     last = attach_handlers(sim, args, out, writer)
     if args.compare_local or getattr(ALGORITHMS[args.algo], "NEEDS_LOCAL_BASELINE", False):
         sim.local_client_acc = local_only_accuracy(args, exp.config["client_val_fraction"])
@@ -321,6 +325,7 @@ def run(args, start: float) -> int:
         "best_test_acc": max(h.get("test_acc", 0.0) for h in history),
         "best_client_acc_mean": max(h["client_acc_mean"] for h in history),
         "communication_per_client_per_round": exp.algorithm.communication,
+        "privacy": exp.config["privacy"],
     }
     if sim.stop_reason == INTERRUPTED:
         status, message = interrupted(out)
@@ -360,6 +365,24 @@ def _round_time_estimate(exp, rounds: int) -> str:
     return line
 
 
+def _privacy_line(record: dict, args) -> str:
+    """What the DP setting is and the epsilon it reaches (jaxfl.accounting)."""
+    noise = record["noise_multiplier"]
+    how = f"calibrated to epsilon {args.dp_epsilon:g}" if args.dp_epsilon is not None else "given"
+    line = (
+        f"privacy: each upload clipped to L2 norm {args.dp_clip:g}"
+        + (f" (adaptive, quantile {args.dp_clip_quantile:g})" if args.dp_clip_quantile else "")
+        + f", noise multiplier {noise:.4g} ({how}), {record['clients_per_round']} of "
+        f"{record['population']} clients sampled per round"
+    )
+    if record["epsilon_planned"] is None:
+        return line + "; no noise: epsilon is infinite (clipping only)"
+    return line + (
+        f"; ({record['epsilon_planned']:.3g}, {record['delta']:.2g})-DP after {args.rounds} "
+        "rounds (user level, RDP accountant of dp-accounting)"
+    )
+
+
 def _explained(history: list[dict], num_classes: int) -> str:
     """What the printed numbers mean, with their course over the rounds (learning visible)."""
     lines = []
@@ -374,6 +397,11 @@ def _explained(history: list[dict], num_classes: int) -> str:
             "the global one where the algorithm has no local model) on the client's own test "
             "split, mean and 10th percentile over clients; mean "
             + _course(history, "client_acc_mean")
+        )
+    if "dp_epsilon" in history[-1]:
+        lines.append(
+            "  dp_epsilon: the privacy spent so far, (epsilon, delta)-DP for each client's whole "
+            "data (smaller is more private); " + _course(history, "dp_epsilon")
         )
     return "\n".join(lines)
 

@@ -210,9 +210,18 @@ def test_help_explains_every_flag():
         assert action.help, f"{action.option_strings} has no help"
 
 
-@pytest.mark.parametrize("name", ["faults-dsfl.toml", "faults-fedavg.toml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.toml")))
+def test_every_shipped_config_file_parses_and_validates(name):
+    args = run.flags.parse(["--config", str(ROOT / "configs" / name)])
+    run.flags.validate(args)
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param("faults-dsfl.toml", marks=pytest.mark.slow), "faults-fedavg.toml"]
+)
 def test_fault_config_files_run(tmp_path, name):
-    """The shipped fault configs, on the embedded data with a small population (CLI overrides)."""
+    """The shipped fault configs, on the embedded data with a small population (CLI overrides);
+    DS-FL's end to end only under -m slow (26 s; its faults against a loop: test_faults.py)."""
     out = tmp_path / "res"
     small = ["--dataset", "synthetic_iid", "--clients", "10", "--clients-per-round", "8"]
     argv = ["--config", str(ROOT / "configs" / name), *small, "--rounds", "2", "--out", str(out)]
@@ -279,7 +288,7 @@ def test_personalization_config_files_run(tmp_path, name):
 
 # DS-FL, FedDF and FedMD with groups: their rounds against a loop in tests/test_groups.py,
 # FedDF end to end on real MNIST in tests/test_learning.py
-@pytest.mark.parametrize("algo", ["fd", "fccl"])
+@pytest.mark.parametrize("algo", ["fd", pytest.param("fccl", marks=pytest.mark.slow)])
 def test_mixed_architecture_groups_run_end_to_end(tmp_path, algo):
     out = tmp_path / "res"
     argv = ["--algo", algo, *SMALL, "--models", "mlp:3,logreg:1", "--clients-per-round", "4"]

@@ -78,10 +78,11 @@ def max_diff(a, b) -> float:
 
 
 # Round 1 to float tolerance in the default run for algorithms of each kind (plain averaging,
-# distillation, FedDF's per-seed static split, IncFL's extra make arguments, a personal
-# penalty, no server); the rest are traced and shape-checked here and compared numerically
-# under -m slow (the sweep's mechanism is the same for every algorithm: bind inside the trace).
-NUMERIC = ("dsfl", "fedavg", "feddf", "incfl", "local", "mrmtl")
+# distillation, FedDF's per-seed static split, IncFL's extra make arguments); the rest
+# (personal models included: local, mrmtl) are traced and shape-checked here and compared
+# numerically under -m slow (the sweep's mechanism is the same for every algorithm: bind inside
+# the trace). tests/test_privacy.py compares a swept DP noise multiplier numerically.
+NUMERIC = ("dsfl", "fedavg", "feddf", "incfl")
 
 
 @pytest.mark.parametrize("algo", NUMERIC)
@@ -154,6 +155,8 @@ def test_fedavg_logreg_whole_history_and_traced_lr_equal_separate_runs():
     state = sweep_.init()
     state, block = sweep_.run_rounds(state, 1, 3)
     for i, e in enumerate(grid):
+        if i not in (0, len(grid) - 1):  # the grid's two corners: each seed, each lr once
+            continue
         ref = build("fedavg", e.seed, "--model", "logreg", "--lr", str(e.hparams["lr"]))
         ref_state, ref_metrics, _ = one_run(ref, 3)
         assert max_diff(jax.tree.map(lambda x, i=i: x[i], state), ref_state) < 1e-5

@@ -54,7 +54,14 @@ def test_vmapped_round_equals_loop_reference(val_federation, name):
         _assert_trees_close(metrics_v, metrics_l)
 
 
-@pytest.mark.parametrize("name", PERSONALIZATION)
+# chunking is map_clients' (tests/test_rounds.py, tests/test_scale.py); here through each
+# algorithm's round and evaluation: Ditto (personal models, the chunk-of-1 loop) and
+# fine-tuning's evaluation by default, the rest under -m slow (34 s)
+@pytest.mark.parametrize(
+    "name",
+    [n if n in ("ditto", "finetune") else pytest.param(n, marks=pytest.mark.slow)
+     for n in PERSONALIZATION],
+)  # fmt: skip
 def test_client_chunks_give_the_same_round_and_evaluation(val_federation, name):
     """Chunks of 3 (padded last chunk) and, for Ditto, of 1 (the compiled loop, the same code
     path for every algorithm) against one vmap."""

@@ -29,8 +29,17 @@ DSFL = dsfl.DSFLConfig(
 )
 
 
-@pytest.mark.parametrize("module,config", [(fedavg, FEDAVG), (dsfl, DSFL)])
-@pytest.mark.parametrize("model_name", ["lenet5", "mlp"])
+# DS-FL with LeNet-5 (33 s) only under -m slow: DS-FL's round is compared with the MLP, the
+# conv model's vmapped path with FedAvg here and per model in tests/test_models.py
+@pytest.mark.parametrize(
+    "module,config,model_name",
+    [
+        (fedavg, FEDAVG, "lenet5"),
+        (fedavg, FEDAVG, "mlp"),
+        (dsfl, DSFL, "mlp"),
+        pytest.param(dsfl, DSFL, "lenet5", marks=pytest.mark.slow),
+    ],
+)
 def test_vmapped_round_equals_loop_reference(tiny_federation, module, config, model_name):
     model = get_model(model_name, tiny_federation.feature_shape, tiny_federation.num_classes)
     algo = module.make(config, tiny_federation, model)
