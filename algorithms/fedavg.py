@@ -205,7 +205,7 @@ def make(
         if attack == "scaled_update":
             scale = jnp.where(is_adversary, fault_config.attack_scale, 1.0)
             delta = jax.tree.map(lambda d: scale * d, delta)
-        unclipped = ()
+        unclipped = ()  # with DP a third output: the bit ||delta|| <= C_t (adaptive clipping)
         if dp:  # clipped after any attack: DP bounds an adversary's update too
             delta, bit = privacy.clip_upload(delta, clip)
             unclipped = (bit,)
@@ -213,15 +213,15 @@ def make(
             mean_weight, loss_weight = weights
             weighted = tuple(loss_weight * x for x in losses)
             bits = tuple(mean_weight * b for b in unclipped)
-            return jax.tree.map(lambda d: mean_weight * d, delta), weighted, bits
-        return delta, losses, unclipped
+            return jax.tree.map(lambda d: mean_weight * d, delta), weighted, *bits
+        return delta, losses, *unclipped
 
     def finish(state, ctx, outputs, data):
         counts, received, hook_key = ctx
         if streamed:  # sums over the clients, accumulated chunk by chunk
-            mean_delta, mean_losses, unclipped = outputs
+            mean_delta, mean_losses, *unclipped = outputs
         else:
-            deltas, losses, unclipped = outputs
+            deltas, losses, *unclipped = outputs
             if dp:  # sum_k u~_k / m over the received clipped updates
                 weights = received.astype(jnp.float32) / m
                 mean_delta = aggregate.weighted_sum(deltas, weights)

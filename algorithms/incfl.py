@@ -23,6 +23,12 @@ units, ``incfl_floor`` keeps every client a minimum weight (0: pure surrogate; 1
 F_k(w_k^loc) comes from the cached local-only baseline (:mod:`jaxfl.baseline`), passed to
 :func:`make` as ``local_losses`` (C,). ``unseen_clients`` (U) keeps the last U clients out of
 training entirely, to measure how IPR generalizes to clients the server never saw.
+
+With ``--dp-clip``/``--dp-noise`` (:mod:`jaxfl.privacy`) the gap never leaves the client: each
+client computes its own bump b_k = floor + (1 - floor) 4 s (1 - s) in [floor, 1] from F_k(w_t)
+and its local-only loss, and uploads clip(b_k (w_k - w_t)); the server takes DP-FedAvg's
+private mean of those (fixed denominator m, so no data-dependent normalisation: one client moves
+the sum by at most the clip norm, as in DP-FedAvg's bounded-weight form).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from jaxfl.models import Model
 
 ATTACKS = ("label_flip",)
 SUPPORTS_UNSEEN = True
+SUPPORTS_DP = True  # the bump-weighted updates: --dp-clip, --dp-noise (jaxfl.privacy)
 NEEDS_LOCAL_BASELINE = True  # experiment.build passes local_losses
 VALIDATION_FRACTION = 0.1  # the gaps are measured on held-out data: a local model overfits its
 # training split, so training losses would make every gap positive
@@ -83,7 +90,6 @@ def make(
     ``client_optimizer`` (``--lr``'s SGD) and ``server_optimizer`` (``--server-opt``): optax
     transformations (or functions of the config) replacing the flags' optimizers.
     """
-    privacy.refuse(config, "incfl")  # its config inherits FedAvg's --dp-* fields
     if local_losses is None:
         raise ValueError(
             "--algo incfl needs every client's local-only loss (local_losses); scripts/run.py "
@@ -99,6 +105,8 @@ def make(
         "allowed: tau > 0, 0 <= floor <= 1",
     )
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    dp = privacy.enabled(config)
+    privacy.check(config, m)
     has_val = bool(np.any(jax.device_get(hparams.concrete(data).client_val_count)))
     gap_idx = data.client_val_idx if has_val else data.client_idx
     gap_count = data.client_val_count if has_val else data.client_count
@@ -110,7 +118,8 @@ def make(
 
     def init(key):
         params = model.init(key)
-        return fedavg.FedAvgState(params, server_opt.init(params), jnp.zeros((), jnp.int32))
+        state = fedavg.FedAvgState(params, server_opt.init(params), jnp.zeros((), jnp.int32))
+        return state.replace(dp=privacy.init(config))
 
     def prepare(state, key, data):
         k_sample, k_clients = jax.random.split(key)
@@ -124,11 +133,12 @@ def make(
             gap_count[sampled],
             work,
             adversary[sampled],
+            local_losses[sampled],  # each client's own: under DP the gap stays on the client
         )
-        ctx = (data.client_count[sampled], received, local_losses[sampled])
+        ctx = (data.client_count[sampled], received, local_losses[sampled], hooks.round_key(key))
         return (data, state.params), client_args, ctx
 
-    def client_update(shared, key, idx_row, count, gap_row, gap_n, work, is_adversary):
+    def client_update(shared, key, idx_row, count, gap_row, gap_n, work, is_adversary, local_loss):
         data, global_params = shared
         global_loss = train.client_loss(
             model.apply, global_params, data.train_x, data.train_y, gap_row, gap_n
@@ -148,24 +158,37 @@ def make(
             label_map=label_map,
             max_steps=max_steps,
         )
-        return jax.tree.map(jnp.subtract, params, global_params), loss, global_loss
+        delta = jax.tree.map(jnp.subtract, params, global_params)
+        if dp:  # the client weighs its own update by its bump b_k in [floor, 1]
+            gap = global_loss - local_loss
+            bump = incfl_weights(gap, 1.0, config.incfl_tau, config.incfl_floor)
+            delta = jax.tree.map(lambda d: bump * d, delta)
+        return delta, loss, global_loss
 
     def finish(state, ctx, outputs, data):
-        counts, received, local_loss = ctx
+        counts, received, local_loss, hook_key = ctx
         deltas, losses, global_losses = outputs
         gaps = global_losses - local_loss
-        weights = incfl_weights(gaps, counts, config.incfl_tau, config.incfl_floor)
         applied = faults.applied(received, fault_config.min_received)
-        mean_delta = aggregate.weighted_mean(deltas, weights * received)
+        dp_state, dp_metrics = state.dp, {}
+        if dp:  # the private mean of the bump-weighted updates
+            mean_delta, dp_state, dp_metrics = privacy.private_mean(
+                deltas, received, state.dp, privacy.key_of(hook_key), config
+            )
+        else:
+            weights = incfl_weights(gaps, counts, config.incfl_tau, config.incfl_floor)
+            mean_delta = aggregate.weighted_mean(deltas, weights * received)
         params, opt_state = fedavg.server_update(
             server_opt, state.params, state.opt_state, mean_delta, applied
         )
-        return fedavg.FedAvgState(params, opt_state, state.round + 1), {
+        dp_state = faults.select(applied, dp_state, state.dp)
+        return fedavg.FedAvgState(params, opt_state, state.round + 1, dp_state), {
             "train_loss": jnp.sum(losses * counts) / jnp.sum(counts),
             "round_frac_incentivized": jnp.mean(gaps < 0),
             "mean_gap": jnp.mean(gaps),
             "received": jnp.sum(received),
             "applied": applied,
+            **dp_metrics,
         }
 
     def evaluate(state, data):

@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxfl.data.sources import cache_dir
 from jaxfl.faults import FaultConfig
+from jaxfl.privacy_flags import DP_FLAGS
 
 # the flags that determine the local-only result (data split, model, local training, rounds)
 BASELINE_FLAGS = (
@@ -44,13 +45,15 @@ BASELINE_FLAGS = (
 
 
 def baseline_args(args: argparse.Namespace, client_val_fraction: float) -> argparse.Namespace:
-    """The flags of the local-only run that matches ``args`` (same split, no faults)."""
+    """The flags of the local-only run that matches ``args`` (same split, no faults, no DP)."""
     local = argparse.Namespace(**vars(args))
     local.algo = "local"
     local.client_val_fraction = client_val_fraction
     local.client_chunk = args.client_chunk
     local.unseen_clients = 0  # every client can train alone, seen by the federation or not
     for field, value in vars(FaultConfig()).items():
+        setattr(local, field, value)
+    for field, value in DP_FLAGS.items():  # local training uploads nothing: no DP to apply
         setattr(local, field, value)
     return local
 

@@ -46,8 +46,8 @@ SERVER_OPTS = ("sgd", "momentum", "adam")
 FINETUNE_LAYERS = ("all", "last")
 # algorithms whose uploads --dp-clip/--dp-noise make private (jaxfl.privacy): the model-delta
 # family (FedAvg and FedProx via its hook, FedAvg + fine-tuning, Ditto's and Per-FedAvg's shared
-# model) and the soft-label family (DS-FL's probabilities, FD's and FedMD's logits)
-DP_ALGORITHMS = ("fedavg", "finetune", "ditto", "perfedavg", "dsfl", "fd", "fedmd")
+# model, IncFL) and the soft-label family (DS-FL's probabilities, FD's and FedMD's logits)
+DP_ALGORITHMS = ("fedavg", "finetune", "ditto", "perfedavg", "incfl", "dsfl", "fd", "fedmd")
 
 # --model
 MODELS = ("logreg", "mlp", "cnn", "lenet5", "resnet8", "resnet20")

@@ -230,16 +230,6 @@ def mean_update(uploads, counts: jax.Array, received: jax.Array, state, hook_key
     return private_mean(uploads, received, state, key_of(hook_key), config)
 
 
-def refuse(config, algo: str) -> None:
-    """Raise ValueError when ``config`` asks for DP of an algorithm that does not support it
-    (its config inherits the DP fields from one that does, e.g. IncFL's from FedAvg's)."""
-    if enabled(config) or getattr(config, "dp_noise", 0.0) != 0.0:
-        raise ValueError(
-            f"--dp-clip/--dp-noise: --algo {algo} does not support differential privacy yet; "
-            f"supported: {', '.join(DP_ALGORITHMS)}"
-        )
-
-
 def key_of(hook_key: jax.Array) -> jax.Array:
     """The DP noise's key from a round's hook key (:func:`jaxfl.hooks.round_key`)."""
     return jax.random.fold_in(hook_key, DP_STREAM)

@@ -227,7 +227,7 @@ def test_fedmd_consensus_is_the_mean_of_the_received_clients_logits(tiny_federat
         if 0 < int(faults.round_faults(jax.random.key(i), 4, dropout)[0].sum()) < 4
     )
     shared, client_args, ctx = algo.parts.prepare(state, key, data)
-    sampled, received, public_inputs, _ = ctx
+    sampled, received, public_inputs, *_ = ctx
     logits = [
         loop_clients(update, shared, *args)
         for update, args in zip(algo.parts.client_update, client_args, strict=True)

@@ -139,7 +139,7 @@ def test_incfl_round_uses_the_gap_weights_and_matches_the_loop(tiny_federation):
     # w_t+1 = w_t + sum_k p_k delta_k / sum_k p_k with p_k from g_k = F_k(w_t) - F_k(local)
     shared, client_args, ctx = algo.parts.prepare(state, key, data)
     deltas, _, global_losses = loop_clients(algo.parts.client_update, shared, *client_args)
-    counts, _, local_sampled = ctx
+    counts, _, local_sampled, *_ = ctx
     p = np.asarray(incfl.incfl_weights(global_losses - local_sampled, counts, 0.5, 0.05))
     for w0, w1, d in zip(
         jax.tree.leaves(state.params),

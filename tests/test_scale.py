@@ -36,8 +36,9 @@ def _env(devices: int | None = None) -> dict:
 def test_sharded_rounds_match_one_device_and_the_per_client_loop():
     """8 CPU devices in a subprocess: map_clients sharded over 3 or 8 devices (3 and 13
     clients, whole and chunked) against a per-client Python loop, and two rounds plus evaluation
-    of three algorithm set-ups (uneven client counts, chunking, model groups with FedMD's two
-    phases, rounds scanned in one call) against the same run on one device."""
+    of three algorithm set-ups (uneven client counts, chunking, DP-FedAvg with adaptive
+    clipping, model groups with FedMD's two phases, rounds scanned in one call) against the same
+    run on one device."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "sharded_worker.py")],
         env=_env(8),
