@@ -11,11 +11,6 @@ from pathlib import Path
 # compile of the same program into a load (measured: tests/test_rounds.py 153 s -> 126 s).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxfl-xla-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
-# The suite is compile-bound (small programs, compiled once each), so XLA's optimization passes
-# cost more than they save: without them tests/test_rounds.py took 91 s instead of 125 s. Every
-# comparison in the suite is between two programs compiled the same way; users' runs keep the
-# full optimizations (this is set only here, and inherited by the run.py processes tests start).
-os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import numpy as np
 import pytest

@@ -212,8 +212,16 @@ def test_help_explains_every_flag():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.toml")))
 def test_every_shipped_config_file_parses_and_validates(name):
+    """Each file's every value reaches the flags (a typo'd key or a bad value fails here)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
     args = run.flags.parse(["--config", str(ROOT / "configs" / name)])
     run.flags.validate(args)
+    for key, value in tomllib.loads((ROOT / "configs" / name).read_text()).items():
+        assert getattr(args, key.replace("-", "_")) == value, (name, key)
 
 
 @pytest.mark.parametrize(
@@ -301,6 +309,7 @@ def test_mixed_architecture_groups_run_end_to_end(tmp_path, algo):
     assert len(np.load(out / "client_acc.npy")) == 8
 
 
+@pytest.mark.slow  # the file's values: the parse test above; FedDF's round: test_experiments
 def test_feddf_paper_config_parses_and_runs_scaled_down(tmp_path):
     """The GPU config file, with the data and sizes swapped for offline ones (CI has no CIFAR)."""
     out = tmp_path / "res"

@@ -76,7 +76,17 @@ FCCL = fccl.FCCLConfig(clients_per_round=4, local_epochs=1, batch_size=8, public
 
 
 @pytest.mark.parametrize(
-    "module,config", [(fd, FD), (dsfl, DSFL), (feddf, FEDDF), (fedmd, FEDMD), (fccl, FCCL)]
+    "module,config",
+    [
+        (fd, FD),
+        (dsfl, DSFL),
+        (fedmd, FEDMD),
+        # FedDF's groups: test_feddf_without_distillation_is_fedavg_per_group below; FCCL's:
+        # its target test below and tests/test_domains.py (a model per domain): the full loop
+        # comparisons of these two (50 s) run under -m slow
+        pytest.param(feddf, FEDDF, marks=pytest.mark.slow),
+        pytest.param(fccl, FCCL, marks=pytest.mark.slow),
+    ],
 )
 def test_mixed_architectures_round_equals_loop_reference(tiny_federation, module, config):
     mixed = _mixed(tiny_federation)

@@ -144,9 +144,17 @@ def test_private_rounds_trace_with_the_dp_state_and_metrics(algo):
     privacy.mean_update as Ditto's) and IncFL's bump-weighted updates traced, not compiled
     (FedMD's init's transfer learning makes a numeric round cost 40 s here); the mechanism is
     private_mean, tested above."""
-    exp = build(algo, 0, *EQUAL, "--dp-clip", "1", "--dp-noise", "1")
-    state = jax.eval_shape(exp.algorithm.init, jax.random.key(0))
-    new, metrics = jax.eval_shape(exp.algorithm.round_fn, state, jax.random.key(1), exp.data)
+    if algo == "incfl":  # bound directly: run.py's build would train the local baseline
+        base = build("fedavg", 0, *EQUAL)
+        config = ALGORITHMS["incfl"].CONFIG(batch_size=10, dp_clip=1.0, dp_noise=1.0)
+        losses = np.zeros(base.data.num_clients, np.float32)
+        algorithm = ALGORITHMS["incfl"].make(config, base.data, base.model, local_losses=losses)
+        data = base.data
+    else:
+        exp = build(algo, 0, *EQUAL, "--dp-clip", "1", "--dp-noise", "1")
+        algorithm, data = exp.algorithm, exp.data
+    state = jax.eval_shape(algorithm.init, jax.random.key(0))
+    new, metrics = jax.eval_shape(algorithm.round_fn, state, jax.random.key(1), data)
     assert new.dp.clip.shape == () and {"dp_clip_norm", "dp_unclipped_frac"} <= set(metrics)
 
 
@@ -162,6 +170,16 @@ def test_dsfl_private_soft_labels_follow_the_equation():
     assert float(metrics[0]["dp_unclipped_frac"]) == 1.0
     plain, _, _ = one_run(build("dsfl", 0, *EQUAL), 1)
     assert np.abs(labels - np.asarray(plain.soft_labels)).max() > 1e-3
+
+
+def test_noised_sa_soft_labels_go_back_on_the_simplex():
+    """SA's private mean may have negative entries: negatives to 0, rows renormalised, a row
+    noised to all-negative becomes uniform (post-processing only)."""
+    noised = jnp.array([[0.7, -0.1, 0.5], [-0.2, -0.3, -0.1], [0.2, 0.2, 0.6]])
+    labels = np.asarray(privacy.simplex(noised))
+    np.testing.assert_allclose(labels[0], [0.7 / 1.2, 0.0, 0.5 / 1.2], rtol=1e-6)
+    np.testing.assert_allclose(labels[1], [1 / 3] * 3, rtol=1e-6)
+    np.testing.assert_allclose(labels[2], [0.2, 0.2, 0.6], rtol=1e-6)
 
 
 def test_a_swept_noise_multiplier_equals_separate_runs_and_reports_each_epsilon():

@@ -52,8 +52,15 @@ def test_vmapped_round_equals_loop_reference(tiny_federation, module, config, mo
         _assert_trees_close(metrics_v, metrics_l)
 
 
-@pytest.mark.parametrize("chunk", [1, 3])
-@pytest.mark.parametrize("module,config", [(fedavg, FEDAVG), (dsfl, DSFL)])
+@pytest.mark.parametrize(
+    "module,config,chunk",
+    [
+        (fedavg, FEDAVG, 1),
+        (fedavg, FEDAVG, 3),
+        (dsfl, DSFL, 3),
+        pytest.param(dsfl, DSFL, 1, marks=pytest.mark.slow),  # chunks of 1: FedAvg's above
+    ],
+)
 def test_client_chunking_gives_the_same_round(tiny_federation, module, config, chunk):
     model = get_model("mlp", tiny_federation.feature_shape, tiny_federation.num_classes)
     whole = module.make(config, tiny_federation, model)
