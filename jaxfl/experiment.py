@@ -238,9 +238,10 @@ def calibrate_privacy(args: argparse.Namespace, m: int) -> dict | None:
         return None
     population = args.clients - getattr(args, "unseen_clients", 0)
     delta = args.dp_delta if args.dp_delta is not None else accounting.default_delta(population)
-    sigma_b = None
-    if args.dp_clip_quantile is not None:
-        sigma_b = args.dp_clip_count_noise or m / 20.0
+    setting = privacy.DPFields(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(privacy.DPFields)}
+    )
+    sigma_b = privacy.count_noise(setting, m) if privacy.adaptive(setting) else None
     record = {"population": population, "clients_per_round": m, "delta": delta}
     noise = args.dp_noise
     if args.dp_epsilon is not None:
@@ -252,9 +253,6 @@ def calibrate_privacy(args: argparse.Namespace, m: int) -> dict | None:
             raise ConfigError(str(err)) from err
         record["target_epsilon"] = args.dp_epsilon
     record["noise_multiplier"] = noise
-    setting = privacy.DPFields(
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(privacy.DPFields)}
-    )
     try:  # before accounting: z >= 2 sigma_b has no update noise (jaxfl.privacy)
         privacy.check(dataclasses.replace(setting, dp_noise=noise), m)
     except ValueError as err:

@@ -13,10 +13,10 @@ import math
 from pathlib import Path
 
 from jaxfl.algorithm_flags import ALGORITHM_FLAGS, add_algorithm_arguments, validate_algorithm_flags
+from jaxfl.fault_flags import add_fault_arguments
 from jaxfl.flag_help import Grouped, help_algo
 from jaxfl.names import (
     ALGORITHMS,
-    ATTACKS,
     DATASETS,
     EMBEDDED_DATASETS,
     LOWERING_CHOICES,
@@ -178,58 +178,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     a("--seed", type=int, default=0, help="seed for data partition, init and every round")
     add_algorithm_arguments(a)
-    _add_fault_arguments(a)
+    add_fault_arguments(a)
     add_privacy_arguments(a)
     add_scale_arguments(a)
     return parser
-
-
-def _add_fault_arguments(a) -> None:
-    a(
-        "--dropout",
-        type=float,
-        default=0.0,
-        help="faults: probability that a sampled client's upload is lost each round; "
-        "aggregation uses only received updates (default 0)",
-    )
-    a(
-        "--min-received",
-        type=int,
-        default=1,
-        help="faults: apply a round only if at least this many updates arrive (default 1)",
-    )
-    a(
-        "--straggler-fraction",
-        type=float,
-        default=0.0,
-        help="faults: fraction of the sampled clients that are stragglers each round (default 0)",
-    )
-    a(
-        "--straggler-work",
-        type=float,
-        default=0.5,
-        help="faults: fraction of its local steps a straggler completes (default 0.5)",
-    )
-    a(
-        "--adversary-fraction",
-        type=float,
-        default=0.0,
-        help="faults: fraction of all clients that are adversarial, a fixed set drawn from "
-        "--seed (default 0)",
-    )
-    a(
-        "--attack",
-        default="none",
-        help=f"faults: what adversaries do: {', '.join(ATTACKS)} (label_flip: any algorithm; "
-        "random_logits, scaled_logits: dsfl; scaled_update: fedavg; default none)",
-    )
-    a(
-        "--attack-scale",
-        type=float,
-        default=10.0,
-        help="faults: the factor of scaled_update/scaled_logits, the std of random_logits "
-        "(default 10)",
-    )
 
 
 def _fail(flag: str, value, allowed) -> None:
