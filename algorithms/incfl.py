@@ -1,34 +1,46 @@
-"""IncFL (Cho, Jhunjhunwala, Li, Smith, Joshi 2022, "To Federate or Not To Federate:
-Incentivizing Client Participation in Federated Learning"): FedAvg whose aggregation weights
-favour the clients at the margin of being incentivized.
+"""IncFL / MaxFL (Cho, Jhunjhunwala, Li, Smith, Joshi 2022, "To Federate or Not To Federate:
+Incentivizing Client Participation in Federated Learning", later "MaxFL: Maximizing Global Model
+Appeal in Federated Learning"): FedAvg whose aggregation weights favour the clients at the margin
+of being incentivized.
 
 Client k is *incentivized* when the global model serves it better than the model it could
-train alone: F_k(w) < F_k(w_k^loc). The incentivized participation rate (IPR) is the fraction
-of such clients. With the gap g_k = F_k(w_t) - F_k(w_k^loc) (training loss of the global model
-minus that of the client's local-only model, both on the client's own validation split, or on
-its training split when there is none), round t:
+train alone: F_k(w) < rho_k = F_k(w_k^loc). The incentivized participation rate (IPR) is the
+fraction of such clients. Each sampled client measures, BEFORE local training,
+
+    x_k = F_k(w_t) - rho_k
+
+the loss of the incoming global model on its own validation split (its training split when it
+has none) minus the validation loss of its local-only model. Two aggregation rules
+(``incfl_rule``):
+
+**maxfl** (the default: the rule the later version of the paper reports): MaxFL maximises the
+smoothed IPR sum_k s(c (rho_k - F_k(w))), s = sigmoid, whose gradient weighs client k's loss
+gradient by c s'(c x_k) = c s_k (1 - s_k). Round t:
 
     w_k = LocalSGD_k(w_t; E epochs)                                        k in S_t
-    p_k = n_k * (floor + (1 - floor) * 4 s(g_k / tau) (1 - s(g_k / tau))),  s = sigmoid
-    w_t+1 = w_t + ServerOpt(-sum_k p_k (w_k - w_t) / sum_k p_k)
+    q_k = s_k (1 - s_k),  s_k = sigmoid(c x_k)                             (``incfl_c`` = c)
+    w_t+1 = w_t - eta_g / (sum_k q_k + eps) * sum_k q_k (w_t - w_k)
 
-The weight is a bump in g_k: largest (n_k) at g_k = 0, small for clients that already gain a lot
-(g_k << 0) and for clients that cannot be won (g_k >> 0). **Source of the form:** I could not
-find the paper's exact weighting in the available references, so this is the described shape,
-derived as follows: IPR = mean_k 1{g_k < 0}; its smooth surrogate mean_k s(-g_k / tau) has the
-gradient -mean_k s'(g_k / tau) / tau * grad F_k(w), i.e. gradient descent on the clients' losses
-weighted by s' = s(1 - s), peaked at g_k = 0. ``incfl_tau`` (tau) sets the width in loss
-units, ``incfl_floor`` keeps every client a minimum weight (0: pure surrogate; 1: FedAvg).
+(eta_g is ``--server-lr`` of the server optimizer, plain SGD by default; ``incfl_eps`` = eps).
+q_k is largest (1/4) at x_k = 0 and vanishes for clients that already gain a lot (x_k << 0) and
+for those that cannot be won (x_k >> 0); the step is normalised by sum_k q_k, not by m.
 
-F_k(w_k^loc) comes from the cached local-only baseline (:mod:`jaxfl.baseline`), passed to
-:func:`make` as ``local_losses`` (C,). ``unseen_clients`` (U) keeps the last U clients out of
-training entirely, to measure how IPR generalizes to clients the server never saw.
+**bump** (this repository's earlier rule, kept as an option): a sample-count-weighted mean with
+weights p_k = n_k (floor + (1 - floor) 4 s(x_k / tau) (1 - s(x_k / tau))), i.e. the same bump
+shape with c = 1 / tau, a floor (``incfl_floor``) and FedAvg's n_k, and no eps; I derived it
+before the MaxFL rule was available. It did not raise IPR over FedAvg in the setting of
+``reproductions/incfl.py``.
 
-With ``--dp-clip``/``--dp-noise`` (:mod:`jaxfl.privacy`) the gap never leaves the client: each
-client computes its own bump b_k = floor + (1 - floor) 4 s (1 - s) in [floor, 1] from F_k(w_t)
-and its local-only loss, and uploads clip(b_k (w_k - w_t)); the server takes DP-FedAvg's
-private mean of those (fixed denominator m, so no data-dependent normalisation: one client moves
-the sum by at most the clip norm, as in DP-FedAvg's bounded-weight form).
+rho_k comes from the cached local-only baseline (:mod:`jaxfl.baseline`), passed to :func:`make`
+as ``local_losses`` (C,). ``unseen_clients`` (U) keeps the last U clients out of training
+entirely, to measure how IPR generalizes to clients the server never saw.
+
+With ``--dp-clip``/``--dp-noise`` (:mod:`jaxfl.privacy`) x_k never leaves the client: it
+computes its own weight and uploads the weighted update, clipped as ONE vector with the weight.
+maxfl: (q_k (w_k - w_t), q_k), and the server divides the noised sum of the first by the noised
+sum of the second (post-processing; q_k <= 1/4 adds at most 1/4 to the norm). bump: clip(b_k (w_k
+- w_t)) with b_k = p_k / n_k in [floor, 1] and DP-FedAvg's fixed denominator m. Either way one
+client moves what the server sees by at most the clip norm.
 """
 
 from __future__ import annotations
@@ -41,12 +53,13 @@ import numpy as np
 import optax
 
 from algorithms import fedavg
-from jaxfl import aggregate, faults, hooks, hparams, metrics, privacy, train
+from jaxfl import aggregate, faults, hooks, hparams, metrics, names, privacy, train
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
 
 ATTACKS = ("label_flip",)
+RULES = names.INCFL_RULES  # --incfl-rule; the first is the default
 SUPPORTS_UNSEEN = True
 SUPPORTS_DP = True  # the bump-weighted updates: --dp-clip, --dp-noise (jaxfl.privacy)
 NEEDS_LOCAL_BASELINE = True  # experiment.build passes local_losses
@@ -56,6 +69,9 @@ VALIDATION_FRACTION = 0.1  # the gaps are measured on held-out data: a local mod
 
 @dataclasses.dataclass(frozen=True)
 class IncFLConfig(fedavg.FedAvgConfig):
+    incfl_rule: str = "maxfl"
+    incfl_c: float = 1.0
+    incfl_eps: float = 1e-3
     incfl_tau: float = 0.5
     incfl_floor: float = 0.05
 
@@ -70,6 +86,24 @@ def incfl_weights(gaps: jax.Array, counts: jax.Array, tau: float, floor: float) 
     """
     s = jax.nn.sigmoid(gaps / tau)
     return counts * (floor + (1.0 - floor) * 4.0 * s * (1.0 - s))
+
+
+def maxfl_weights(x: jax.Array, c: float) -> jax.Array:
+    """(m,) MaxFL weights q_k = s_k (1 - s_k), s_k = sigmoid(c x_k), from x_k = F_k(w_t) - rho_k
+    (m,): 1/4 at x_k = 0, vanishing as |x_k| grows."""
+    s = jax.nn.sigmoid(c * x)
+    return s * (1.0 - s)
+
+
+def maxfl_direction(deltas, weights: jax.Array, eps: float):
+    """sum_k q_k (w_k - w_t) / (sum_k q_k + eps): the MaxFL server step before eta_g.
+
+    Args:
+      deltas: pytree with leaves (m, ...), w_k - w_t per sampled client.
+      weights: (m,) q_k, times 0 for an upload that did not arrive.
+    """
+    total = aggregate.weighted_sum(deltas, weights)
+    return jax.tree.map(lambda t: t / (jnp.sum(weights) + eps), total)
 
 
 def make(
@@ -98,11 +132,17 @@ def make(
     local_losses = jnp.asarray(local_losses, jnp.float32)
     seen = fedavg.training_clients(config, data)
     m = config.clients_per_round or seen
+    if config.incfl_rule not in RULES:
+        raise ValueError(
+            f"--incfl-rule {config.incfl_rule!r} is not allowed; allowed: {', '.join(RULES)}"
+        )
+    maxfl = config.incfl_rule == "maxfl"
     hparams.check(
-        (config.incfl_tau, config.incfl_floor),
-        lambda v: v[0] > 0 and 0 <= v[1] <= 1,
-        f"--incfl-tau {config.incfl_tau} / --incfl-floor {config.incfl_floor} not allowed; "
-        "allowed: tau > 0, 0 <= floor <= 1",
+        (config.incfl_tau, config.incfl_floor, config.incfl_c, config.incfl_eps),
+        lambda v: v[0] > 0 and 0 <= v[1] <= 1 and v[2] > 0 and v[3] >= 0,
+        f"--incfl-tau {config.incfl_tau} / --incfl-floor {config.incfl_floor} / --incfl-c "
+        f"{config.incfl_c} / --incfl-eps {config.incfl_eps} not allowed; allowed: tau > 0, "
+        "0 <= floor <= 1, c > 0, eps >= 0",
     )
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
     dp = privacy.enabled(config)
@@ -159,10 +199,14 @@ def make(
             max_steps=max_steps,
         )
         delta = jax.tree.map(jnp.subtract, params, global_params)
-        if dp:  # the client weighs its own update by its bump b_k in [floor, 1]
+        if dp:  # the client weighs its own update: x_k stays on the client
             gap = global_loss - local_loss
-            bump = incfl_weights(gap, 1.0, config.incfl_tau, config.incfl_floor)
-            delta = jax.tree.map(lambda d: bump * d, delta)
+            if maxfl:  # (q_k delta_k, q_k), clipped together
+                q = maxfl_weights(gap, config.incfl_c)
+                delta = (jax.tree.map(lambda d: q * d, delta), q)
+            else:  # b_k delta_k, b_k in [floor, 1]
+                bump = incfl_weights(gap, 1.0, config.incfl_tau, config.incfl_floor)
+                delta = jax.tree.map(lambda d: bump * d, delta)
         return delta, loss, global_loss
 
     def finish(state, ctx, outputs, data):
@@ -171,10 +215,17 @@ def make(
         gaps = global_losses - local_loss
         applied = faults.applied(received, fault_config.min_received)
         dp_state, dp_metrics = state.dp, {}
-        if dp:  # the private mean of the bump-weighted updates
+        if dp:  # the private mean of the weighted updates (and, for maxfl, of the weights)
             mean_delta, dp_state, dp_metrics = privacy.private_mean(
                 deltas, received, state.dp, privacy.key_of(hook_key), config
             )
+            if maxfl:  # noised sum q delta / (noised sum q + eps), both divided by m
+                mean_qdelta, mean_q = mean_delta
+                denominator = jnp.maximum(mean_q, 0.0) + config.incfl_eps / received.shape[0]
+                mean_delta = jax.tree.map(lambda t: t / denominator, mean_qdelta)
+        elif maxfl:
+            weights = maxfl_weights(gaps, config.incfl_c)
+            mean_delta = maxfl_direction(deltas, weights * received, config.incfl_eps)
         else:
             weights = incfl_weights(gaps, counts, config.incfl_tau, config.incfl_floor)
             mean_delta = aggregate.weighted_mean(deltas, weights * received)

@@ -7,7 +7,7 @@ short. An algorithm's config class takes the values of the flags of the same nam
 
 from __future__ import annotations
 
-from jaxfl.names import AGGREGATIONS, FINETUNE_LAYERS, SERVER_OPTS
+from jaxfl.names import AGGREGATIONS, FINETUNE_LAYERS, INCFL_RULES, SERVER_OPTS
 
 # the per-algorithm flags each algorithm reads (its CONFIG's fields among the flags below); kept
 # here, without importing the algorithms, so that `run.py --algo X --help` needs no JAX. A test
@@ -35,7 +35,16 @@ ALGORITHM_FLAGS = {
     "mrmtl": ("mrmtl_lambda",),
     "hypcluster": ("num_clusters", "cluster_warmup"),
     "perfedavg": ("server_opt", "server_lr", "meta_lr", "personal_steps"),
-    "incfl": ("server_opt", "server_lr", "unseen_clients", "incfl_tau", "incfl_floor"),
+    "incfl": (
+        "server_opt",
+        "server_lr",
+        "unseen_clients",
+        "incfl_rule",
+        "incfl_c",
+        "incfl_eps",
+        "incfl_tau",
+        "incfl_floor",
+    ),
     "fd": ("fd_beta",),
     "feddf": (
         "distill_batch_size",
@@ -209,18 +218,39 @@ def add_algorithm_arguments(a) -> None:
         "(generalization to unseen clients; default 0)",
     )
     a(
+        "--incfl-rule",
+        choices=INCFL_RULES,
+        default=INCFL_RULES[0],
+        help="incfl: the aggregation rule. maxfl (default): MaxFL's q_k = s(1 - s), "
+        "s = sigmoid(c x_k), x_k = F_k(w_t) - F_k(local), step eta_g (--server-lr) "
+        "sum q_k (w_k - w_t) / (sum q_k + eps); bump: the earlier n_k-weighted bump of "
+        "width --incfl-tau with floor --incfl-floor",
+    )
+    a(
+        "--incfl-c",
+        type=float,
+        default=1.0,
+        help="incfl maxfl: sharpness c of the sigmoid, in 1/loss units (default 1)",
+    )
+    a(
+        "--incfl-eps",
+        type=float,
+        default=1e-3,
+        help="incfl maxfl: eps added to sum_k q_k in the step's denominator (default 1e-3)",
+    )
+    a(
         "--incfl-tau",
         type=float,
         default=0.5,
-        help="incfl: width tau (in loss units) of the weight bump around F_k(w) = F_k(local) "
-        "(default 0.5)",
+        help="incfl bump: width tau (in loss units) of the weight bump around F_k(w) = "
+        "F_k(local) (default 0.5)",
     )
     a(
         "--incfl-floor",
         type=float,
         default=0.05,
-        help="incfl: the smallest aggregation weight, as a fraction of n_k (default 0.05; 1 is "
-        "FedAvg)",
+        help="incfl bump: the smallest aggregation weight, as a fraction of n_k (default 0.05; 1 "
+        "is FedAvg)",
     )
     a(
         "--finetune-epochs",
@@ -342,6 +372,10 @@ def validate_algorithm_flags(args, fail) -> None:
         fail("--incfl-tau", args.incfl_tau, "a number > 0")
     if not 0 <= args.incfl_floor <= 1:
         fail("--incfl-floor", args.incfl_floor, "a fraction in 0..1")
+    if args.incfl_c <= 0:
+        fail("--incfl-c", args.incfl_c, "a number > 0")
+    if args.incfl_eps < 0:
+        fail("--incfl-eps", args.incfl_eps, "a number >= 0")
     if not 0 <= args.cluster_warmup <= 1:
         fail("--cluster-warmup", args.cluster_warmup, "a fraction in 0..1")
     if not 0 < args.distill_val_fraction < 1:

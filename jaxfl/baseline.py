@@ -97,27 +97,27 @@ def local_only(
     captured = {}
     sim.on("evaluate", lambda client_acc, **_: captured.update(acc=client_acc))
     state, _ = sim.run()
-    data, apply = exp.data, exp.model.apply
+    data = exp.data
 
     @jax.jit
     @on_client_mesh
     def split_loss(params, data, idx_rows, counts):
         def one_client(p, idx, cnt):
-            return train.client_loss(apply, p, data.train_x, data.train_y, idx, cnt)
+            return train.client_loss(exp.model.apply, p, data.train_x, data.train_y, idx, cnt)
 
         return map_clients(
             one_client, params, idx_rows, counts, chunk_size=exp.config["client_chunk"]
         )
 
-    result = {
-        "acc": np.asarray(captured["acc"]),
-        "train_loss": np.asarray(
-            split_loss(state.client_params, data, data.client_idx, data.client_count)
-        ),
-        "val_loss": np.asarray(
-            split_loss(state.client_params, data, data.client_val_idx, data.client_val_count)
-        ),
-    }
+    result = {"acc": np.asarray(captured["acc"])}
+    if exp.model is not None:  # one architecture (IncFL's case; with --models only accuracies)
+        (params,) = state.client_params
+        result["train_loss"] = np.asarray(
+            split_loss(params, data, data.client_idx, data.client_count)
+        )
+        result["val_loss"] = np.asarray(
+            split_loss(params, data, data.client_val_idx, data.client_val_count)
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, **result)

@@ -42,6 +42,7 @@ DATASETS = tuple(TFDS_DATASETS) + EMBEDDED_DATASETS
 PARTITIONS = ("iid", "dirichlet", "shards", "classes", "quantity", "natural")
 ATTACKS = ("none", "label_flip", "random_logits", "scaled_logits", "scaled_update")
 AGGREGATIONS = ("era", "sa")
+INCFL_RULES = ("maxfl", "bump")  # --incfl-rule (the first is the default)
 SERVER_OPTS = ("sgd", "momentum", "adam")
 FINETUNE_LAYERS = ("all", "last")
 # algorithms whose uploads --dp-clip/--dp-noise make private (jaxfl.privacy): the model-delta

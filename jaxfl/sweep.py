@@ -205,7 +205,9 @@ def _run_group(args, out, sweep, g, group, history, metrics_path, progress):
         block = to_host(block)
         if last % args.eval_every == 0 or last == args.rounds:
             records = _records(sweep.algo, group, block, to_host(group.evaluate(state)), last)
-            _add_epsilon(records, group, next(iter(sweep.built.values())).config)
+            first_built = next(iter(sweep.built.values()))
+            _add_epsilon(records, group, first_built.config)
+            _add_communication(records, first_built.algorithm)
             history += records
             _append_lines(metrics_path, records)
             if bar is not None:
@@ -263,6 +265,18 @@ def _records(algo: str, group: CompiledSweep, block: dict, evaluated: dict, roun
         )
         records.append(record)
     return records
+
+
+def _add_communication(records: list[dict], algorithm) -> None:
+    """Each record's cumulative ``comm_up_bytes_total`` / ``comm_down_bytes_total`` after its
+    round, counted as a single run counts them (every sampled client, every round)."""
+    comm = algorithm.communication
+    if not comm:
+        return
+    for record in records:
+        clients = record["round"] * algorithm.clients_per_round
+        record["comm_up_bytes_total"] = clients * comm["up_bytes"]
+        record["comm_down_bytes_total"] = clients * comm["down_bytes"]
 
 
 def _add_epsilon(records: list[dict], group, config: dict) -> None:

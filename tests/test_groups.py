@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from algorithms import dsfl, fccl, fd, feddf, fedmd
+from algorithms import dsfl, fccl, fd, feddf, fedmd, local
 from jaxfl import aggregate, faults, groups, train
 from jaxfl.algorithm import loop_clients
 from jaxfl.models import get_model
@@ -73,6 +73,7 @@ FEDMD = fedmd.FedMDConfig(
 
 
 FCCL = fccl.FCCLConfig(clients_per_round=4, local_epochs=1, batch_size=8, public_per_round=16)
+LOCAL = local.LocalConfig(clients_per_round=4, local_epochs=1, batch_size=8)
 
 
 @pytest.mark.parametrize(
@@ -81,6 +82,7 @@ FCCL = fccl.FCCLConfig(clients_per_round=4, local_epochs=1, batch_size=8, public
         (fd, FD),
         (dsfl, DSFL),
         (fedmd, FEDMD),
+        (local, LOCAL),  # local-only training, each group its own architecture
         # FedDF's groups: test_feddf_without_distillation_is_fedavg_per_group below; FCCL's:
         # its target test below and tests/test_domains.py (a model per domain): the full loop
         # comparisons of these two (50 s) run under -m slow

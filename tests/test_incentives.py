@@ -125,7 +125,9 @@ def test_incfl_round_uses_the_gap_weights_and_matches_the_loop(tiny_federation):
     data = tiny_federation
     model = get_model("mlp", data.feature_shape, data.num_classes)
     local_losses = jnp.linspace(0.5, 2.5, data.num_clients)
-    config = incfl.IncFLConfig(clients_per_round=4, local_epochs=1, batch_size=8, lr=0.1)
+    config = incfl.IncFLConfig(
+        clients_per_round=4, local_epochs=1, batch_size=8, lr=0.1, incfl_rule="bump"
+    )
     algo = incfl.make(config, data, model, local_losses=local_losses)
     state = algo.init(jax.random.key(0))
     key = jax.random.key(3)
@@ -149,6 +151,66 @@ def test_incfl_round_uses_the_gap_weights_and_matches_the_loop(tiny_federation):
     ):
         expected = np.asarray(w0) + np.tensordot(p / p.sum(), np.asarray(d), axes=1)
         np.testing.assert_allclose(np.asarray(w1), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_maxfl_weights_and_step_by_hand_on_three_clients():
+    """q_k = s(1 - s), s = sigmoid(c x_k); step sum q_k delta_k / (sum q_k + eps), by hand."""
+    x = jnp.array([-2.0, 0.0, 1.0])
+    # sigmoid(-2) = 0.11920292, sigmoid(1) = 0.73105858
+    hand_q = np.array([0.11920292 * 0.88079708, 0.25, 0.73105858 * 0.26894142])
+    np.testing.assert_allclose(incfl.maxfl_weights(x, 1.0), hand_q, rtol=1e-6)
+    np.testing.assert_allclose(  # c sharpens: sigmoid(2 * 1) = 0.88079708
+        incfl.maxfl_weights(x, 2.0)[2], 0.88079708 * 0.11920292, rtol=1e-6
+    )
+    deltas = {"w": jnp.array([[1.0, 0.0], [2.0, 1.0], [-4.0, 3.0]])}
+    direction = incfl.maxfl_direction(deltas, jnp.asarray(hand_q), eps=1e-3)
+    hand = (hand_q[:, None] * np.array([[1.0, 0.0], [2.0, 1.0], [-4.0, 3.0]])).sum(0)
+    np.testing.assert_allclose(direction["w"], hand / (hand_q.sum() + 1e-3), rtol=1e-6)
+
+
+def test_maxfl_round_on_three_clients_follows_the_rule_and_the_loop(tiny_federation):
+    """One MaxFL round with eta_g = 0.5, 3 clients of the fixture, one dropped upload: x_k from a
+    hand-written loss of the global model, q_k and the step by the formula, against the round."""
+    from jaxfl import faults
+
+    data = tiny_federation
+    model = get_model("logreg", data.feature_shape, data.num_classes)
+    local_losses = jnp.array([2.0, 2.4, 2.2, 2.6, 2.1, 2.3])
+    config = incfl.IncFLConfig(
+        clients_per_round=3, local_epochs=1, batch_size=8, lr=0.1, server_lr=0.5, incfl_c=3.0
+    )
+    drop = faults.FaultConfig(dropout=0.34)
+    algo = incfl.make(config, data, model, local_losses=local_losses, fault_config=drop)
+    state = algo.init(jax.random.key(0))
+    for seed in range(20):  # a round where exactly one of the three uploads is dropped
+        key = jax.random.key(seed)
+        received = np.asarray(algo.parts.prepare(state, key, data)[2][1])
+        if received.sum() == 2:
+            break
+    new_v, metrics_v = algo.round(state, key)
+    new_l, _ = algo.round_loop(state, key)
+    for a, b in zip(jax.tree.leaves(new_v), jax.tree.leaves(new_l), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    shared, client_args, _ = algo.parts.prepare(state, key, data)
+    deltas, _, _ = loop_clients(algo.parts.client_update, shared, *client_args)
+    sampled_val_idx, sampled_val_n = np.asarray(client_args[3]), np.asarray(client_args[4])
+    w, b = (np.asarray(state.params["Dense_0"][k]) for k in ("kernel", "bias"))
+    x = []
+    for row, n, rho in zip(sampled_val_idx, sampled_val_n, np.asarray(client_args[7]), strict=True):
+        feats = np.asarray(data.train_x)[row[:n]].reshape(n, -1)
+        logits = feats @ w + b
+        logp = logits - logits.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        x.append(-logp[np.arange(n), np.asarray(data.train_y)[row[:n]]].mean() - rho)
+    s = 1 / (1 + np.exp(-3.0 * np.array(x)))
+    q = s * (1 - s) * received
+    for w0, w1, d in zip(
+        jax.tree.leaves(state.params), jax.tree.leaves(new_v.params), jax.tree.leaves(deltas),
+        strict=True,
+    ):
+        expected = np.asarray(w0) + 0.5 * np.tensordot(q, np.asarray(d), 1) / (q.sum() + 1e-3)
+        np.testing.assert_allclose(np.asarray(w1), expected, rtol=1e-4, atol=1e-6)
+    assert float(metrics_v["received"]) == 2
 
 
 def test_unseen_clients_never_train(tiny_federation):

@@ -396,19 +396,20 @@ def test_local_only_round_is_private_sgd_from_each_clients_own_model(val_federat
     state0 = algo.init(jax.random.key(0))
     key = jax.random.key(5)
     state, _ = algo.round(state0, key)
+    (before,), (after,) = state0.client_params, state.client_params  # one model group
     k_sample, k_clients = jax.random.split(key)
     sampled = np.asarray(sample_clients(k_sample, data.num_clients, 3))
     for i, k in enumerate(sampled):
         expected, *_ = train.private_sgd(
-            model.apply, data, jax.tree.map(lambda x, k=k: x[k], state0.client_params),
+            model.apply, data, jax.tree.map(lambda x, k=k: x[k], before),
             jax.random.split(k_clients, 3)[i], data.client_idx[k], data.client_count[k],
             optax.sgd(0.2), 8, 2,
         )  # fmt: skip
-        _assert_trees_close(jax.tree.map(lambda x, k=k: x[k], state.client_params), expected)
+        _assert_trees_close(jax.tree.map(lambda x, k=k: x[k], after), expected)
     for k in sorted(set(range(data.num_clients)) - set(sampled.tolist())):
         _assert_trees_close(
-            jax.tree.map(lambda x, k=k: x[k], state.client_params),
-            jax.tree.map(lambda x, k=k: x[k], state0.client_params),
+            jax.tree.map(lambda x, k=k: x[k], after),
+            jax.tree.map(lambda x, k=k: x[k], before),
             0,
             0,
         )
