@@ -61,10 +61,15 @@ class Context:
 
     def run(self, name: str, argv: list[str]) -> Path:
         """``scripts/run.py argv --out OUT/name`` in this process; a folder that already holds
-        a finished run (its ``summary.json``) is reused, so a stopped reproduction continues."""
+        a finished run (its ``summary.json``) is reused, so a stopped reproduction continues
+        (an unfinished one is run again)."""
         folder = self.out / name
         if (folder / "summary.json").exists():
             return folder
+        if folder.exists():  # a run stopped part-way: it starts again
+            import shutil
+
+            shutil.rmtree(folder)
         import run as run_script  # scripts/run.py (scripts/reproduce.py puts it on the path)
 
         code = run_script.main([*argv, "--checkpoint-every", "0", "--out", str(folder)])
