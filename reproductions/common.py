@@ -44,7 +44,6 @@ class Context:
     scale: str
     out: Path
     data_dir: Path | None = None
-    progress: bool = True
 
     @property
     def seeds(self) -> int:

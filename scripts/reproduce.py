@@ -65,7 +65,7 @@ def parse(argv):
         action="store_true",
         help="at --scale cpu, do not update reproductions/RESULTS.md, results/ and the README",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (TQDM_DISABLE=1)")
     args = p.parse_args(argv)
     names = list(NAMES) if args.name == "all" else [args.name]
     if args.name != "all" and args.name not in NAMES:
@@ -82,6 +82,8 @@ def parse(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args, names = parse(argv)
+    if args.quiet:  # tqdm reads it: run.py's bars too
+        os.environ["TQDM_DISABLE"] = "1"
     out = Path(args.out or f"results/reproduce-{args.scale}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/reproduce.py " + " ".join(
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         folder = out / name  # an existing one continues: its finished runs are reused
         folder.mkdir(parents=True, exist_ok=True)
-        ctx = common.Context(args.scale, folder, Path(args.data_dir), not args.quiet)
+        ctx = common.Context(args.scale, folder, Path(args.data_dir))
         try:
             record = reproduce(name, ctx, command)
         except common.ReproductionError as err:

@@ -236,7 +236,8 @@ def test_run_py_sweep_writes_the_comparison_and_uses_the_same_partitions(tmp_pat
     assert infos["fedavg"] == infos["dsfl"]
     up = {(h["algo"], h["round"]): h["comm_up_bytes_total"] for h in lines}  # as a single run
     fedavg_config = config["algorithms"]["fedavg"]["config"]
-    m, params = fedavg_config["algorithm_config"]["clients_per_round"], fedavg_config["model_params"]
+    m = fedavg_config["algorithm_config"]["clients_per_round"]
+    params = fedavg_config["model_params"]
     assert up[("fedavg", 2)] == 2 * up[("fedavg", 1)] == 2 * m * 4 * params
     assert 0 < up[("dsfl", 2)] < up[("fedavg", 2)]
     summary = json.loads((out / "summary.json").read_text())

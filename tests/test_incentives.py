@@ -205,7 +205,9 @@ def test_maxfl_round_on_three_clients_follows_the_rule_and_the_loop(tiny_federat
     s = 1 / (1 + np.exp(-3.0 * np.array(x)))
     q = s * (1 - s) * received
     for w0, w1, d in zip(
-        jax.tree.leaves(state.params), jax.tree.leaves(new_v.params), jax.tree.leaves(deltas),
+        jax.tree.leaves(state.params),
+        jax.tree.leaves(new_v.params),
+        jax.tree.leaves(deltas),
         strict=True,
     ):
         expected = np.asarray(w0) + 0.5 * np.tensordot(q, np.asarray(d), 1) / (q.sum() + 1e-3)

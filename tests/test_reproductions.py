@@ -75,6 +75,22 @@ def test_bad_input_names_the_argument_and_the_allowed_values(capsys, tmp_path):
     assert not (tmp_path / "a").exists()  # refused before any folder is made
 
 
+def test_the_readme_reproduce_commands_parse(tmp_path):
+    from tests.test_readme import _commands
+
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    for stem in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"):
+        (mnist / f"{stem}-ubyte").touch()
+    commands = _commands("reproduce.py")
+    assert commands
+    for argv in commands:
+        if "--data-dir" in argv:  # ~/data/mnist: a path on the reader's machine
+            argv[argv.index("--data-dir") + 1] = str(mnist)
+        args, names = reproduce.parse(argv)
+        assert set(names) <= set(NAMES)
+
+
 def test_statistics_on_hand_made_seeds():
     rounds = np.array([1, 2, 3, 4])
     values = np.array([[0.1, 0.5, 0.8, 0.9], [0.2, 0.3, 0.4, 0.5]])
