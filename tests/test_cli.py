@@ -60,7 +60,7 @@ def test_same_seed_same_numbers(tmp_path):
         (["--algo", "finetune", "--finetune-epochs", "two"], "--finetune-epochs 'two'"),
         (
             ["--algo", "fedavg", "--models", "mlp:1,logreg:1"],
-            "only with --algo dsfl, fd, feddf, fedmd",
+            "only with --algo dsfl, local, fd, feddf, fedmd",
         ),
         (["--models", "mlp:1,logreg:1", "--model", "mlp"], "not both"),
         (["--models", "vgg:1"], "--models 'vgg:1'"),
