@@ -104,15 +104,22 @@ def analyze(ctx: common.Context, dirs: dict) -> common.Finding:
     saving = bool(finite) and len(finite) == len(ratios) and max(finite) < 0.1
     era_wins = era_sa["ci95"][0] > 0
     close = gap["mean"] > -0.05  # "similar accuracy": within 5 points of FedAvg, on average
+    reached = {k: sum(math.isfinite(v) for v in traffic[k]) for k in traffic}
+    n = len(ratios)
+    if finite:
+        first = f"where both reached {target:.0%}, DS-FL used {1 - max(finite):.1%} to "
+        first += f"{1 - min(finite):.1%} less traffic ({len(finite)} of {n} seeds)"
+    else:
+        first = f"DS-FL (ERA) reached {target:.0%} in {reached['era']} of {n} seeds, FedAvg in "
+        first += f"{reached['fedavg']}, so no traffic ratio could be taken"
     parts = [
-        f"DS-FL reached {target:.0%} with "
-        + (f"{1 - max(finite):.1%} to {1 - min(finite):.1%} less traffic" if finite else "-")
-        + (" in every seed" if len(finite) == len(ratios) else
-           f" ({len(ratios) - len(finite)} seeds never reached it)"),
+        first,
+        f"DS-FL's per-round traffic is {per_round['era'] / per_round['fedavg']:.1%} of FedAvg's",
         f"its final accuracy is {gap['mean']:+.3f} from FedAvg's",
-        "ERA beat SA (paired CI above 0)" if era_wins else
-        f"ERA did not beat SA significantly ({era_sa['mean']:+.3f})",
-    ]  # fmt: skip
+        "ERA beat SA (paired CI above 0)"
+        if era_wins
+        else f"ERA did not beat SA significantly ({era_sa['mean']:+.3f})",
+    ]
     verdict = (
         "holds"
         if saving and era_wins and close
@@ -120,20 +127,27 @@ def analyze(ctx: common.Context, dirs: dict) -> common.Finding:
         if saving or era_wins
         else "does not hold"
     )
-    why = "; ".join(parts) + (
-        ". The paper's 99% is against its CNN; this 2NN is smaller, so FedAvg's traffic is too."
-        if ctx.scale == "cpu"
-        else "."
-    )
+    why = "; ".join(parts) + "."
+    if ctx.scale == "cpu":
+        why += (
+            " Tried: this one setting (the cpu budget allows 10 of 100 clients per round for 30"
+            " rounds; the paper's runs are longer and, as I read it, train every client each"
+            " round). With 2 classes per"
+            " client most of a round's 10 clients are confidently wrong on a public sample of a"
+            " class they never saw, and ERA's sharpening (temperature 0.1) of that average can"
+            " amplify the error; under milder skew DS-FL learns well (the quick start: blobs at"
+            " Dirichlet 1.0)."
+        )
     chance = 0.1
     return common.Finding(
         verdict,
         why,
         rows,
         learned=common.learned(acc["era"], chance) and common.learned(acc["fedavg"], chance),
-        headline=f"traffic ratio to {target:.0%}: {common.fmt(ratios, 4)}; accuracy ERA "
-        f"{common.fmt(acc['era'])} vs FedAvg {common.fmt(acc['fedavg'])}; ERA - SA "
-        f"{era_sa['mean']:+.3f}",
+        headline=f"accuracy ERA {common.fmt(acc['era'])} vs FedAvg {common.fmt(acc['fedavg'])}; "
+        f"{target:.0%} reached by DS-FL in {reached['era']} of {n} seeds, FedAvg in "
+        f"{reached['fedavg']}; traffic per round {per_round['era'] / per_round['fedavg']:.1%} of "
+        f"FedAvg's; ERA - SA {era_sa['mean']:+.3f}",
         plots=plots,
         data={"accuracy": acc, "traffic_to_target": traffic, "ratio": ratios, "target": target},
     )
