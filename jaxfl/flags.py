@@ -127,7 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="clients with different architectures: MODEL:WEIGHT,... e.g. lenet5:40,mlp:30,"
         "logreg:30 splits the clients (and each round's sample) into groups of those sizes, "
-        "each with its model (algorithms: dsfl, fd, feddf, fedmd, fccl; instead of --model)",
+        "each with its model (algorithms: dsfl, fd, feddf, fedmd, fccl, local; instead of --model)",
     )
     a(
         "--conv-lowering",
