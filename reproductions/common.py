@@ -185,6 +185,16 @@ def paired(d: dict, digits: int = 3) -> str:
     return f"{d['mean']:+.{digits}f} (95% CI {lo:+.{digits}f} .. {hi:+.{digits}f})"
 
 
+def significance(d: dict) -> str:
+    """ " (above 0, 95% CI)", " (below 0, 95% CI)" or " (not significant)" for a paired
+    difference's statistics."""
+    if d.get("n", 0) > 1 and d["ci95"][0] > 0:
+        return " (significantly above 0)"
+    if d.get("n", 0) > 1 and d["ci95"][1] < 0:
+        return " (significantly below 0)"
+    return " (not significant)"
+
+
 def significantly_above(a, b) -> bool:
     """Whether a - b > 0 with the paired 95% CI entirely above 0."""
     d = difference(a, b)

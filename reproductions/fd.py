@@ -87,9 +87,9 @@ def analyze(ctx: common.Context, dirs: dict) -> common.Finding:
     why = (
         f"FD's traffic is {ratio:.2%} of FedAvg's per round; on the global test set FD is "
         f"{gain['mean']:+.3f} from local training"
-        + (" (significant)" if better else " (not significant)")
+        + common.significance(gain)
         + f", on the clients' own classes {gain_own['mean']:+.3f}"
-        + (" (significant)" if better_own else " (not significant)")
+        + common.significance(gain_own)
         + ". A client that never sees a class never predicts it: FD's table only regularizes "
         "the logits of the classes a client holds, so most of the global test set stays out of "
         f"reach (FedAvg's one model: {common.stats(fedavg)['mean']:.3f})."

@@ -89,11 +89,12 @@ def analyze(ctx: common.Context, dirs: dict) -> common.Finding:
     why = (
         "; ".join(
             f"at alpha {a} FedDF is {common.stats(gains[a])['mean'] * 100:+.1f} points from FedAvg"
-            + (" (significant)" if wins[a] else " (not significant)")
+            + common.significance(common.stats(gains[a]))
             for a in ALPHAS
         )
         + f"; the gain grows by {stronger['mean'] * 100:+.1f} points from alpha 1.0 to 0.1"
-        + (" (significant)." if more else " (not significant).")
+        + common.significance(stronger)
+        + "."
     )
     if ctx.scale == "cpu":
         why += (

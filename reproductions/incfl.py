@@ -101,7 +101,7 @@ def analyze(ctx: common.Context, dirs: dict) -> common.Finding:
         verdict = "not judged"
     why = "; ".join(
         f"{LABELS[k]} moves IPR on {m.split('_')[1]} clients by {gains[(k, m)]['mean']:+.3f}"
-        + (" (significant)" if up[(k, m)] else " (not significant)")
+        + common.significance(gains[(k, m)])
         for k in ("maxfl", "bump")
         for m in ("ipr_seen", "ipr_unseen")
     ) + (
