@@ -205,6 +205,11 @@ def update_record(records: list[dict], out: Path) -> None:
         write_json(RECORD / "results" / f"{r['name']}.json", r)
         for plot in r["plots"]:
             shutil.copyfile(out / r["name"] / plot, RECORD / "plots" / plot)
+    write_record()
+
+
+def write_record() -> None:
+    """reproductions/RESULTS.md and the README's table from every recorded finding."""
     every = [
         json.loads((RECORD / "results" / f"{n}.json").read_text())
         for n in NAMES
