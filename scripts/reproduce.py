@@ -12,7 +12,7 @@ results folder (default results/reproduce-SCALE-TIMESTAMP): one folder per entry
 (scripts/run.py results folders), finding.json and plots, and RESULTS.md for what ran; given an
 existing --out, finished runs are reused (a stopped reproduction continues). At
 ``cpu`` scale it also updates the repository's record, unless --no-record: the entry's
-reproductions/results/NAME.json and plot, reproductions/RESULTS.md (every entry's latest
+reproductions/findings/NAME.json and plot, reproductions/RESULTS.md (every entry's latest
 finding) and the README's table between its reproductions markers. Every number in those files
 comes from the runs; each section names the command, commit and machine that produced it.
 """
@@ -63,7 +63,8 @@ def parse(argv):
     p.add_argument(
         "--no-record",
         action="store_true",
-        help="at --scale cpu, do not update reproductions/RESULTS.md, results/ and the README",
+        help="at --scale cpu, do not update reproductions/RESULTS.md, findings/, plots/ and the "
+        "README",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars (TQDM_DISABLE=1)")
     args = p.parse_args(argv)
@@ -196,13 +197,13 @@ def summary_table(records: list[dict]) -> str:
 
 
 def update_record(records: list[dict], out: Path) -> None:
-    """The repository's record: results/NAME.json, plots/, RESULTS.md and the README table."""
+    """The repository's record: findings/NAME.json, plots/, RESULTS.md and the README table."""
     from jaxfl.io import write_json
 
-    (RECORD / "results").mkdir(exist_ok=True)
+    (RECORD / "findings").mkdir(exist_ok=True)
     (RECORD / "plots").mkdir(exist_ok=True)
     for r in records:
-        write_json(RECORD / "results" / f"{r['name']}.json", r)
+        write_json(RECORD / "findings" / f"{r['name']}.json", r)
         for plot in r["plots"]:
             shutil.copyfile(out / r["name"] / plot, RECORD / "plots" / plot)
     write_record()
@@ -211,9 +212,9 @@ def update_record(records: list[dict], out: Path) -> None:
 def write_record() -> None:
     """reproductions/RESULTS.md and the README's table from every recorded finding."""
     every = [
-        json.loads((RECORD / "results" / f"{n}.json").read_text())
+        json.loads((RECORD / "findings" / f"{n}.json").read_text())
         for n in NAMES
-        if (RECORD / "results" / f"{n}.json").exists()
+        if (RECORD / "findings" / f"{n}.json").exists()
     ]
     (RECORD / "RESULTS.md").write_text(results_markdown(every, "cpu"))
     readme = ROOT / "README.md"

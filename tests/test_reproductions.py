@@ -109,7 +109,7 @@ def test_the_recorded_results_are_what_the_command_writes_from_its_records():
     """reproductions/RESULTS.md and the README's table are regenerated from the entries'
     recorded findings exactly (nothing typed in), and every entry has a cpu-scale record."""
     records = [
-        json.loads((ROOT / "reproductions" / "results" / f"{n}.json").read_text()) for n in NAMES
+        json.loads((ROOT / "reproductions" / "findings" / f"{n}.json").read_text()) for n in NAMES
     ]
     assert all(r["scale"] == "cpu" and r["commit"] != "unknown" for r in records)
     assert (ROOT / "reproductions" / "RESULTS.md").read_text() == reproduce.results_markdown(
