@@ -155,11 +155,13 @@ def analyze(ctx: common.Context, dirs: dict) -> common.Finding:
 
 def _plot(ctx, dirs, curves, target) -> str:
     plt, fig, (ax_round, ax_bytes) = common.figure(2)
-    for key, label in (("era", "DS-FL (ERA)"), ("sa", "DS-FL (SA)"), ("fedavg", "FedAvg")):
+    labels = (("era", "DS-FL (ERA)"), ("sa", "DS-FL (SA)"), ("fedavg", "FedAvg"))
+    for i, (key, label) in enumerate(labels):  # one colour per algorithm in both panels
         rounds, values = common.curve(dirs[key], "test_acc")
-        common.plot_bands(ax_round, rounds, values, label)
+        common.plot_bands(ax_round, rounds, values, label, color=f"C{i}")
         if key in curves:
-            common.plot_bands(ax_bytes, curves[key][2].mean(0) / 2**20, values, label)
+            x = curves[key][2].mean(0) / 2**20
+            common.plot_bands(ax_bytes, x, values, label, color=f"C{i}")
     for ax in (ax_round, ax_bytes):
         ax.axhline(target, color="grey", lw=0.8, ls="--")
         ax.set_ylabel("server test accuracy")
