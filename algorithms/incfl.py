@@ -38,7 +38,8 @@ entirely, to measure how IPR generalizes to clients the server never saw.
 With ``--dp-clip``/``--dp-noise`` (:mod:`jaxfl.privacy`) x_k never leaves the client: it
 computes its own weight and uploads the weighted update, clipped as ONE vector with the weight.
 maxfl: (q_k (w_k - w_t), q_k), and the server divides the noised sum of the first by the noised
-sum of the second (post-processing; q_k <= 1/4 adds at most 1/4 to the norm). bump: clip(b_k (w_k
+sum of the second, floored at 1/4, one marginal client's weight, so that noise near zero cannot
+blow the step up (post-processing; q_k <= 1/4 adds at most 1/4 to the norm). bump: clip(b_k (w_k
 - w_t)) with b_k = p_k / n_k in [floor, 1] and DP-FedAvg's fixed denominator m. Either way one
 client moves what the server sees by at most the clip norm.
 """
@@ -219,9 +220,13 @@ def make(
             mean_delta, dp_state, dp_metrics = privacy.private_mean(
                 deltas, received, state.dp, privacy.key_of(hook_key), config
             )
-            if maxfl:  # noised sum q delta / (noised sum q + eps), both divided by m
+            if maxfl:  # noised sum q delta / (noised sum q + eps), both divided by m; the
+                # noised sum is floored at one marginal client's weight (1/4): noise near 0
+                # must not blow the step up (post-processing, no privacy cost)
                 mean_qdelta, mean_q = mean_delta
-                denominator = jnp.maximum(mean_q, 0.0) + config.incfl_eps / received.shape[0]
+                m_sampled = received.shape[0]
+                floor = 0.25 / m_sampled
+                denominator = jnp.maximum(mean_q, floor) + config.incfl_eps / m_sampled
                 mean_delta = jax.tree.map(lambda t: t / denominator, mean_qdelta)
         elif maxfl:
             weights = maxfl_weights(gaps, config.incfl_c)

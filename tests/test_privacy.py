@@ -158,6 +158,28 @@ def test_private_rounds_trace_with_the_dp_state_and_metrics(algo):
     assert new.dp.clip.shape == () and {"dp_clip_norm", "dp_unclipped_frac"} <= set(metrics)
 
 
+def test_private_maxfl_without_noise_is_maxfl_and_stays_finite_with_noise():
+    """IncFL's MaxFL rule under DP: clients upload (q_k delta_k, q_k) clipped together; with
+    z = 0 and a clip nothing reaches, the noised ratio is the plain step (sum q_k >= 1/4 here,
+    above the denominator's floor); with heavy noise the floored denominator keeps it finite."""
+    base = build("fedavg", 0, *EQUAL)
+    losses = np.full(base.data.num_clients, 2.3, np.float32)  # x_k near 0: q_k near 1/4
+    incfl = ALGORITHMS["incfl"]
+
+    def round_with(**dp):
+        config = incfl.CONFIG(batch_size=10, clients_per_round=4, **dp)
+        algorithm = incfl.make(config, base.data, base.model, local_losses=losses)
+        key = jax.random.key(2)
+        return algorithm.round(algorithm.init(key), key)
+
+    plain, _ = round_with()
+    loose, metrics = round_with(dp_clip=1e9, dp_noise=0.0)
+    assert max_diff(loose.params, plain.params) < 1e-5
+    assert float(metrics["dp_unclipped_frac"]) == 1.0
+    noisy, _ = round_with(dp_clip=0.1, dp_noise=5.0)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(noisy.params))
+
+
 def test_dsfl_private_soft_labels_follow_the_equation():
     """With noise, DS-FL's global soft labels are ERA of (sum clip(p_k) + N(0, (z S)^2)) / m:
     rows are distributions and differ from the plain round's; every client's upload norm is at
