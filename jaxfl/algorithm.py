@@ -103,6 +103,18 @@ def communication(
     }
 
 
+def traffic_totals(comm: dict, clients_per_round: int, rounds: int) -> dict:
+    """Cumulative bytes after ``rounds`` rounds, every sampled client counted every round
+    (``comm``: :func:`communication`'s dict; empty when an algorithm states none)."""
+    if not comm:
+        return {}
+    clients = rounds * clients_per_round
+    return {
+        "comm_up_bytes_total": clients * comm["up_bytes"],
+        "comm_down_bytes_total": clients * comm["down_bytes"],
+    }
+
+
 def sample_clients(key: jax.Array, num_clients: int, m: int) -> jax.Array:
     """m distinct client indices, uniform without replacement (static shape (m,))."""
     return jax.random.permutation(key, num_clients)[:m].astype(jnp.int32)

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfl.algorithm import FederatedAlgorithm
+from jaxfl.algorithm import FederatedAlgorithm, traffic_totals
 from jaxfl.clients import replicate, to_host
 from jaxfl.metrics import personalization_summary, summarize_clients
 
@@ -141,11 +141,6 @@ class Simulation:
         algo = self.algorithm
         state = replicate(algo.init(self.init_key) if state is None else state)
         self.history = list(history or [])
-        comm = algo.communication
-        done = start_round - 1
-        per_round = algo.clients_per_round if comm else 0  # bytes unknown: not counted
-        up_total = done * per_round * comm.get("up_bytes", 0)
-        down_total = done * per_round * comm.get("down_bytes", 0)
         self.start_time = time.perf_counter()
         self.emit("run_start", state=state, start_round=start_round)
         first = start_round
@@ -168,11 +163,7 @@ class Simulation:
                 )
             for record in records:
                 r = self.round = record["round"]
-                if comm:
-                    up_total += per_round * comm["up_bytes"]
-                    down_total += per_round * comm["down_bytes"]
-                    record["comm_up_bytes_total"] = up_total
-                    record["comm_down_bytes_total"] = down_total
+                record.update(traffic_totals(algo.communication, algo.clients_per_round, r))
                 if self.accountant is not None:
                     record["dp_epsilon"] = self.accountant.epsilon(r)
                 evaluated = r == last and (r % self.eval_every == 0 or r == self.rounds)

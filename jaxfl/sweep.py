@@ -27,6 +27,7 @@ import numpy as np
 
 from algorithms import ALGORITHMS
 from jaxfl import accounting, checkpoint, experiment, flags
+from jaxfl.algorithm import traffic_totals
 from jaxfl.clients import cpu_chunk_size, device_memory_limit, to_host
 from jaxfl.compiled_sweep import CompiledSweep
 from jaxfl.experiments import (  # noqa: F401  (SweepError: run.py catches it from here)
@@ -269,14 +270,11 @@ def _records(algo: str, group: CompiledSweep, block: dict, evaluated: dict, roun
 
 def _add_communication(records: list[dict], algorithm) -> None:
     """Each record's cumulative ``comm_up_bytes_total`` / ``comm_down_bytes_total`` after its
-    round, counted as a single run counts them (every sampled client, every round)."""
-    comm = algorithm.communication
-    if not comm:
-        return
+    round, as a single run counts them (:func:`jaxfl.algorithm.traffic_totals`)."""
     for record in records:
-        clients = record["round"] * algorithm.clients_per_round
-        record["comm_up_bytes_total"] = clients * comm["up_bytes"]
-        record["comm_down_bytes_total"] = clients * comm["down_bytes"]
+        record.update(
+            traffic_totals(algorithm.communication, algorithm.clients_per_round, record["round"])
+        )
 
 
 def _add_epsilon(records: list[dict], group, config: dict) -> None:

@@ -223,14 +223,12 @@ def _plt():
 
 
 def plot_bands(ax, x, values, label: str, **kw) -> None:
-    """Mean over seeds (rows of ``values``) with its 95% CI band."""
-    values = np.asarray(values, np.float64)
-    mean = values.mean(0)
+    """Mean over seeds (rows of ``values``) with its 95% CI band (:func:`stats` per column)."""
+    columns = [stats(column) for column in np.asarray(values, np.float64).T]
+    mean = np.array([c.get("mean", np.nan) for c in columns])
+    half = np.array([c.get("ci95_half", np.nan) for c in columns])
     ax.plot(x, mean, label=label, **kw)
-    if len(values) > 1:
-        from jaxfl.report import _t_quantile
-
-        half = _t_quantile(len(values) - 1) * values.std(0, ddof=1) / math.sqrt(len(values))
+    if np.isfinite(half).any():
         ax.fill_between(x, mean - half, mean + half, alpha=0.2, **kw)
 
 
