@@ -18,6 +18,7 @@ from algorithms import (
     fccl,
     fd,
     fedavg,
+    fedbuff,
     feddf,
     fedmd,
     finetune,
@@ -44,6 +45,7 @@ ALGORITHMS = {
     "feddf": feddf,
     "fedmd": fedmd,
     "fccl": fccl,
+    "fedbuff": fedbuff,
 }
 
 

@@ -22,7 +22,10 @@ round DP-FedAvg (:mod:`jaxfl.privacy`): each update is clipped to norm C_t, ever
 the same, and Delta = (sum_k clip(w_k - w_t) + N(0, (z C_t)^2 I)) / m. ``unseen_clients`` U
 keeps the last U clients out of training (they are only evaluated), to measure generalization to
 clients the server never saw. Faults (:mod:`jaxfl.faults`): dropout, stragglers, label flipping
-and scaled updates.
+and scaled updates. The virtual clock (:mod:`jaxfl.clock`) gives every round a simulated
+duration (``sim_time`` is its running total): the round waits for all sampled clients, the first
+``round_first`` of them or until ``round_deadline``; a client it does not wait for counts as
+dropped.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl import aggregate, faults, hooks, metrics, privacy
+from jaxfl import aggregate, clock, faults, hooks, metrics, privacy
 from jaxfl.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.models import Model
@@ -48,7 +51,7 @@ SUPPORTS_DP = True  # --dp-clip, --dp-noise, ... (jaxfl.privacy)
 
 
 @dataclasses.dataclass(frozen=True)
-class FedAvgConfig(privacy.DPFields):
+class FedAvgConfig(privacy.DPFields, clock.ClockFields):
     clients_per_round: int | None = None  # None: all clients
     local_epochs: int = 1
     batch_size: int = 50
@@ -69,6 +72,7 @@ class FedAvgState:
     opt_state: Any  # server optimizer state
     round: jax.Array  # () int32
     dp: privacy.DPState | None = None  # the clip norm with --dp-clip
+    clock: clock.ClockState | None = None  # virtual time and client speeds (jaxfl.clock)
 
 
 def flag_server_optimizer(config: FedAvgConfig) -> optax.GradientTransformation:
@@ -157,6 +161,7 @@ def make(
     streamed = stream and aggregate_updates is aggregate.weighted_mean
     dp = privacy.enabled(config)
     privacy.check(config, m)
+    clock.check_round(config, m)
     if dp and aggregate_updates is not aggregate.weighted_mean:
         raise ValueError(
             "--dp-clip replaces the weighted mean with the private mean (jaxfl.privacy); "
@@ -168,12 +173,22 @@ def make(
     def init(key):
         params = model.init(key)
         state = FedAvgState(params, server_opt.init(params), jnp.zeros((), jnp.int32))
-        return state.replace(dp=privacy.init(config))
+        return state.replace(
+            dp=privacy.init(config), clock=clock.init(config, key, data.num_clients)
+        )
 
     def prepare(state, key, data):
         picked = clients.sample(key, data)
         client_args, received = picked.client_args, picked.received
         counts = data.client_count[picked.sampled]
+        # the virtual clock: how long each client takes, whom the round waits for
+        steps = faults.step_budget(client_args[-2], counts, *local)
+        received, round_time = clock.move_on(
+            clock.durations(state.clock, picked.sampled, steps),
+            received,
+            config.round_deadline,
+            config.round_first,
+        )
         if streamed:  # normalised weights, as aggregate.weighted_mean computes them
             weights = counts * received
             mean_weights = weights.astype(jnp.float32) / jnp.maximum(jnp.sum(weights), 1e-30)
@@ -183,7 +198,7 @@ def make(
             client_args = (*client_args, mean_weights, loss_weights)
         clip = state.dp.clip if dp else None
         shared = (data, state.params, clip)
-        return shared, client_args, (counts, received, hooks.round_key(key))
+        return shared, client_args, (counts, received, round_time, hooks.round_key(key))
 
     def client_update(shared, key, idx_row, count, work, is_adversary, *weights):
         data, global_params, clip = shared
@@ -217,7 +232,7 @@ def make(
         return delta, losses, *unclipped
 
     def finish(state, ctx, outputs, data):
-        counts, received, hook_key = ctx
+        counts, received, round_time, hook_key = ctx
         if streamed:  # sums over the clients, accumulated chunk by chunk
             mean_delta, mean_losses, *unclipped = outputs
         else:
@@ -239,13 +254,17 @@ def make(
             server_opt, state.params, state.opt_state, mean_delta, applied
         )
         dp_state = faults.select(applied, dp_state, state.dp)
-        new_state = FedAvgState(params, opt_state, state.round + 1, dp_state)
+        sim_time = state.clock.time + round_time
+        new_state = FedAvgState(
+            params, opt_state, state.round + 1, dp_state, state.clock.replace(time=sim_time)
+        )
         penalty = {"train_penalty": mean_losses[1]} if loss_term else {}
         return new_state, {
             "train_loss": mean_losses[0],
             **penalty,
             "received": jnp.sum(received),
             "applied": applied,
+            "sim_time": sim_time,
             **dp_metrics,
         }
 

@@ -70,11 +70,13 @@ ALGORITHM_FLAGS = {
         "fccl_collab_steps",
         "fccl_pretrain_epochs",
     ),
+    "fedbuff": ("concurrency", "buffer", "staleness", "server_opt", "server_lr"),
 }
 
 
 def add_algorithm_arguments(a) -> None:
     """Add the per-algorithm flags with ``a = parser.add_argument``."""
+    add_async_arguments(a)
     a(
         "--public-per-round",
         type=int,
@@ -309,6 +311,31 @@ def add_algorithm_arguments(a) -> None:
     )
 
 
+def add_async_arguments(a) -> None:
+    """FedBuff's flags (``algorithms/fedbuff.py``)."""
+    a(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="fedbuff: M, clients training at once, each from the model version it downloaded "
+        "(default --clients-per-round, else every client)",
+    )
+    a(
+        "--buffer",
+        type=int,
+        default=None,
+        help="fedbuff: K, the server applies an update when K uploads have arrived (1..M; "
+        "1 is FedAsync; default max(1, M // 5))",
+    )
+    a(
+        "--staleness",
+        default="polynomial:0.5",
+        help="fedbuff: staleness weight s(tau) of an update tau server steps old: constant, "
+        "polynomial:A ((1+tau)^-A), hinge:A:B (1 up to B, then 1/(A(tau-B)+1)) "
+        "(default polynomial:0.5, FedBuff's)",
+    )
+
+
 def validate_algorithm_flags(args, fail) -> None:
     """Cheap checks of the per-algorithm flags; ``fail(flag, value, allowed)`` raises."""
     if args.aggregation not in AGGREGATIONS:
@@ -383,7 +410,27 @@ def validate_algorithm_flags(args, fail) -> None:
     for flag in ("distill_temperature", "server_distill_lr", "fedmd_lr", "fccl_lr"):
         if getattr(args, flag) <= 0:
             fail("--" + flag.replace("_", "-"), getattr(args, flag), "a number > 0")
+    if args.algo == "fedbuff":
+        _validate_fedbuff(args, fail)
     for flag in ("finetune_lr", "personal_lr", "meta_lr", "distill_lr"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             fail("--" + flag.replace("_", "-"), value, "a number > 0")
+
+
+def _validate_fedbuff(args, fail) -> None:
+    m = args.concurrency or args.clients_per_round or args.clients
+    if not 1 <= m <= args.clients:
+        fail("--concurrency", m, f"1..--clients ({args.clients}): a client trains one model at "
+             "a time")  # fmt: skip
+    if args.buffer is not None and not 1 <= args.buffer <= m:
+        fail("--buffer", args.buffer, f"1..--concurrency ({m}): a server step waits for K of "
+             "the M clients in flight")  # fmt: skip
+    from jaxfl.clock import ClockSpecError, parse_staleness
+
+    try:
+        parse_staleness(args.staleness)
+    except ClockSpecError as err:
+        from jaxfl.flags import ConfigError
+
+        raise ConfigError(str(err)) from None

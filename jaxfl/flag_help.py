@@ -59,6 +59,12 @@ GROUPS = {
         "dp_clip_lr",
         "dp_clip_count_noise",
     ),
+    "virtual clock (jaxfl.clock: simulated time, client speeds, when a round moves on)": (
+        "client_speed",
+        "client_latency",
+        "round_deadline",
+        "round_first",
+    ),
     "scale (devices, hosts, memory)": (
         "client_chunk",
         "devices",

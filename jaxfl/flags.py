@@ -12,7 +12,12 @@ import json
 import math
 from pathlib import Path
 
-from jaxfl.algorithm_flags import ALGORITHM_FLAGS, add_algorithm_arguments, validate_algorithm_flags
+from jaxfl.algorithm_flags import (
+    ALGORITHM_FLAGS,
+    add_algorithm_arguments,
+    validate_algorithm_flags,
+)
+from jaxfl.clock_flags import add_clock_arguments, validate_clock_flags
 from jaxfl.fault_flags import add_fault_arguments
 from jaxfl.flag_help import Grouped, help_algo
 from jaxfl.names import (
@@ -180,6 +185,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_algorithm_arguments(a)
     add_fault_arguments(a)
     add_privacy_arguments(a)
+    add_clock_arguments(a)
     add_scale_arguments(a)
     return parser
 
@@ -244,6 +250,7 @@ def validate(args: argparse.Namespace) -> None:
         _fail("--client-val-fraction", args.client_val_fraction, "0 <= fraction < 1")
     validate_algorithm_flags(args, _fail)
     validate_privacy_flags(args, _fail)
+    validate_clock_flags(args, _fail)
     validate_scale_flags(args, _fail)
 
 

@@ -183,7 +183,17 @@ def plot_history(history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rounds = [h["round"] for h in history]
-    fig, (ax_acc, ax_comm) = plt.subplots(1, 2, figsize=(11, 4))
+    timed = "sim_time" in history[-1]  # the virtual clock: accuracy against simulated time too
+    fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(16 if timed else 11, 4))
+    ax_acc, ax_comm = axes[0], axes[1]
+    if timed:
+        points = [h for h in history if "test_acc" in h and "sim_time" in h]
+        axes[2].plot([h["sim_time"] for h in points], [h["test_acc"] for h in points], marker="o",
+                     ms=3, label="global/server model, test set")  # fmt: skip
+        axes[2].set(xlabel="simulated time (virtual seconds)", ylabel="accuracy",
+                    title="Accuracy over simulated time")  # fmt: skip
+        axes[2].grid(alpha=0.3)
+        axes[2].legend(loc="lower right")
     for key, label in (
         ("test_acc", "global/server model, test set"),
         ("client_acc_mean", "clients, own test split (mean)"),
@@ -206,6 +216,27 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax_comm.set(xlabel="round", ylabel="MiB (cumulative)", title="Communication")
     ax_comm.grid(alpha=0.3)
     ax_comm.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_staleness(counts: list[int], path: Path) -> None:
+    """Bar chart of how many arrived updates had each staleness (server steps since the
+    client's download); the last bar counts every staleness from its value up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    last = max((i for i, c in enumerate(counts) if c), default=0)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(range(last + 1), counts[: last + 1], color="tab:blue")
+    total = sum(counts)
+    mean = sum(i * c for i, c in enumerate(counts)) / max(total, 1)
+    ax.set(xlabel="staleness (server steps)", ylabel="updates",
+           title=f"Staleness of {total:,} arrived updates (mean {mean:.2f})")  # fmt: skip
+    ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

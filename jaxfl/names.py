@@ -23,6 +23,7 @@ ALGORITHMS = (
     "feddf",
     "fedmd",
     "fccl",
+    "fedbuff",
 )
 PERSONALIZATION = ("local", "finetune", "ditto", "mrmtl", "hypcluster", "perfedavg")
 
@@ -44,6 +45,10 @@ ATTACKS = ("none", "label_flip", "random_logits", "scaled_logits", "scaled_updat
 AGGREGATIONS = ("era", "sa")
 INCFL_RULES = ("maxfl", "bump")  # --incfl-rule (the first is the default)
 SERVER_OPTS = ("sgd", "momentum", "adam")
+# the virtual clock (jaxfl.clock): --client-speed/--client-latency kinds, and the algorithms that
+# keep a clock (synchronous FedAvg reports simulated time; FedBuff orders arrivals by it)
+SPEED_KINDS = ("constant", "lognormal", "two-tier", "uniform", "file")
+CLOCK_ALGORITHMS = ("fedavg", "fedbuff")
 FINETUNE_LAYERS = ("all", "last")
 # algorithms whose uploads --dp-clip/--dp-noise make private (jaxfl.privacy): the model-delta
 # family (FedAvg and FedProx via its hook, FedAvg + fine-tuning, Ditto's and Per-FedAvg's shared

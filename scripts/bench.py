@@ -5,8 +5,9 @@
 clients/s, samples/s, peak memory, achieved useful GFLOP/s and its fraction of a dense GEMM
 measured in the same run, the per-client loop and its ratio, and the peers' form and its ratio):
 
-The suites (``fedavg-cnn``, ``dsfl-lab``, ``lowerings``, ``experiments``, ``gpu``) are defined
-and described in ``scripts/bench_suites.py``; ``--tiny`` shrinks every suite to seconds.
+The suites (``fedavg-cnn``, ``dsfl-lab``, ``lowerings``, ``experiments``, ``gpu``, ``async``)
+are defined and described in ``scripts/bench_suites.py``; ``--tiny`` shrinks every suite to
+seconds.
 
 Without ``--suite`` the flags choose the workload (default: the DS-FL lab setting for C = 10,
 100, 1000). The per-client loop calls the same jitted one-client function once per client; the
@@ -46,6 +47,7 @@ def _force_host_devices(argv: list[str]) -> None:
 if __name__ == "__main__":
     _force_host_devices(sys.argv[1:])
 
+import bench_async  # noqa: E402
 import bench_suites  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -300,6 +302,9 @@ def main(argv=None) -> int:
         f"dense f32 GEMM {gemm / 1e9:.1f} GFLOP/s | jax {jax.__version__}",
         flush=True,
     )
+    if args.suite == "async":
+        _write(args, gemm, [], async_rows=bench_async.run_async_suite(args, dataset))
+        return 0
     if args.suite in ("experiments", "gpu"):
         rows, sweep_rows = [], []
         if args.suite == "gpu":
@@ -364,7 +369,13 @@ def main(argv=None) -> int:
     return 0
 
 
-def _write(args, gemm: float, rows: list[dict], experiment_rows: list[dict] | None = None):
+def _write(
+    args,
+    gemm: float,
+    rows: list[dict],
+    experiment_rows: list[dict] | None = None,
+    async_rows: list[dict] | None = None,
+):
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -378,6 +389,7 @@ def _write(args, gemm: float, rows: list[dict], experiment_rows: list[dict] | No
                 "gemm_gflop_per_s": gemm / 1e9,
                 "rows": rows,
                 "experiment_rows": experiment_rows or [],
+                "async_rows": async_rows or [],
                 "conv_lowerings": _lowering_choices(),
             },
             indent=2,

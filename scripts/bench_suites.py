@@ -11,6 +11,8 @@
 - ``experiments``: S experiments in one call (``run.py --seeds S``) against S separate runs,
   compile included and excluded (``scripts/bench_experiments.py``): FedAvg (MLP) and DS-FL
   (LeNet-5, 1 local + 1 distillation epoch) at C = 100, S = 1, 4, 8.
+- ``async``: FedBuff's server step against the synchronous FedAvg round (MLP, C = 1,000 and
+  10,000): server steps/s and client updates/s (``scripts/bench_async.py``).
 - ``gpu``: everything an accelerator session should measure in one command (about 8 minutes on
   one H200): the DS-FL lab round at C = 100, 1,000, 10,000 (memory-sized chunks and chunks of
   64), each conv lowering at C = 100, the FedAvg CNN at C = 10,000, and 1..64 experiments of
@@ -46,6 +48,7 @@ SUITES = {
     "dsfl-lab": {"algo": ["dsfl"], "models": ["lenet5"], "clients": [100], "lowerings": ["auto"]},
     "experiments": {},
     "gpu": {},
+    "async": {},
     "lowerings": {
         "algo": ["fedavg"],
         "models": ["lenet5", "cnn", "resnet8"],

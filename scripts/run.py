@@ -30,13 +30,14 @@ import jax  # noqa: E402
 from algorithms import ALGORITHMS  # noqa: E402
 from jaxfl import checkpoint, events, experiment, flags, flops, report, scale, sweep  # noqa: E402
 from jaxfl.baseline import local_only_accuracy  # noqa: E402
-from jaxfl.clients import client_mesh, use_mesh  # noqa: E402
+from jaxfl.clients import client_mesh, to_host, use_mesh  # noqa: E402
 from jaxfl.data import DataUnavailableError, PartitionError  # noqa: E402
 from jaxfl.io import (  # noqa: E402
     ResultsExistError,
     ResultsWriter,
     check_results_dir,
     default_results_dir,
+    plot_staleness,
 )
 from jaxfl.models import tuning  # noqa: E402
 from jaxfl.simulation import NonFiniteError, Simulation  # noqa: E402
@@ -279,7 +280,7 @@ def run(args, start: float) -> int:
     print(
         f"{exp.algorithm.name} on {info['dataset']} ({info['source']}): {info['num_clients']} "
         f"clients, partition {info['partition']}, model {exp.config['model']} "
-        f"({exp.model.num_params:,} params), {exp.config['clients_per_round']} per round "
+        f"({exp.model.num_params:,} params), {_participation(exp)} "
         f"-> {out}" + (f" (resuming at round {start_round})" if start_round > 1 else "")
     )
     if jax.process_index() == 0 and start_round <= args.rounds:
@@ -301,7 +302,7 @@ def run(args, start: float) -> int:
 
     try:
         with CtrlC(sim):
-            _, history = sim.run(state, start_round, writer.history)
+            final_state, history = sim.run(state, start_round, writer.history)
     except NonFiniteError as err:
         writer.finish({"status": "failed", "error": str(err)}, **per_client())
         print(f"error: {err}", file=sys.stderr)
@@ -330,6 +331,13 @@ def run(args, start: float) -> int:
     if sim.stop_reason == INTERRUPTED:
         status, message = interrupted(out)
         summary.update(status)
+    if final.get("sim_time"):  # the virtual clock: clients trained per simulated second
+        trained = final["round"] * exp.algorithm.clients_per_round
+        summary["clients_trained_per_sim_second"] = trained / final["sim_time"]
+    if hasattr(final_state, "staleness_hist"):  # asynchronous: how old the applied updates were
+        counts = to_host(final_state.staleness_hist).tolist()
+        summary["staleness_hist"] = counts
+        plot_staleness(counts, out / "staleness.png")
     writer.finish(summary, **per_client())
     shown = [f"{k} {final[k]:.4f}" for k in SHOWN if k in final]
     print(f"round {final['round']}: {', '.join(shown)}; results in {out}")
@@ -398,6 +406,18 @@ def _explained(history: list[dict], num_classes: int) -> str:
             "split, mean and 10th percentile over clients; mean "
             + _course(history, "client_acc_mean")
         )
+    if "sim_time" in history[-1]:
+        lines.append(
+            "  sim_time: simulated seconds on the virtual clock (a client's dispatch lasts its "
+            "local steps x its --client-speed + --client-latency; a synchronous round waits for "
+            f"its slowest client); {_course(history, 'sim_time', digits=0)}"
+        )
+    if "staleness_mean" in history[-1]:
+        lines.append(
+            "  staleness: server steps between a client's download and its update's arrival "
+            "(histogram in summary.json and staleness.png); mean "
+            + _course(history, "staleness_mean")
+        )
     if "dp_epsilon" in history[-1]:
         lines.append(
             "  dp_epsilon: the privacy spent so far, (epsilon, delta)-DP for each client's whole "
@@ -406,13 +426,24 @@ def _explained(history: list[dict], num_classes: int) -> str:
     return "\n".join(lines)
 
 
-def _course(history: list[dict], metric: str, shown: int = 8) -> str:
+def _participation(exp) -> str:
+    """ "10 per round", or FedBuff's "10 in flight, 2 per server step"."""
+    config = exp.algorithm_config
+    if exp.algorithm.name == "fedbuff":
+        from algorithms.fedbuff import concurrency_and_buffer
+
+        m, k = concurrency_and_buffer(config, exp.data.num_clients)
+        return f"{m} in flight, {k} per server step (a round is a server step)"
+    return f"{exp.config['clients_per_round']} per round"
+
+
+def _course(history: list[dict], metric: str, shown: int = 8, digits: int = 2) -> str:
     """``"by round: 1 0.24, 2 0.50, ..."`` for at most ``shown`` evenly spaced evaluated rounds."""
     points = [h for h in history if metric in h]
     if len(points) > shown:
         picks = sorted({round(i * (len(points) - 1) / (shown - 1)) for i in range(shown)})
         points = [points[i] for i in picks]
-    return "by round: " + ", ".join(f"{h['round']} {h[metric]:.2f}" for h in points)
+    return "by round: " + ", ".join(f"{h['round']} {h[metric]:.{digits}f}" for h in points)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ EXTRA = {  # per-algorithm flags that keep its round small
     "finetune": ["--finetune-epochs", "0,1"],
     "hypcluster": ["--num-clusters", "2"],
     "incfl": ["--rounds", "1"],  # its local-only baseline trains for --rounds rounds
+    "fedbuff": ["--concurrency", "4", "--buffer", "2", "--client-speed", "lognormal:0.5"],
 }
 
 

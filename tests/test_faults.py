@@ -56,7 +56,7 @@ def test_fedavg_dropout_averages_only_the_received_updates(tiny_federation):
     state = algo.init(jax.random.key(0))
     key = _key_where(config, 4, lambda n: 0 < n < 4)  # some but not all uploads are lost
     raw = fedavg.make(FEDAVG, data, _mlp(data), fault_config=config, stream=False)
-    (deltas, _), (counts, received, _) = _round_pieces(raw, state, key)
+    (deltas, _), (counts, received, *_) = _round_pieces(raw, state, key)
     new_state, metrics = algo.round(state, key)  # the streamed weighted mean
     w = np.asarray(counts * received, np.float64)
     expected = jax.tree.map(
