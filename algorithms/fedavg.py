@@ -268,14 +268,7 @@ def make(
             **dp_metrics,
         }
 
-    def evaluate(state, data):
-        return {
-            "test_acc": metrics.global_test_accuracy(model.apply, state.params, data),
-            "client_acc": metrics.per_client_accuracy(
-                model.apply, state.params, data, personal=False, chunk_size=config.client_chunk
-            ),
-        }
-
+    evaluate = metrics.global_model_evaluator(model.apply, config.client_chunk)
     floats = model.num_params
     return make_algorithm(
         "fedavg",

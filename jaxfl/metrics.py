@@ -46,6 +46,21 @@ def per_client_accuracy(
     return map_clients(fn, *args, chunk_size=chunk_size)
 
 
+def global_model_evaluator(apply: Callable, chunk_size: int | None = None) -> Callable:
+    """``evaluate(state, data)`` of an algorithm with one global model ``state.params``: its
+    ``test_acc`` on the global test split and ``client_acc`` (C,) on every client's own split."""
+
+    def evaluate(state, data: Federation) -> dict:
+        return {
+            "test_acc": global_test_accuracy(apply, state.params, data),
+            "client_acc": per_client_accuracy(
+                apply, state.params, data, personal=False, chunk_size=chunk_size
+            ),
+        }
+
+    return evaluate
+
+
 def client_split(data: Federation, split: str):
     """(x, y, idx (C, n), count (C,)) of every client's ``split``: train, val or test."""
     if split == "test":

@@ -4,7 +4,8 @@
     python scripts/reproduce.py all --scale cpu --data-dir ../shared/data/mnist
     python scripts/reproduce.py dsfl --scale ci
 
-NAME is one entry of reproductions/ (dsfl, fd, feddf, fccl, motley, incfl, shaping) or ``all``.
+NAME is one entry of reproductions/ (dsfl, fd, feddf, fccl, motley, incfl, shaping), several
+comma separated, or ``all``.
 Scales: ``ci`` (seconds, embedded data: checks each entry runs and learns, judges nothing),
 ``cpu`` (at most 15 minutes per entry on a 2-core CPU, 3 seeds, real MNIST from --data-dir) and
 ``paper`` (the paper's own setting, for a GPU machine with TFDS). Every invocation writes a
@@ -43,7 +44,7 @@ def parse(argv):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("name", help=f"an entry ({', '.join(NAMES)}) or all")
+    p.add_argument("name", help=f"an entry ({', '.join(NAMES)}), several comma separated, or all")
     p.add_argument(
         "--scale",
         choices=common.SCALES,
@@ -68,9 +69,13 @@ def parse(argv):
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars (TQDM_DISABLE=1)")
     args = p.parse_args(argv)
-    names = list(NAMES) if args.name == "all" else [args.name]
-    if args.name != "all" and args.name not in NAMES:
-        p.error(f"NAME {args.name!r} is not a reproduction; allowed: {', '.join(NAMES)}, all")
+    names = list(NAMES) if args.name == "all" else [n.strip() for n in args.name.split(",")]
+    for name in names:
+        if name not in NAMES:
+            p.error(
+                f"NAME {name!r} is not a reproduction; allowed: {', '.join(NAMES)} (one, or "
+                "several comma separated), all"
+            )
     if args.scale == "cpu":
         from jaxfl.data.sources import check_data_dir
 

@@ -98,7 +98,7 @@ def test_equal_speeds_and_k_equal_m_is_synchronous_fedavg_exactly():
     base = fedavg.FedAvgConfig(clients_per_round=m, batch_size=8, lr=0.1)
     state_b = buff.init(jax.random.key(0))
     state_a = fedavg.make(base, data, model).init(jax.random.key(0))
-    for t in range(3):
+    for t in range(2):
         key = jax.random.key(100 + t)
         in_flight = jnp.asarray(state_b.flight.client)  # all arrive at once, in slot order
         sync = fedavg.make(base, data, model, select_clients=lambda *_, c=in_flight: c)

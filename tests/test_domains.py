@@ -60,7 +60,7 @@ def test_fccl_runs_on_a_multi_domain_federation_with_a_model_per_domain():
     spec = FederationSpec(num_clients=6, partition="iid", public_size=30, seed=0)
     fed, _ = build_multidomain_federation(datasets, spec)
     model_groups = groups.make_groups(
-        [("mlp", 1), ("logreg", 1), ("lenet5", 1)], fed.feature_shape, fed.num_classes, 6, 3
+        [("mlp", 1), ("logreg", 1), ("mlp-16", 1)], fed.feature_shape, fed.num_classes, 6, 3
     )
     config = fccl.FCCLConfig(clients_per_round=3, batch_size=8, public_per_round=16)
     algo = fccl.make(config, fed, model_groups)

@@ -216,8 +216,9 @@ def test_round_memory_is_measured_and_the_chunk_fits_the_budget():
     algo = exp.algorithm
     measured = memory.round_memory(algo, 2)
     assert measured.per_client_bytes > 0 and measured.temp_bytes > 0
-    # the clients' state: FedAvg keeps none per client; DS-FL keeps a model per client
-    assert measured.state_bytes_per_client == 0
+    # the clients' state: FedAvg keeps each client's speed and latency (jaxfl.clock, 2 x 4
+    # bytes); DS-FL keeps a model per client
+    assert measured.state_bytes_per_client == 8
     dsfl = experiment.build(
         flags.parse(
             ["--algo", "dsfl", "--dataset", "synthetic", "--clients", "8", "--model", "mlp"]
