@@ -65,7 +65,6 @@ class FedBuffConfig(clock.ClockFields):
 
 
 CONFIG = FedBuffConfig
-STATIC_HPARAMS = ("round_deadline",)
 
 
 def concurrency_and_buffer(config: FedBuffConfig, num_clients: int) -> tuple[int, int]:

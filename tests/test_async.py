@@ -247,6 +247,8 @@ def test_a_speed_file_with_a_non_positive_value_or_the_wrong_length_is_refused(t
         flags.validate(args)
 
 
+@pytest.mark.slow  # as for the other algorithms outside NUMERIC: traced by default, in
+# tests/test_experiments.py's binds test (FedBuff's state, every float hyperparameter traced)
 def test_two_seeds_of_fedbuff_in_one_call_equal_two_separate_runs():
     """The experiments axis: each seed's own speeds, dispatch and in-flight models (round 1)."""
     from .test_experiments import check_two_seeds
