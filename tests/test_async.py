@@ -254,3 +254,32 @@ def test_two_seeds_of_fedbuff_in_one_call_equal_two_separate_runs():
     from .test_experiments import check_two_seeds
 
     check_two_seeds("fedbuff")
+
+
+def test_a_stale_update_is_scaled_by_its_staleness_weight():
+    """K = 1: from the same state and key, polynomial:1 moves the model by s(tau) = 1/(1+tau)
+    times what constant weighting moves it (same client, same start model, same training)."""
+    data = _federation()
+    const = _fedbuff(
+        data, concurrency=4, buffer=1, client_speed="lognormal:1", staleness="constant"
+    )
+    poly = _fedbuff(
+        data, concurrency=4, buffer=1, client_speed="lognormal:1", staleness="polynomial:1"
+    )
+    state = const.init(jax.random.key(0))
+    for t in range(6):  # until the next arrival is stale
+        slot = int(np.argmin(np.asarray(state.flight.arrival)))
+        tau = int(state.round) - int(state.flight.version[slot])
+        if tau > 0:
+            break
+        state, _ = const.round(state, jax.random.key(50 + t))
+    assert tau > 0
+    key = jax.random.key(99)
+    moved_const, _ = const.round(state, key)
+    moved_poly, _ = poly.round(state, key)
+    for w, a, b in zip(
+        *(jax.tree.leaves(s.params) for s in (state, moved_const, moved_poly)), strict=True
+    ):
+        np.testing.assert_allclose(
+            np.asarray(b) - w, (np.asarray(a) - w) / (1 + tau), rtol=1e-4, atol=1e-7
+        )
