@@ -148,9 +148,10 @@ def make(
     fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
     dp = privacy.enabled(config)
     privacy.check(config, m)
+    # the gaps' split: a Python bool, so prepare reads the rows from the round's own ``data``
+    # (a federation captured here carries the mesh's sharding, which a per-device program
+    # cannot close over)
     has_val = bool(np.any(jax.device_get(hparams.concrete(data).client_val_count)))
-    gap_idx = data.client_val_idx if has_val else data.client_idx
-    gap_count = data.client_val_count if has_val else data.client_count
     server_opt = hooks.optimizer(
         server_optimizer, config, lambda: fedavg.flag_server_optimizer(config)
     )
@@ -166,6 +167,8 @@ def make(
         k_sample, k_clients = jax.random.split(key)
         sampled = select_clients(k_sample, seen, m)
         received, work = faults.round_faults(key, m, fault_config)
+        gap_idx = data.client_val_idx if has_val else data.client_idx
+        gap_count = data.client_val_count if has_val else data.client_count
         client_args = (
             jax.random.split(k_clients, m),
             data.client_idx[sampled],

@@ -31,6 +31,16 @@ def describe(values) -> dict:
     return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half], "ci95_half": half}
 
 
+def band(mean, half, limits: tuple[float, float] | None = (0.0, 1.0)):
+    """(lower, upper) of a confidence band mean +- half, clipped to the metric's range
+    ``limits`` (accuracies and fractions: [0, 1]; the t-interval of a few seeds near 0 or 1
+    would otherwise reach values the metric cannot take). ``None``: unclipped (differences)."""
+    lower, upper = np.asarray(mean) - np.asarray(half), np.asarray(mean) + np.asarray(half)
+    if limits is None:
+        return lower, upper
+    return np.clip(lower, *limits), np.clip(upper, *limits)
+
+
 def summarize(history: list[dict], seeds) -> dict:
     """Per algorithm and setting: each final metric's and its best round's statistics over the
     experiments' seeds."""
@@ -117,7 +127,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         label = algo if setting == "default" else f"{algo} {setting}"
         ax.plot(rounds, mean, marker="o", ms=3, label=f"{label} (n={stats[-1].get('n', 0)})")
         if np.isfinite(half).any():
-            ax.fill_between(rounds, mean - half, mean + half, alpha=0.2)
+            ax.fill_between(rounds, *band(mean, half), alpha=0.2)  # accuracies: in [0, 1]
     ax.set_xlabel("round")
     ax.set_ylabel(f"{metric} (mean, 95% CI band over seeds)")
     ax.grid(alpha=0.3)

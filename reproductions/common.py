@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxfl import report
 from jaxfl.report import describe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,14 +223,15 @@ def _plt():
     return plt
 
 
-def plot_bands(ax, x, values, label: str, **kw) -> None:
-    """Mean over seeds (rows of ``values``) with its 95% CI band (:func:`stats` per column)."""
+def plot_bands(ax, x, values, label: str, limits=(0.0, 1.0), **kw) -> None:
+    """Mean over seeds (rows of ``values``) with its 95% CI band (:func:`stats` per column),
+    clipped to the metric's range ``limits`` (accuracies: [0, 1]; None for differences)."""
     columns = [stats(column) for column in np.asarray(values, np.float64).T]
     mean = np.array([c.get("mean", np.nan) for c in columns])
     half = np.array([c.get("ci95_half", np.nan) for c in columns])
     ax.plot(x, mean, label=label, **kw)
     if np.isfinite(half).any():
-        ax.fill_between(x, mean - half, mean + half, alpha=0.2, **kw)
+        ax.fill_between(x, *report.band(mean, half, limits), alpha=0.2, **kw)
 
 
 def figure(ncols: int = 1):

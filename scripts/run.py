@@ -14,8 +14,10 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
@@ -257,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     except CONFIG_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not args.out:  # one folder for the whole command, named before anything can fail
+        args.out = str(default_results_dir(args.algo.replace(",", "+"), args.dataset))
     # one device: no mesh at all, so the single-device program is exactly the unsharded one
     try:
         with use_mesh(mesh):
@@ -264,6 +268,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before the rounds started (loading data, compiling)
         print("\ninterrupted before the first round: nothing to resume", file=sys.stderr)
         return 130
+    except Exception as err:  # an unexpected failure: one line for the user, the traceback kept
+        print(crash_message(err, Path(args.out)), file=sys.stderr)
+        return 1
+
+
+CRASH_FILE = "error.txt"
+
+
+def crash_message(err: BaseException, out: Path) -> str:
+    """The one line a user sees when a run fails unexpectedly: the exception's type and first
+    line, and where its full traceback was written (the results folder's ``error.txt`` when the
+    folder was started, else a file in the temporary directory, so that an empty ``--out``
+    stays usable)."""
+    text = "".join(traceback.format_exception(err))
+    if out.is_dir() and any(out.iterdir()):
+        path = out / CRASH_FILE
+    else:
+        fd, name = tempfile.mkstemp(prefix="jaxfl-error-", suffix=".txt")
+        os.close(fd)
+        path = Path(name)
+    path.write_text(text)
+    first = (str(err).strip().splitlines() or [""])[0]
+    if len(first) > 300:
+        first = first[:297] + "..."
+    return (
+        f"error: {type(err).__name__}: {first} (the run stopped; full traceback in {path}: "
+        "please include it when reporting a bug)"
+    )
 
 
 def run(args, start: float) -> int:
@@ -307,6 +339,9 @@ def run(args, start: float) -> int:
         writer.finish({"status": "failed", "error": str(err)}, **per_client())
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except Exception as err:  # keep the rounds already recorded; main prints the one line
+        writer.finish({"status": "failed", "error": f"{type(err).__name__}: {err}"}, **per_client())
+        raise
     except KeyboardInterrupt:
         status, message = interrupted(out)
         writer.finish(status, **per_client())

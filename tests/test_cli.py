@@ -401,3 +401,39 @@ def test_the_round_time_estimate_warns_of_a_model_too_slow_for_the_device(monkey
     assert "50 min for 20 rounds" in line and "slow on this device" in line and "--model" in line
     monkeypatch.setattr(flops, "estimate_round_seconds", lambda exp: (0.5, 4e10, 8e10))
     assert "slow" not in run._round_time_estimate(None, rounds=20)
+
+
+def test_an_unexpected_failure_is_one_line_with_the_traceback_saved(tmp_path, capsys, monkeypatch):
+    """A failure no check foresaw (here raised inside the rounds) reaches the user as one line
+    naming the exception and where its traceback is; the results folder keeps what was written,
+    with status "failed"."""
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("the round broke\nsecond line of the cause")
+
+    monkeypatch.setattr(run.Simulation, "run", broken)
+    out = tmp_path / "res"
+    assert run.main(["--algo", "fedavg", *SMALL, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: RuntimeError: the round broke ("), err
+    assert "Traceback" not in err[0] and str(out / run.CRASH_FILE) in err[0]
+    saved = (out / run.CRASH_FILE).read_text()
+    assert "Traceback" in saved and "second line of the cause" in saved
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_failure_before_the_results_folder_leaves_the_out_folder_usable(
+    tmp_path, capsys, monkeypatch
+):
+    def broken(args):
+        raise KeyError("no such thing")
+
+    monkeypatch.setattr(run, "setup", broken)
+    out = tmp_path / "res"
+    assert run.main(["--algo", "fedavg", *SMALL, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: KeyError: 'no such thing' (") and "\n" not in err
+    saved = Path(err.split("full traceback in ")[1].split(":")[0])
+    assert saved.exists() and "Traceback" in saved.read_text()
+    saved.unlink()
+    assert not out.exists() or not any(out.iterdir())

@@ -32,9 +32,24 @@ def test_idx_folder_round_trip(tmp_path):
         _write_idx(tmp_path / f"{stem}.gz", arr)
     ds = load_dataset("mnist", str(tmp_path))
     assert ds.train_x.shape == (12, 28, 28, 1) and ds.train_x.dtype == np.float32
-    np.testing.assert_allclose(ds.train_x[..., 0], imgs / 127.5 - 1.0, atol=1e-6)
+    np.testing.assert_allclose(ds.train_x[..., 0], imgs / 255.0, atol=1e-6)  # [0, 1]
     np.testing.assert_array_equal(ds.train_y, labels)
     assert ds.source.startswith("idx:")
+
+
+def test_each_data_set_gets_its_standard_preprocessing():
+    """MNIST family: pixels / 255 (FedAvg's, LEAF's, FedJAX's pipelines); CIFAR: standardized per
+    channel with the training split's statistics (the PyTorch peers' Normalize)."""
+    from jaxfl.data.sources import CHANNEL_STATS, _scale_images
+
+    pixels = np.array([[[0, 255]], [[51, 102]]], np.uint8)  # (2, 1, 2): N, H, W
+    np.testing.assert_allclose(_scale_images(pixels, "fashion_mnist")[..., 0], pixels / 255.0)
+    rgb = np.stack([pixels, pixels, pixels], -1)  # (2, 1, 2, 3)
+    mean, std = CHANNEL_STATS["cifar10"]
+    for c in range(3):
+        np.testing.assert_allclose(
+            _scale_images(rgb, "cifar10")[..., c], (pixels / 255.0 - mean[c]) / std[c], rtol=1e-5
+        )
 
 
 def test_idx_folder_missing_files_names_the_flag(tmp_path):
@@ -67,7 +82,7 @@ def test_tfds_path_under_mock_data_and_cache():
         ds = load_dataset("mnist")
     assert ds.source == "tfds"
     assert ds.train_x.shape == (16, 28, 28, 1) and ds.test_x.shape[1:] == (28, 28, 1)
-    assert ds.train_x.min() >= -1.0 and ds.train_x.max() <= 1.0
+    assert ds.train_x.min() >= 0.0 and ds.train_x.max() <= 1.0
     cached = load_dataset("mnist")  # second load: from the converted-array cache, no TFDS
     assert cached.source.startswith("cache:")
     np.testing.assert_array_equal(cached.train_x, ds.train_x)

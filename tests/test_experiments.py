@@ -16,6 +16,7 @@ from jaxfl.compiled_sweep import CompiledSweep
 from jaxfl.experiments import Experiment, SweepError, parse_seeds, parse_sweep
 
 from .test_cli import run
+from .tolerance import between_programs
 
 BASE = [
     "--dataset", "synthetic", "--clients", "6", "--model", "mlp", "--local-epochs", "1",
@@ -142,11 +143,12 @@ def check_round_one(algo, sweep_, built):
     i, s = len(sweep_.experiments) - 1, sweep_.experiments[-1].seed
     ref_state, ref_metrics, ref_eval = one_run(built[s], 1)
     lane = jax.tree.map(lambda x: x[i], state)
-    assert max_diff(lane, ref_state) < 2e-5, (algo, s)
+    # a vmapped sweep and a single run are different programs: tests/tolerance.py's bound
+    assert max_diff(lane, ref_state) < between_programs(ref_state), (algo, s)
     for k, v in ref_metrics[0].items():
-        assert abs(float(block[k][i, 0]) - float(v)) < 2e-5, (algo, s, k)
+        assert abs(float(block[k][i, 0]) - float(v)) < between_programs(v), (algo, s, k)
     for k, v in ref_eval.items():
-        assert max_diff(evaluated[k][i], v) < 2e-5, (algo, s, k)
+        assert max_diff(evaluated[k][i], v) < between_programs(v), (algo, s, k)
 
 
 def test_fedavg_logreg_whole_history_and_traced_lr_equal_separate_runs():
@@ -163,9 +165,10 @@ def test_fedavg_logreg_whole_history_and_traced_lr_equal_separate_runs():
             continue
         ref = build("fedavg", e.seed, "--model", "logreg", "--lr", str(e.hparams["lr"]))
         ref_state, ref_metrics, _ = one_run(ref, 3)
-        assert max_diff(jax.tree.map(lambda x, i=i: x[i], state), ref_state) < 1e-5
+        lane = jax.tree.map(lambda x, i=i: x[i], state)
+        assert max_diff(lane, ref_state) < between_programs(ref_state, rounds=3)
         losses = [float(m["train_loss"]) for m in ref_metrics]
-        np.testing.assert_allclose(np.asarray(block["train_loss"][i]), losses, rtol=1e-5)
+        assert max_diff(block["train_loss"][i], losses) < between_programs(losses, rounds=3)
 
 
 def test_stacked_federations_of_different_sizes_equal_separate_runs():
@@ -180,7 +183,8 @@ def test_stacked_federations_of_different_sizes_equal_separate_runs():
     state, _ = sweep_.run_rounds(sweep_.init(), 1, 2)
     for i, s in enumerate(seeds):
         ref_state, _, _ = one_run(built[s], 2)
-        assert max_diff(jax.tree.map(lambda x, i=i: x[i], state), ref_state) < 2e-5
+        lane = jax.tree.map(lambda x, i=i: x[i], state)
+        assert max_diff(lane, ref_state) < between_programs(ref_state, rounds=2)
 
 
 def test_seeds_and_sweep_flags_parse_and_refuse_with_the_flag_named():

@@ -138,3 +138,15 @@ def test_the_recorded_results_are_what_the_command_writes_from_its_records():
     for r in records:
         for plot in r["plots"]:
             assert (ROOT / "reproductions" / "plots" / plot).exists()
+
+
+def test_accuracy_bands_stay_inside_zero_and_one():
+    """Three seeds near 0 give a t-interval reaching below 0; the drawn band is clipped to the
+    accuracy's range, a difference's band is not."""
+    from jaxfl.report import band, describe
+
+    near_zero = describe([0.01, 0.02, 0.30])
+    lower, upper = band(near_zero["mean"], near_zero["ci95_half"])
+    assert near_zero["ci95"][0] < 0 and lower == 0.0 and 0 < upper <= 1
+    unclipped, _ = band(near_zero["mean"], near_zero["ci95_half"], None)
+    assert unclipped == near_zero["ci95"][0]

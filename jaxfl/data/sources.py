@@ -1,7 +1,10 @@
 """Data sources: tensorflow-datasets, a local folder of IDX files, and embedded synthetic data.
 
-Every source returns a :class:`Dataset` of host NumPy arrays: images as float32 NHWC scaled to
-[-1, 1] (the normalisation of the DS-FL authors' lab code), labels as int32. Arrays converted from
+Every source returns a :class:`Dataset` of host NumPy arrays: images as float32 NHWC with each
+data set's standard preprocessing (:func:`_scale_images`: MNIST-family pixels in [0, 1], as in
+FedAvg's, LEAF's and FedJAX's pipelines and torchvision's ``ToTensor``; CIFAR standardized per
+channel with its training split's mean and standard deviation, as the PyTorch peers such as
+FedDF's code do), labels as int32. Arrays converted from
 TFDS or IDX are cached as ``.npz`` under ``$JAXFL_CACHE`` (default ``~/.cache/jaxfl``) so that a
 second run starts in seconds.
 """
@@ -61,10 +64,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("JAXFL_CACHE", Path.home() / ".cache" / "jaxfl"))
 
 
-def _scale_images(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W[, C]) -> float32 (N, H, W, C) in [-1, 1]."""
-    x = images.astype(np.float32) / 127.5 - 1.0
-    return x[..., None] if x.ndim == 3 else x
+# per-channel mean and standard deviation of the training split's [0, 1] pixels: the values the
+# CIFAR pipelines of the PyTorch FL code bases (FedDF's among them) normalize with
+CHANNEL_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def _scale_images(images: np.ndarray, name: str = "mnist") -> np.ndarray:
+    """uint8 (N, H, W[, C]) -> float32 (N, H, W, C): pixels / 255 in [0, 1] (MNIST, Fashion-
+    MNIST, EMNIST: the standard of FedAvg's, LEAF's and FedJAX's pipelines), then, for CIFAR,
+    (x - mean_c) / std_c per channel c (:data:`CHANNEL_STATS`)."""
+    x = images.astype(np.float32) / 255.0
+    x = x[..., None] if x.ndim == 3 else x
+    if name in CHANNEL_STATS:
+        mean, std = (np.asarray(v, np.float32) for v in CHANNEL_STATS[name])
+        x = (x - mean) / std
+    return x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,9 +162,9 @@ def load_idx_folder(folder: str | Path, name: str = "mnist", num_classes: int = 
     arrays = {k: read_idx(p) for k, p in paths.items()}
     return Dataset(
         name=name,
-        train_x=_scale_images(arrays["train_x"]),
+        train_x=_scale_images(arrays["train_x"], name),
         train_y=arrays["train_y"].astype(np.int32),
-        test_x=_scale_images(arrays["test_x"]),
+        test_x=_scale_images(arrays["test_x"], name),
         test_y=arrays["test_y"].astype(np.int32),
         num_classes=num_classes,
         source=f"idx:{folder}",
@@ -184,9 +201,9 @@ def load_tfds(name: str, data_dir: str | None = None, use_cache: bool = True) ->
         with np.load(cache_file) as z:
             return Dataset(
                 name=name,
-                train_x=_scale_images(z["train_x"]),
+                train_x=_scale_images(z["train_x"], name),
                 train_y=z["train_y"],
-                test_x=_scale_images(z["test_x"]),
+                test_x=_scale_images(z["test_x"], name),
                 test_y=z["test_y"],
                 num_classes=num_classes,
                 source=f"cache:{cache_file}",
@@ -216,9 +233,9 @@ def load_tfds(name: str, data_dir: str | None = None, use_cache: bool = True) ->
         tmp.replace(cache_file)
     return Dataset(
         name=name,
-        train_x=_scale_images(train_x),
+        train_x=_scale_images(train_x, name),
         train_y=train_y,
-        test_x=_scale_images(test_x),
+        test_x=_scale_images(test_x, name),
         test_y=test_y,
         num_classes=num_classes,
         source="tfds",

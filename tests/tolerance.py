@@ -1,0 +1,35 @@
+"""How closely two *different* programs computing the same float32 math must agree.
+
+A vmapped sweep against separate runs, or a round sharded over devices against one device,
+computes the same sums in another order (other matmul blocking, a psum of device blocks, a
+batch dimension). Each reordered float32 reduction over n terms moves its result by up to about
+n * 2^-24 of the terms' magnitude, typically sqrt(n) * 2^-24: for the few hundred to few
+thousand terms of a round's reductions, 1e-6 to 1e-5 of the values' scale, and a round of SGD
+steps can amplify that. Which order a CPU's kernels take depends on its vector width (AVX2 vs
+AVX-512), so a bound tuned on one CPU can fail on another: FedAvg's logistic regression, three
+rounds of a sweep against separate runs, agreed to 1e-5 on CI's AMD EPYC and differed by 1.04e-4
+on an AVX-512 Intel Xeon. The bound here is 1e-4 of the values' scale per round compared (errors
+compound over rounds), floored at scale 1 (parameters and losses of order 1 or smaller): wide
+enough for any CPU family's order, far below what a real bug does (a wrong key, hyperparameter
+or data row moves values by their own scale). Identical programs are compared bit for bit,
+never with this.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+REL_PER_ROUND = 1e-4
+
+
+def scale_of(reference) -> float:
+    """The largest magnitude in a pytree (at least 1)."""
+    leaves = [np.max(np.abs(np.asarray(x, np.float64))) for x in jax.tree.leaves(reference)]
+    return max([1.0, *(float(v) for v in leaves if np.size(v))])
+
+
+def between_programs(reference, rounds: int = 1) -> float:
+    """The largest |a - b| allowed between two programs after ``rounds`` rounds, for values
+    shaped like ``reference``."""
+    return REL_PER_ROUND * rounds * scale_of(reference)
