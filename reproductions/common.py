@@ -178,6 +178,30 @@ def difference(a, b) -> dict:
     return stats([x - y for x, y in zip(a, b, strict=True)])
 
 
+def unpaired(a, b) -> dict:
+    """Welch's comparison of two independent samples (jaxfl's seeds against a reference's, whose
+    partitions and initialisations differ): mean a - mean b and its 95% CI."""
+    from jaxfl.report import _t_quantile
+
+    sa, sb = stats(a), stats(b)
+    if sa.get("n", 0) < 2 or sb.get("n", 0) < 2:
+        return {"n": 0}
+    va, vb = sa["std"] ** 2 / sa["n"], sb["std"] ** 2 / sb["n"]
+    mean = sa["mean"] - sb["mean"]
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return {"n": min(sa["n"], sb["n"]), "mean": mean, "ci95": [mean, mean]}
+    df = (va + vb) ** 2 / (va**2 / (sa["n"] - 1) + vb**2 / (sb["n"] - 1))
+    half = _t_quantile(max(1, int(df))) * se
+    return {"n": min(sa["n"], sb["n"]), "mean": mean, "ci95": [mean - half, mean + half]}
+
+
+def agree(d: dict) -> bool:
+    """Whether an unpaired difference's 95% CI contains 0 (jaxfl and its reference agree within
+    the seeds' noise)."""
+    return d.get("n", 0) > 1 and d["ci95"][0] <= 0 <= d["ci95"][1]
+
+
 def paired(d: dict, digits: int = 3) -> str:
     """A paired difference's mean and 95% CI, signed."""
     if d.get("n", 0) < 2:

@@ -1,0 +1,140 @@
+"""The independent references (reproductions/references/): they share no code with jaxfl, their
+pieces follow the papers' equations, and at a tiny size they agree with jaxfl over seeds."""
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reproductions.references import base
+from reproductions.references import dsfl as ref_dsfl
+
+from .conftest import MNIST_DIR, mnist_available
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCES = ROOT / "reproductions" / "references"
+
+
+def test_the_references_import_nothing_from_jaxfl():
+    """Independent means independent: no module of jaxfl, algorithms or the reproductions'
+    shared code (which reads jaxfl's results) is imported by a reference."""
+    for path in REFERENCES.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in ("jaxfl", "algorithms"), (path.name, name)
+                if top == "reproductions":
+                    assert name.startswith("reproductions.references"), (path.name, name)
+
+
+def test_era_is_softmax_of_the_mean_over_the_temperature():
+    """ERA by hand: softmax([0.6, 0.4] / 0.1) = (e^6, e^4) / (e^6 + e^4); SA is the mean."""
+    mean = np.array([[0.6, 0.4], [0.5, 0.5]])
+    expected = np.array([[np.exp(6), np.exp(4)], [1, 1]])
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(ref_dsfl.era(mean, 0.1), expected, rtol=1e-12)
+
+
+def test_every_client_holds_exactly_k_labels_and_the_rows_are_split_without_overlap():
+    y = np.repeat(np.arange(10), 57)
+    parts = base.classes_per_client(y, 20, 2, np.random.default_rng(4))
+    assert all(len(set(y[p])) == 2 for p in parts)
+    holders = np.bincount(np.concatenate([np.unique(y[p]) for p in parts]), minlength=10)
+    assert (holders == 4).all()  # 20 clients x 2 labels / 10 labels
+    rows = np.concatenate(parts)
+    assert len(rows) == len(y) and len(np.unique(rows)) == len(y)
+
+
+def test_one_full_batch_epoch_is_one_gradient_step_of_the_cross_entropy():
+    """Logistic regression (no hidden layer), batch = n, one epoch: W - lr X^T (softmax - Y) / n,
+    computed in NumPy; padding rows past n are never used."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(3, size=8)]
+    params = base.init_mlp(jax.random.key(1), (5, 3))
+    padded_x, padded_y = base.pad_rows(x, 11), base.pad_rows(y, 11) + 7.0  # garbage padding
+    new, _ = base.sgd_epochs(params, padded_x, padded_y, 8, jax.random.key(2), 0.5, 8, 1)
+    w, b = (np.asarray(v, np.float64) for v in params[0])
+    z = x @ w + b
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(new[0][0], w - 0.5 * x.T @ (p - y) / 8, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new[0][1], b - 0.5 * (p - y).mean(0), rtol=1e-5, atol=1e-6)
+
+
+TINY = {
+    "clients": 20,
+    "classes_per_client": 2,
+    "open_size": 2000,
+    "open_per_round": 500,
+    "rounds": 3,
+    "local_epochs": 1,
+    "distill_epochs": 2,
+    "batch": 50,
+    "lr": 0.1,
+}
+SEEDS = 3
+
+
+@pytest.mark.skipif(not mnist_available(), reason="needs the MNIST IDX files ($JAXFL_MNIST)")
+def test_dsfl_reference_and_jaxfl_agree_at_a_tiny_size(tmp_path):
+    """DS-FL (ERA) and FedAvg on 12,000 MNIST examples, 20 clients x 2 labels, every client
+    every round, 3 rounds, 3 seeds: jaxfl (scripts/run.py, one compiled sweep) and the
+    reference (a per-client loop) differ in partition, initialisation and batching, so only
+    their seed means are compared: within 0.12 of each other, where a bug in either (labels
+    averaged wrongly, no distillation, a wrong temperature) costs 0.2 or more at this size
+    (measured: ERA with T = 1 instead of 0.1, or SA, end 0.2-0.3 lower here)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import run
+
+    from .test_data import _write_idx
+
+    subset = tmp_path / "mnist12k"  # the first 12,000 / 2,000 examples, as IDX files for both
+    subset.mkdir()
+    for stem, n in (("train", 12000), ("t10k", 2000)):
+        found = {p.name.split("-")[1]: p for p in MNIST_DIR.glob(f"{stem}-*-idx?-ubyte*")}
+        images, labels = (base.read_idx(found[kind])[:n] for kind in ("images", "labels"))
+        _write_idx(subset / f"{stem}-images-idx3-ubyte.gz", images)
+        _write_idx(subset / f"{stem}-labels-idx1-ubyte.gz", labels)
+    data = base.load_mnist(subset)
+    reference = {
+        algo: [ref_dsfl.run(data, algorithm=algo, seed=s, **TINY)[-1] for s in range(SEEDS)]
+        for algo in ("era", "fedavg")
+    }
+    flags = [
+        "--dataset", "mnist", "--data-dir", str(subset),
+        "--partition", "classes", "--classes-per-client", "2",
+        "--clients", "20", "--clients-per-round", "20", "--model", "mlp",
+        "--public-size", "2000", "--public-per-round", "500", "--rounds", "3",
+        "--local-epochs", "1", "--distill-epochs", "2", "--seeds", str(SEEDS),
+        "--checkpoint-every", "0",
+    ]  # fmt: skip
+    jaxfl_acc = {}
+    for algo in ("dsfl", "fedavg"):
+        out = tmp_path / algo
+        assert run.main(["--algo", algo, *flags, "--out", str(out)]) == 0
+        finals = {}
+        for line in (out / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            finals[record["seed"]] = record["test_acc"]
+        jaxfl_acc["era" if algo == "dsfl" else algo] = list(finals.values())
+    for algo in ("era", "fedavg"):
+        gap = abs(np.mean(jaxfl_acc[algo]) - np.mean(reference[algo]))
+        assert gap < 0.12, (algo, jaxfl_acc[algo], reference[algo])
+    assert np.mean(reference["era"]) > 0.3  # both learn (chance 0.1)
+
+
+def test_probabilities_are_softmax_rows():
+    params = base.init_mlp(jax.random.key(0), (4, 6, 3))
+    p = base.probabilities(params, jnp.ones((2, 4)))
+    np.testing.assert_allclose(np.asarray(p).sum(1), 1.0, rtol=1e-6)
