@@ -62,7 +62,8 @@ def test_one_full_batch_epoch_is_one_gradient_step_of_the_cross_entropy():
     x = rng.normal(size=(8, 5)).astype(np.float32)
     y = np.eye(3, dtype=np.float32)[rng.integers(3, size=8)]
     params = base.init_mlp(jax.random.key(1), (5, 3))
-    padded_x, padded_y = base.pad_rows(x, 11), base.pad_rows(y, 11) + 7.0  # garbage padding
+    padded_x, padded_y = base.pad_rows(x, 11), base.pad_rows(y, 11)
+    padded_x[8:], padded_y[8:] = 5.0, 7.0  # garbage in the padding rows
     new, _ = base.sgd_epochs(params, padded_x, padded_y, 8, jax.random.key(2), 0.5, 8, 1)
     w, b = (np.asarray(v, np.float64) for v in params[0])
     z = x @ w + b
@@ -90,10 +91,12 @@ SEEDS = 3
 def test_dsfl_reference_and_jaxfl_agree_at_a_tiny_size(tmp_path):
     """DS-FL (ERA) and FedAvg on 12,000 MNIST examples, 20 clients x 2 labels, every client
     every round, 3 rounds, 3 seeds: jaxfl (scripts/run.py, one compiled sweep) and the
-    reference (a per-client loop) differ in partition, initialisation and batching, so only
-    their seed means are compared: within 0.12 of each other, where a bug in either (labels
-    averaged wrongly, no distillation, a wrong temperature) costs 0.2 or more at this size
-    (measured: ERA with T = 1 instead of 0.1, or SA, end 0.2-0.3 lower here)."""
+    reference (a per-client loop) differ in partition, initialisation draws and batching, so
+    only their seed means are compared: within 0.12 of each other (the seeds' own spread is
+    about 0.1 here). Measured with the reference at this size: ERA 0.38, jaxfl 0.36; ERA with
+    T = 1 instead of 0.1: 0.12; PyTorch's smaller initialisation: 0.12 (checked below, the
+    difference the cpu-scale entry first showed); SA: 0.29, a gap this bound does not catch
+    (the cpu-scale entry measures ERA - SA over seeds)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import run
 
@@ -132,6 +135,10 @@ def test_dsfl_reference_and_jaxfl_agree_at_a_tiny_size(tmp_path):
         gap = abs(np.mean(jaxfl_acc[algo]) - np.mean(reference[algo]))
         assert gap < 0.12, (algo, jaxfl_acc[algo], reference[algo])
     assert np.mean(reference["era"]) > 0.3  # both learn (chance 0.1)
+    torch_init = [
+        ref_dsfl.run(data, algorithm="era", seed=s, init="torch", **TINY)[-1] for s in range(SEEDS)
+    ]
+    assert np.mean(reference["era"]) - np.mean(torch_init) > 0.1, torch_init
 
 
 def test_probabilities_are_softmax_rows():

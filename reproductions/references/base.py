@@ -1,5 +1,6 @@
 """What the references share (and nothing from jaxfl): reading MNIST's IDX files, the label
-partition, a ReLU MLP with PyTorch's default initialisation, and minibatch SGD epochs.
+partition, a ReLU MLP (LeCun-normal or PyTorch's default initialisation), and minibatch SGD
+epochs.
 
 Data: pixels / 255 in [0, 1], flattened to 784 features. Partition ``classes_per_client(y, C,
 k)``: every client holds exactly k distinct labels, each label held by the same number of
@@ -76,14 +77,31 @@ def classes_per_client(y: np.ndarray, clients: int, k: int, rng) -> list[np.ndar
     return [np.concatenate(p) for p in parts]
 
 
-def init_mlp(key, sizes) -> list[tuple[jax.Array, jax.Array]]:
-    """PyTorch nn.Linear's default: weights and biases uniform in +-1/sqrt(fan_in)."""
+def init_mlp(key, sizes, init: str = "lecun") -> list[tuple[jax.Array, jax.Array]]:
+    """An MLP's (weight (fan_in, fan_out), bias (fan_out,)) layers.
+
+    ``"lecun"`` (the default): weights from a normal truncated at 2 standard deviations with
+    variance 1 / fan_in, biases 0 (LeCun normal: what flax's Dense, and so jaxfl, draws).
+    ``"torch"``: PyTorch nn.Linear's default, weights and biases uniform in +-1/sqrt(fan_in)
+    (a third of that variance). The choice matters for DS-FL: its server model learns only
+    from averaged soft labels, whose signal is weak at first, and from the smaller PyTorch
+    initialisation it learned several times more slowly in the first rounds (20 clients x 2
+    labels of MNIST, 3 rounds: 0.12 vs 0.36 test accuracy; tests/test_references.py).
+    """
     layers = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
         key, kw, kb = jax.random.split(key, 3)
-        bound = 1.0 / np.sqrt(fan_in)
-        w = jax.random.uniform(kw, (fan_in, fan_out), jnp.float32, -bound, bound)
-        b = jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound)
+        if init == "torch":
+            bound = 1.0 / np.sqrt(fan_in)
+            w = jax.random.uniform(kw, (fan_in, fan_out), jnp.float32, -bound, bound)
+            b = jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound)
+        elif init == "lecun":
+            # a standard normal truncated to [-2, 2] has standard deviation 0.8796
+            z = jax.random.truncated_normal(kw, -2.0, 2.0, (fan_in, fan_out), jnp.float32)
+            w = z / (0.87962566 * np.sqrt(fan_in))
+            b = jnp.zeros((fan_out,), jnp.float32)
+        else:
+            raise ValueError(f"init {init!r}; allowed: lecun, torch")
         layers.append((w, b))
     return layers
 

@@ -52,13 +52,14 @@ def run(
     lr: float,
     hidden=(200, 200),
     temperature: float = 0.1,
+    init: str = "lecun",
     seed: int = 0,
 ) -> list[float]:
     """Server (DS-FL) or global (FedAvg) test accuracy after each round.
 
     ``data`` = (train_x (N, d), train_y (N,), test_x, test_y): the last ``open_size`` rows of a
     seeded permutation of the train split are the open (unlabeled) set, the rest are split over
-    the clients.
+    the clients. ``init``: the models' initialisation (:func:`base.init_mlp`).
     """
     train_x, train_y, test_x, test_y = data
     num_labels = int(train_y.max()) + 1
@@ -79,8 +80,8 @@ def run(
     sizes = (train_x.shape[1], *hidden, num_labels)
     key = jax.random.key(seed)
     key, k_server = jax.random.split(key)
-    server = base.init_mlp(k_server, sizes)
-    models = [base.init_mlp(jax.random.fold_in(key, 1000 + k), sizes) for k in range(clients)]
+    server = base.init_mlp(k_server, sizes, init)
+    models = [base.init_mlp(jax.random.fold_in(key, 1000 + k), sizes, init) for k in range(clients)]
     history = []
     for t in range(rounds):
         k_round = jax.random.fold_in(key, t)
