@@ -11,7 +11,8 @@ from jaxfl import aggregate, faults, train
 from jaxfl.algorithm import loop_clients
 from jaxfl.models import get_model
 
-from .test_rounds import DSFL, FEDAVG, _assert_trees_close
+from .test_rounds import DSFL, FEDAVG
+from .tolerance import assert_trees_close
 
 
 def _mlp(data):
@@ -62,7 +63,7 @@ def test_fedavg_dropout_averages_only_the_received_updates(tiny_federation):
     expected = jax.tree.map(
         lambda p, d: p + np.tensordot(w / w.sum(), np.asarray(d), axes=1), state.params, deltas
     )
-    _assert_trees_close(new_state.params, expected)
+    assert_trees_close(new_state.params, expected)
     assert float(metrics["received"]) == float(received.sum()) < 4
     everyone = jax.tree.map(
         lambda p, d: p + np.tensordot(counts / counts.sum(), np.asarray(d), axes=1),
@@ -80,7 +81,7 @@ def test_round_is_not_applied_below_min_received(tiny_federation):
     key = _key_where(config, 4, lambda n: n < 4)
     new_state, metrics = algo.round(state, key)
     assert float(metrics["applied"]) == 0.0
-    _assert_trees_close(new_state.params, state.params, rtol=0, atol=0)
+    assert_trees_close(new_state.params, state.params, rtol=0, atol=0)
     assert int(new_state.round) == 1
 
 
@@ -117,7 +118,7 @@ def test_straggler_budget_stops_after_its_steps(tiny_federation):
             grads = jax.grad(loss_fn)(expected, pos, m)
             expected = jax.tree.map(lambda p, g: p - 0.1 * g, expected, grads)
             done += 1
-    _assert_trees_close(trained.params, expected)
+    assert_trees_close(trained.params, expected)
     assert int(trained.steps) == done == int(budget)  # the steps taken are reported
 
 
@@ -151,7 +152,7 @@ def test_fedavg_scaled_update_attack_scales_the_adversaries_updates(tiny_federat
     new_clean, _ = clean.round(state, key)
     new_attacked, _ = attacked.round(state, key)
     step = lambda new: jax.tree.map(jnp.subtract, new.params, state.params)
-    _assert_trees_close(step(new_attacked), jax.tree.map(lambda d: 5 * d, step(new_clean)))
+    assert_trees_close(step(new_attacked), jax.tree.map(lambda d: 5 * d, step(new_clean)))
 
 
 @pytest.mark.parametrize(
@@ -182,8 +183,8 @@ def test_vmapped_round_with_faults_equals_loop_reference(
         key = jax.random.key(20 + r)
         state_v, metrics_v = algo.round(state_v, key)
         state_l, metrics_l = algo.round_loop(state_l, key)
-        _assert_trees_close(state_v, state_l)
-        _assert_trees_close(metrics_v, metrics_l)
+        assert_trees_close(state_v, state_l)
+        assert_trees_close(metrics_v, metrics_l)
 
 
 def test_unsupported_attack_names_the_flag_and_allowed_values(tiny_federation):
@@ -245,7 +246,7 @@ def test_custom_client_selection_and_aggregation_are_used(tiny_federation):
     np.testing.assert_array_equal(counts, data.client_count[:4])
     new_state, _ = algo.round(state, key)
     expected = jax.tree.map(lambda p, d: p + np.median(np.asarray(d), axis=0), state.params, deltas)
-    _assert_trees_close(new_state.params, expected)
+    assert_trees_close(new_state.params, expected)
     # DS-FL: only the selected clients' models change; a custom soft-label rule is applied
     argmax_vote = lambda probs, weights: jax.nn.one_hot(
         jnp.argmax(aggregate.mean_soft_labels(probs, weights), -1), probs.shape[-1]

@@ -13,10 +13,7 @@ from jaxfl import aggregate, faults, groups, train
 from jaxfl.algorithm import loop_clients
 from jaxfl.models import get_model
 
-
-def _assert_trees_close(a, b, rtol=1e-4, atol=1e-5):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+from .tolerance import assert_trees_close
 
 
 def test_parse_and_split_groups():
@@ -106,8 +103,8 @@ def test_mixed_architectures_round_equals_loop_reference(tiny_federation, module
         # weights. FedDF's server Adam: measured up to 1.4e-5; the clients of FedMD and FCCL
         # use SGD here (the optimizer argument) so the comparison stays at float tolerance.
         atol = 5e-5 if module is feddf else 1e-5
-        _assert_trees_close(state_v, state_l, atol=atol)
-        _assert_trees_close(metrics_v, metrics_l, atol=atol)
+        assert_trees_close(state_v, state_l, atol=atol)
+        assert_trees_close(metrics_v, metrics_l, atol=atol)
     assert algo.evaluate(state_v)["client_acc"].shape == (tiny_federation.num_clients,)
 
 
@@ -116,7 +113,7 @@ def test_fd_one_group_equals_the_plain_model_path(tiny_federation):
     plain = fd.make(FD, tiny_federation, model)
     grouped = fd.make(FD, tiny_federation, groups.single_group(model, 6, 4))
     key = jax.random.key(2)
-    _assert_trees_close(
+    assert_trees_close(
         plain.round(plain.init(key), key), grouped.round(grouped.init(key), key), 0, 0
     )
 
@@ -190,7 +187,7 @@ def test_feddf_without_distillation_is_fedavg_per_group(tiny_federation):
     weights = groups.split_rows(counts * received, _mixed(data))
     for i, (update, args) in enumerate(zip(algo.parts.client_update, client_args, strict=True)):
         params = loop_clients(update, shared, *args)[0]
-        _assert_trees_close(new_state.group_params[i], aggregate.weighted_mean(params, weights[i]))
+        assert_trees_close(new_state.group_params[i], aggregate.weighted_mean(params, weights[i]))
 
 
 def test_feddf_distillation_stops_when_validation_cannot_improve():
@@ -207,7 +204,7 @@ def test_feddf_distillation_stops_when_validation_cannot_improve():
         model.apply, params, x[:30], teacher[:30], x[30:], teacher[30:], jax.random.key(2), config
     )
     assert int(steps) == 10 and float(start) == pytest.approx(0.0, abs=1e-6)
-    _assert_trees_close(best, params, 0, 0)
+    assert_trees_close(best, params, 0, 0)
     # a teacher the student can learn from: the validation KL goes down and the run continues
     other = jax.random.normal(jax.random.key(3), (40, 3)) * 3
     _, steps, best_kl, start = feddf.distill_with_early_stopping(
@@ -263,7 +260,7 @@ def test_fedmd_transfer_learning_at_init(tiny_federation):
     key = jax.random.key(0)
     fresh = fedmd.make(none, data, model).init(key)
     expected = groups.init_params(jax.random.split(key)[0], groups.single_group(model, 6, 4))
-    _assert_trees_close(fresh.client_params, expected, 0, 0)
+    assert_trees_close(fresh.client_params, expected, 0, 0)
     trained = fedmd.make(dataclasses.replace(FEDMD, fedmd_public_epochs=3), data, model).init(key)
 
     def public_acc(params):
@@ -322,5 +319,5 @@ def test_fccl_target_is_the_mean_of_the_received_logits_and_intra_teachers_stay(
     (_, _, target), _, _ = algo.parts.exchange(state, ctx, logits, data)
     np.testing.assert_allclose(target, jnp.concatenate(logits).mean(0), rtol=1e-6)
     new_state, metrics = algo.round(state, jax.random.key(1))
-    _assert_trees_close(new_state.intra_params, state.intra_params, 0, 0)  # frozen teachers
+    assert_trees_close(new_state.intra_params, state.intra_params, 0, 0)  # frozen teachers
     assert float(metrics["collab_loss"]) > 0

@@ -15,10 +15,7 @@ from jaxfl.data.federation import Federation, hold_out, pack
 from jaxfl.models import get_model
 from tests.conftest import tiny_image_dataset
 
-
-def _assert_trees_close(a, b, rtol=1e-4, atol=1e-5):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+from .tolerance import assert_trees_close
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +47,8 @@ def test_vmapped_round_equals_loop_reference(val_federation, name):
         key = jax.random.key(10 + r)
         state_v, metrics_v = algo.round(state_v, key)
         state_l, metrics_l = algo.round_loop(state_l, key)
-        _assert_trees_close(state_v, state_l)
-        _assert_trees_close(metrics_v, metrics_l)
+        assert_trees_close(state_v, state_l)
+        assert_trees_close(metrics_v, metrics_l)
 
 
 # chunking is map_clients' (tests/test_rounds.py, tests/test_scale.py); here through each
@@ -74,8 +71,8 @@ def test_client_chunks_give_the_same_round_and_evaluation(val_federation, name):
     for chunk in (1, 3) if name == "ditto" else (3,):
         chunked = ALGORITHMS[name].make(_config(name, client_chunk=chunk), val_federation, model)
         got = chunked.round(state, key)
-        _assert_trees_close(expected, got)
-        _assert_trees_close(expected_eval, chunked.evaluate(got[0]))
+        assert_trees_close(expected, got)
+        assert_trees_close(expected_eval, chunked.evaluate(got[0]))
 
 
 def _quadratic(targets):
@@ -142,10 +139,10 @@ def test_ditto_round_anchors_personal_models_to_the_round_start_global_model(val
             base, optax.sgd(0.05), state0.params, state0.params, 2.0, k_personal,
             data.client_count[k], data.capacity, 8, 1,
         )  # fmt: skip
-        _assert_trees_close(jax.tree.map(lambda x, k=k: x[k], state.personal_params), expected)
+        assert_trees_close(jax.tree.map(lambda x, k=k: x[k], state.personal_params), expected)
     untouched = sorted(set(range(data.num_clients)) - set(sampled.tolist()))
     for k in untouched:  # clients not sampled keep v_k = w_0
-        _assert_trees_close(jax.tree.map(lambda x, k=k: x[k], state.personal_params), state0.params)
+        assert_trees_close(jax.tree.map(lambda x, k=k: x[k], state.personal_params), state0.params)
 
 
 def test_perfedavg_meta_gradient_is_first_order_maml():
@@ -405,9 +402,9 @@ def test_local_only_round_is_private_sgd_from_each_clients_own_model(val_federat
             jax.random.split(k_clients, 3)[i], data.client_idx[k], data.client_count[k],
             optax.sgd(0.2), 8, 2,
         )  # fmt: skip
-        _assert_trees_close(jax.tree.map(lambda x, k=k: x[k], after), expected)
+        assert_trees_close(jax.tree.map(lambda x, k=k: x[k], after), expected)
     for k in sorted(set(range(data.num_clients)) - set(sampled.tolist())):
-        _assert_trees_close(
+        assert_trees_close(
             jax.tree.map(lambda x, k=k: x[k], after),
             jax.tree.map(lambda x, k=k: x[k], before),
             0,

@@ -11,11 +11,7 @@ from jaxfl import aggregate, metrics, train
 from jaxfl.algorithm import sample_clients
 from jaxfl.models import get_model
 
-
-def _assert_trees_close(a, b, rtol=1e-4, atol=1e-5):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
-
+from .tolerance import assert_trees_close
 
 FEDAVG = fedavg.FedAvgConfig(clients_per_round=4, local_epochs=2, batch_size=8, lr=0.1)
 DSFL = dsfl.DSFLConfig(
@@ -48,8 +44,8 @@ def test_vmapped_round_equals_loop_reference(tiny_federation, module, config, mo
         key = jax.random.key(10 + r)
         state_v, metrics_v = algo.round(state_v, key)
         state_l, metrics_l = algo.round_loop(state_l, key)
-        _assert_trees_close(state_v, state_l)
-        _assert_trees_close(metrics_v, metrics_l)
+        assert_trees_close(state_v, state_l)
+        assert_trees_close(metrics_v, metrics_l)
 
 
 @pytest.mark.parametrize(
@@ -69,7 +65,7 @@ def test_client_chunking_gives_the_same_round(tiny_federation, module, config, c
     )  # 4 sampled clients in chunks of 3 exercises the padded last chunk; 1 the compiled loop
     state = whole.init(jax.random.key(0))
     key = jax.random.key(5)
-    _assert_trees_close(whole.round(state, key), chunked.round(state, key))
+    assert_trees_close(whole.round(state, key), chunked.round(state, key))
 
 
 def test_fedavg_is_the_count_weighted_mean_of_local_models(tiny_federation):
@@ -101,7 +97,7 @@ def test_fedavg_is_the_count_weighted_mean_of_local_models(tiny_federation):
     expected = jax.tree.map(
         lambda *ws: sum(w * x for w, x in zip(weights, ws, strict=False)) / sum(weights), *local
     )
-    _assert_trees_close(new_state.params, expected)
+    assert_trees_close(new_state.params, expected)
 
 
 @pytest.mark.parametrize("rule", ["era", "sa"])

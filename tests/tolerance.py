@@ -33,3 +33,20 @@ def between_programs(reference, rounds: int = 1) -> float:
     """The largest |a - b| allowed between two programs after ``rounds`` rounds, for values
     shaped like ``reference``."""
     return REL_PER_ROUND * rounds * scale_of(reference)
+
+
+def assert_trees_close(got, expected, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Every leaf of ``got`` within ``atol + rtol * |expected|`` of ``expected``'s.
+
+    The default bounds one or two rounds of two programs computing the same float32 math: a
+    vmapped round against its per-client loop reference, or a round against the paper's
+    equation written out with numpy/JAX. 1e-4 relative is this module's per-round bound
+    between programs; the 1e-5 floor keeps values near 0 (a weight that barely moved, a
+    fraction of 0) from needing an exact match. Measured differences on these comparisons:
+    at most about 1e-6 on CI's AVX2 and this machine's AVX-512 order, and they passed under
+    ``XLA_FLAGS=--xla_cpu_max_isa=SSE4_2`` (another summation order) too. A bug (a wrong key,
+    weight, row or step) moves a value by its own scale, far outside. Pass ``0, 0`` where the
+    two sides are the same program or a value that must not change at all (bit for bit).
+    """
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
