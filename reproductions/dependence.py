@@ -28,7 +28,16 @@ SKEWS = {
     "dir0.1": (["--partition", "dirichlet", "--alpha", "0.1"], "Dirichlet 0.1"),
     "dir1.0": (["--partition", "dirichlet", "--alpha", "1.0"], "Dirichlet 1.0"),
 }
-PARTICIPATION = (10, 30, 100)  # clients per round, of the entry's clients (100 at cpu scale)
+PARTICIPATION = (10, 30, 100)
+# what every cell shares at each scale: the DS-FL entry's runs (reproductions/dsfl.py) but for
+# the clients per round and the partition
+SHARED = {
+    "ci": "blobs, 20 clients, MLP 32, 4 rounds, 500 open samples per round, 2 seeds",
+    "cpu": "MNIST, 100 clients, 2NN, 20 rounds (evaluated every 2nd), 2 local epochs, 5 "
+    "distillation epochs, 1,000 open samples per round from a 10,000-example open set, ERA "
+    "temperature 0.1, 3 seeds",
+    "paper": "MNIST (TFDS), 100 clients, LeNet-5, 100 rounds, 5 local epochs, 3 seeds",
+}  # clients per round, of the entry's clients (100 at cpu scale)
 ALGORITHMS = ("era", "sa", "fedavg")
 
 
@@ -84,11 +93,11 @@ def plot(rows: list[dict], path: Path, total: int) -> str:
     plt, fig, axes = common.figure(2)
     panels = (("era_minus_sa", "DS-FL: ERA - SA"), ("era_minus_fedavg", "DS-FL (ERA) - FedAvg"))
     for ax, (key, title) in zip(axes, panels, strict=True):
-        for skew, (_, label) in SKEWS.items():
+        for offset, (skew, (_, label)) in zip((1.0, 0.96, 1.04), SKEWS.items(), strict=True):
             cells = [r for r in rows if r["skew"] == skew]
             if not cells:
                 continue
-            x = [r["per_round"] for r in cells]
+            x = [r["per_round"] * offset for r in cells]  # apart, so error bars don't overlap
             mean = [r[key]["mean"] for r in cells]
             half = [r[key].get("ci95_half", 0.0) for r in cells]
             ax.errorbar(x, mean, yerr=half, marker="o", capsize=3, label=label)

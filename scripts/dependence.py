@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))  # common.Context.run imports run.py
 
-from reproductions import common, dependence, dsfl  # noqa: E402
+from reproductions import common, dependence  # noqa: E402
 
 DEFAULT_MNIST = os.environ.get("JAXFL_MNIST", str(ROOT.parent / "shared" / "data" / "mnist"))
 
@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.perf_counter() - start) / 60
     dependence.plot(rows, out / "dsfl_dependence.png", dependence.clients(ctx))
     setting = (
-        f"The DS-FL entry's {args.scale} setting ({dsfl.SETTINGS[args.scale]}), with the clients "
-        "per round and the partition of each row."
+        f"Every row is the DS-FL entry's {args.scale}-scale runs ({dependence.SHARED[args.scale]}) "
+        "with that row's clients per round and partition; ERA - SA and ERA - FedAvg are paired "
+        "per seed (the same seed is the same partition and initialisation)."
     )
     command = (
         f"python scripts/dependence.py --scale {args.scale}"

@@ -36,6 +36,7 @@ def test_a_cell_changes_only_the_participation_and_the_partition(scale, tmp_path
                 assert got["alpha"] == float(skew.removeprefix("dir"))
             assert changed <= {"clients_per_round", "partition", "alpha"}, (skew, changed)
             assert got["seeds"] == base["seeds"] and got["clients"] == dependence.clients(ctx)
+    assert f"{dependence.clients(ctx)} clients" in dependence.SHARED[scale]
 
 
 def test_a_cells_differences_are_paired_by_seed():
