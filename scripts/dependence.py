@@ -12,6 +12,7 @@ says what is measured). A folder that holds finished cells continues from them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -59,8 +60,16 @@ def parse(argv):
     p.add_argument(
         "--out", default=None, help="results folder (default results/dependence-SCALE-TIMESTAMP)"
     )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: write the table and the figure of the cells --out's dependence.json "
+        "holds (those a stopped study finished)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars (TQDM_DISABLE=1)")
     args = p.parse_args(argv)
+    if args.report and not (args.out and (Path(args.out) / "dependence.json").exists()):
+        p.error("--report: --out must name a study's folder (one holding dependence.json)")
     ctx = common.Context(args.scale, Path("."), Path(args.data_dir))
     total = dependence.clients(ctx)
     default = "5,10,20" if args.scale == "ci" else ",".join(map(str, dependence.PARTICIPATION))
@@ -93,11 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ctx = common.Context(args.scale, out, Path(args.data_dir))
     start = time.perf_counter()
-    try:
-        rows = dependence.measure(ctx, args.skews, args.participation)
-    except common.ReproductionError as err:
-        print(f"error: {err}; finished cells are kept in {out}", file=sys.stderr)
-        return 1
+    if args.report:
+        rows = json.loads((out / "dependence.json").read_text())
+    else:
+        try:
+            rows = dependence.measure(ctx, args.skews, args.participation)
+        except common.ReproductionError as err:
+            print(f"error: {err}; finished cells are kept in {out}", file=sys.stderr)
+            return 1
     minutes = (time.perf_counter() - start) / 60
     dependence.plot(rows, out / "dsfl_dependence.png", dependence.clients(ctx))
     setting = (
@@ -111,9 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         + f" --participation {','.join(map(str, args.participation))} --skews "
         + ",".join(args.skews)
     )
+    if args.report:
+        cells = ", ".join(f"{r['skew']} x {r['per_round']}" for r in rows)
+        command = f"python scripts/dependence.py --scale {args.scale} --report ({cells})"
     provenance = (
         f"`{command}` at commit {common.commit()}, {time.strftime('%Y-%m-%d')}, "
-        f"{common.machine()}; {minutes:.1f} min"
+        f"{common.machine()}" + ("" if args.report else f"; {minutes:.1f} min")
     )
     (out / "dependence.md").write_text(dependence.markdown(rows, setting, provenance))
     for r in rows:

@@ -71,6 +71,11 @@ def test_the_study_runs_a_cell_and_writes_its_table_plot_and_record(tmp_path, ca
     stamp = (out / "classes2-20" / "sa" / "summary.json").stat().st_mtime_ns
     assert dependence_script.main([*argv, "--out", str(out)]) == 0
     assert (out / "classes2-20" / "sa" / "summary.json").stat().st_mtime_ns == stamp
+    # --report writes the table and figure of the finished cells, running nothing
+    (out / "dependence.md").unlink()
+    assert dependence_script.main(["--scale", "ci", "--report", "--out", str(out)]) == 0
+    assert "| 2 classes per client | 20 |" in (out / "dependence.md").read_text()
+    assert "--report (classes2 x 20)" in (out / "dependence.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -79,6 +84,7 @@ def test_the_study_runs_a_cell_and_writes_its_table_plot_and_record(tmp_path, ca
         (["--participation", "30"], "--participation 30: allowed 1..20"),
         (["--participation", "ten"], "integers, comma separated"),
         (["--skews", "iid"], "--skews 'iid': allowed classes2, dir0.1, dir1.0"),
+        (["--report"], "--report: --out must name a study's folder"),
     ],
 )
 def test_bad_input_names_the_flag_and_the_allowed_values(flags, message, tmp_path, capsys):
