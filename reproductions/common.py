@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -27,6 +28,34 @@ from jaxfl import report
 from jaxfl.report import describe
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MNIST = os.environ.get("JAXFL_MNIST", str(ROOT.parent / "shared" / "data" / "mnist"))
+
+
+def add_scale_flags(parser, scale_help: str) -> None:
+    """``--scale`` and ``--data-dir``, as scripts/reproduce.py and scripts/dependence.py take
+    them; :func:`check_scale_data` checks them after parsing."""
+    parser.add_argument("--scale", choices=SCALES, default="ci", help=scale_help)
+    parser.add_argument(
+        "--data-dir",
+        default=DEFAULT_MNIST,
+        help="folder of the MNIST IDX files, for --scale cpu (default $JAXFL_MNIST or "
+        "../shared/data/mnist beside the repository)",
+    )
+
+
+def check_scale_data(parser, args) -> None:
+    """At ``--scale cpu``, a clear error (exit 2) unless ``--data-dir`` holds MNIST, before any
+    folder is made."""
+    if args.scale != "cpu":
+        return
+    from jaxfl.data.sources import check_data_dir
+
+    try:
+        check_data_dir(args.data_dir, "mnist")
+    except Exception as err:  # noqa: BLE001 (its message names the missing files)
+        parser.error(f"--data-dir {args.data_dir}: {err} (--scale cpu reads MNIST from it)")
+
+
 SCALES = ("ci", "cpu", "paper")
 VERDICTS = ("holds", "holds partly", "does not hold", "not judged")
 

@@ -24,26 +24,16 @@ sys.path.insert(0, str(ROOT / "scripts"))  # common.Context.run imports run.py
 
 from reproductions import common, dependence  # noqa: E402
 
-DEFAULT_MNIST = os.environ.get("JAXFL_MNIST", str(ROOT.parent / "shared" / "data" / "mnist"))
-
 
 def parse(argv):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--scale",
-        choices=common.SCALES,
-        default="ci",
-        help="the DS-FL entry's scale: ci (embedded blobs, 20 clients, seconds a cell), cpu "
+    common.add_scale_flags(
+        p,
+        "the DS-FL entry's scale: ci (embedded blobs, 20 clients, seconds a cell), cpu "
         "(MNIST, 100 clients, 20 rounds, 3 seeds: 4 to 25 minutes a cell on 2 cores, growing "
         "with the clients per round), paper. Default ci",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=DEFAULT_MNIST,
-        help="folder of the MNIST IDX files, for --scale cpu (default $JAXFL_MNIST or "
-        "../shared/data/mnist beside the repository)",
     )
     p.add_argument(
         "--participation",
@@ -84,13 +74,7 @@ def parse(argv):
     for skew in args.skews:
         if skew not in dependence.SKEWS:
             p.error(f"--skews {skew!r}: allowed {', '.join(dependence.SKEWS)}")
-    if args.scale == "cpu":
-        from jaxfl.data.sources import check_data_dir
-
-        try:
-            check_data_dir(args.data_dir, "mnist")
-        except Exception as err:  # noqa: BLE001 (its message names the missing files)
-            p.error(f"--data-dir {args.data_dir}: {err} (--scale cpu reads MNIST from it)")
+    common.check_scale_data(p, args)
     return args
 
 

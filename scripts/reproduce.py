@@ -37,7 +37,6 @@ from reproductions import NAMES, common, entry  # noqa: E402
 RECORD = ROOT / "reproductions"
 README_START = "<!-- reproductions: written by scripts/reproduce.py, do not edit -->"
 README_END = "<!-- /reproductions -->"
-DEFAULT_MNIST = os.environ.get("JAXFL_MNIST", str(ROOT.parent / "shared" / "data" / "mnist"))
 
 
 def parse(argv):
@@ -45,18 +44,10 @@ def parse(argv):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("name", help=f"an entry ({', '.join(NAMES)}), several comma separated, or all")
-    p.add_argument(
-        "--scale",
-        choices=common.SCALES,
-        default="ci",
-        help="ci: seconds, embedded data, smoke test; cpu: <= 15 min per entry on 2 cores, "
+    common.add_scale_flags(
+        p,
+        "ci: seconds, embedded data, smoke test; cpu: <= 15 min per entry on 2 cores, "
         "3 seeds, MNIST from --data-dir; paper: the paper's setting (GPU, TFDS). Default ci",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=DEFAULT_MNIST,
-        help="folder of the MNIST IDX files, for --scale cpu (default $JAXFL_MNIST or "
-        "../shared/data/mnist beside the repository)",
     )
     p.add_argument(
         "--out", default=None, help="results folder (default results/reproduce-SCALE-TIMESTAMP)"
@@ -76,13 +67,7 @@ def parse(argv):
                 f"NAME {name!r} is not a reproduction; allowed: {', '.join(NAMES)} (one, or "
                 "several comma separated), all"
             )
-    if args.scale == "cpu":
-        from jaxfl.data.sources import check_data_dir
-
-        try:
-            check_data_dir(args.data_dir, "mnist")
-        except Exception as err:  # noqa: BLE001 (its message names the missing files)
-            p.error(f"--data-dir {args.data_dir}: {err} (--scale cpu reads MNIST from it)")
+    common.check_scale_data(p, args)
     return args, names
 
 
