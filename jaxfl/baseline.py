@@ -27,6 +27,8 @@ BASELINE_FLAGS = (
     "alpha",
     "shards_per_client",
     "classes_per_client",
+    "rare_labels",
+    "rare_examples",
     "clients",
     "clients_per_round",
     "public_size",

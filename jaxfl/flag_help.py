@@ -34,6 +34,8 @@ GROUPS = {
         "alpha",
         "shards_per_client",
         "classes_per_client",
+        "rare_labels",
+        "rare_examples",
         "public_size",
         "public_dataset",
         "client_test_size",

@@ -122,6 +122,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="labels per client for --partition classes (DS-FL's non-IID setting; default 2)",
     )
     a(
+        "--rare-labels",
+        type=int,
+        default=2,
+        help="for --partition rare (FD's non-IID setting): IID shares in which each client keeps "
+        "only --rare-examples of this many labels, drawn per client (default 2)",
+    )
+    a(
+        "--rare-examples",
+        type=int,
+        default=2,
+        help="examples a client keeps of each of its --rare-labels (default 2)",
+    )
+    a(
         "--model",
         default=None,
         help=f"model: {MODEL_NAMES_HELP} (default: lenet5 for 28x28 images, resnet8 for 32x32, "

@@ -40,7 +40,7 @@ TFDS_DATASETS = {
 EMBEDDED_DATASETS = ("blobs", "synthetic", "synthetic_iid")
 DATASETS = tuple(TFDS_DATASETS) + EMBEDDED_DATASETS
 
-PARTITIONS = ("iid", "dirichlet", "shards", "classes", "quantity", "natural")
+PARTITIONS = ("iid", "dirichlet", "shards", "classes", "quantity", "rare", "natural")
 ATTACKS = ("none", "label_flip", "random_logits", "scaled_logits", "scaled_update")
 AGGREGATIONS = ("era", "sa")
 INCFL_RULES = ("maxfl", "bump")  # --incfl-rule (the first is the default)

@@ -72,6 +72,21 @@ def test_quantity_skew_sizes_vary_labels_do_not():
     assert sizes.max() > 3 * sizes.min()
 
 
+def test_rare_labels_keep_exactly_the_few_examples_of_two_labels_per_client():
+    """FD's setting: IID shares, then 2 labels per client cut to 3 examples; the others keep
+    their whole IID share (about 60 each here), and nothing is shared between clients."""
+    parts = P.rare_labels(LABELS, 10, 2, 3, np.random.default_rng(0), 10)
+    _check_disjoint_cover(parts, len(LABELS), exact=False)
+    hist = P.label_histograms(LABELS, parts, 10)
+    assert (np.sort(hist, 1)[:, :2] == 3).all() and (np.sort(hist, 1)[:, 2:] >= 40).all()
+    scarce = [tuple(np.flatnonzero(row == 3)) for row in hist]
+    assert len(set(scarce)) > 1  # drawn per client
+    with pytest.raises(PartitionError, match="--rare-labels"):
+        P.rare_labels(LABELS, 10, 10, 3, np.random.default_rng(0), 10)
+    with pytest.raises(PartitionError, match="--rare-examples"):
+        P.rare_labels(LABELS, 10, 2, -1, np.random.default_rng(0), 10)
+
+
 def test_too_many_clients_is_a_clear_error():
     with pytest.raises(PartitionError, match="--clients"):
         P.iid(np.arange(5), 6, np.random.default_rng(0))

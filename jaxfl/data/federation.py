@@ -114,6 +114,8 @@ class FederationSpec:
     alpha: float = 1.0
     shards_per_client: int = 2
     classes_per_client: int = 2
+    rare_labels: int = 2
+    rare_examples: int = 2
     public_size: int | None = None
     client_test_size: int | None = None
     client_val_fraction: float = 0.0
@@ -140,6 +142,8 @@ def _partition(labels, spec: FederationSpec, num_classes, rng, groups):
         parts = P.classes_per_client(labels, C, spec.classes_per_client, rng, num_classes)
     elif name == "quantity":
         parts = P.quantity_skew(labels, C, spec.alpha, rng)
+    elif name == "rare":
+        parts = P.rare_labels(labels, C, spec.rare_labels, spec.rare_examples, rng, num_classes)
     else:
         raise P.PartitionError(f"unknown --partition {name!r}; allowed: {', '.join(P.PARTITIONS)}")
     hist = P.label_histograms(labels, parts, num_classes).astype(np.float64)

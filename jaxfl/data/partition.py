@@ -177,6 +177,41 @@ def classes_per_client(
     return [rng.permutation(np.concatenate(p)) for p in parts]
 
 
+def rare_labels(
+    labels: np.ndarray,
+    num_clients: int,
+    rare: int,
+    keep: int,
+    rng: np.random.Generator,
+    num_classes: int | None = None,
+) -> list[np.ndarray]:
+    """IID shares in which each client keeps only ``keep`` examples of ``rare`` of its labels.
+
+    FD's non-IID setting (Jeong et al. 2018; FAug calls a client's scarce labels its "target
+    labels"): near-equal IID shares, then each client draws ``rare`` distinct labels at random
+    and drops all but ``keep`` of its examples of each (the dropped examples go to nobody).
+    """
+    num_classes = num_classes or int(labels.max()) + 1
+    if not 0 <= rare < num_classes:
+        raise PartitionError(f"--rare-labels must be in [0, {num_classes - 1}], got {rare}")
+    if keep < 0:
+        raise PartitionError(f"--rare-examples must be >= 0, got {keep}")
+    out = []
+    for share in iid(labels, num_clients, rng):
+        scarce = rng.choice(num_classes, rare, replace=False)
+        drop = np.zeros(len(share), bool)
+        for label in scarce:
+            rows = np.flatnonzero(labels[share] == label)
+            drop[rows[keep:]] = True
+        if drop.all():
+            raise PartitionError(
+                f"a client's share has only its --rare-labels {rare}; lower --clients or "
+                "--rare-labels"
+            )
+        out.append(share[~drop])
+    return out
+
+
 def quantity_skew(
     labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
 ) -> list[np.ndarray]:
