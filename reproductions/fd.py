@@ -189,7 +189,7 @@ def _plot(ctx, dirs) -> str:
         common.plot_bands(ax, rounds, values, label)
     rounds, values = common.curve(dirs["fedavg"], "test_acc")
     common.plot_bands(ax, rounds, values, "FedAvg (global model)")
-    ax.set_title("FD: accuracy on the global test set (mean, 95% CI over seeds)")
+    ax.set_title("global test set (mean, 95% CI over seeds)")
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy")
     ax.legend()
