@@ -78,13 +78,24 @@ def summarize(skew: str, per_round: int, acc: dict[str, list[float]]) -> dict:
 
 
 def measure(ctx: common.Context, skews, participation) -> list[dict]:
-    """Every requested cell, in order (skew outer, participation inner)."""
-    rows = []
+    """Every requested cell, measured (or reused), together with the cells the folder's
+    dependence.json already holds from earlier invocations (a study grown a column at a time),
+    in order: skew as in SKEWS, then clients per round."""
+    path = ctx.out / "dependence.json"
+    cells = (
+        {(r["skew"], r["per_round"]): r for r in json.loads(path.read_text())}
+        if (path.exists())
+        else {}
+    )
+
+    def ordered():
+        return [cells[k] for k in sorted(cells, key=lambda k: (list(SKEWS).index(k[0]), k[1]))]
+
     for skew in skews:
         for per_round in participation:
-            rows.append(summarize(skew, per_round, run_cell(ctx, skew, per_round)))
-            (ctx.out / "dependence.json").write_text(json.dumps(rows, indent=1))
-    return rows
+            cells[skew, per_round] = summarize(skew, per_round, run_cell(ctx, skew, per_round))
+            path.write_text(json.dumps(ordered(), indent=1))
+    return ordered()
 
 
 def plot(rows: list[dict], path: Path, total: int) -> str:

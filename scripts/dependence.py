@@ -107,11 +107,19 @@ def main(argv: list[str] | None = None) -> int:
         + f" --participation {','.join(map(str, args.participation))} --skews "
         + ",".join(args.skews)
     )
+    requested = {(s, n) for s in args.skews for n in args.participation}
+    earlier = [f"{r['skew']} x {r['per_round']}" for r in rows
+               if (r["skew"], r["per_round"]) not in requested]  # fmt: skip
     if args.report:
         cells = ", ".join(f"{r['skew']} x {r['per_round']}" for r in rows)
         command = f"python scripts/dependence.py --scale {args.scale} --report ({cells})"
+    suffix = (
+        ""
+        if args.report or not earlier
+        else (f" (and the folder's earlier cells: {', '.join(earlier)})")
+    )
     provenance = (
-        f"`{command}` at commit {common.commit()}, {time.strftime('%Y-%m-%d')}, "
+        f"`{command}`{suffix} at commit {common.commit()}, {time.strftime('%Y-%m-%d')}, "
         f"{common.machine()}" + ("" if args.report else f"; {minutes:.1f} min")
     )
     (out / "dependence.md").write_text(dependence.markdown(rows, setting, provenance))

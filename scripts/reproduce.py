@@ -179,6 +179,16 @@ def results_markdown(records: list[dict], scale: str) -> str:
     return "\n".join(lines) + ("\n" if scale else "")
 
 
+def dependence_section() -> str:
+    """The DS-FL dependence study's record (reproductions/dependence/dependence.md, written by
+    scripts/dependence.py), as RESULTS.md's last section; empty if it has not been run."""
+    path = RECORD / "dependence" / "dependence.md"
+    if not path.exists():
+        return ""
+    text = path.read_text().replace("](dsfl_dependence.png)", "](dependence/dsfl_dependence.png)")
+    return "\n#" + text.lstrip()  # its title one level down, a section of RESULTS.md
+
+
 def summary_table(records: list[dict]) -> str:
     lines = ["| paper | claim | measured | verdict |", "|---|---|---|---|"]
     for r in records:
@@ -206,7 +216,7 @@ def write_record() -> None:
         for n in NAMES
         if (RECORD / "findings" / f"{n}.json").exists()
     ]
-    (RECORD / "RESULTS.md").write_text(results_markdown(every, "cpu"))
+    (RECORD / "RESULTS.md").write_text(results_markdown(every, "cpu") + dependence_section())
     readme = ROOT / "README.md"
     text = readme.read_text()
     if README_START in text and README_END in text:

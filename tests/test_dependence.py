@@ -76,6 +76,14 @@ def test_the_study_runs_a_cell_and_writes_its_table_plot_and_record(tmp_path, ca
     assert dependence_script.main(["--scale", "ci", "--report", "--out", str(out)]) == 0
     assert "| 2 classes per client | 20 |" in (out / "dependence.md").read_text()
     assert "--report (classes2 x 20)" in (out / "dependence.md").read_text()
+    # a study grown a column at a time keeps the folder's earlier cells (here a stand-in row)
+    earlier = dict(rows[0], skew="dir1.0")
+    (out / "dependence.json").write_text(json.dumps([earlier, rows[0]]))
+    assert dependence_script.main([*argv, "--out", str(out)]) == 0
+    merged = json.loads((out / "dependence.json").read_text())
+    assert [(r["skew"], r["per_round"]) for r in merged] == [("classes2", 20), ("dir1.0", 20)]
+    table = (out / "dependence.md").read_text()
+    assert "| Dirichlet 1.0 | 20 |" in table and "earlier cells: dir1.0 x 20" in table
 
 
 @pytest.mark.parametrize(

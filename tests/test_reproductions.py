@@ -124,14 +124,18 @@ def test_statistics_on_hand_made_seeds():
 
 def test_the_recorded_results_are_what_the_command_writes_from_its_records():
     """reproductions/RESULTS.md and the README's table are regenerated from the entries'
-    recorded findings exactly (nothing typed in), and every entry has a cpu-scale record."""
+    recorded findings exactly (nothing typed in; the DS-FL dependence study's record is the
+    last section), and every entry has a cpu-scale record."""
     records = [
         json.loads((ROOT / "reproductions" / "findings" / f"{n}.json").read_text()) for n in NAMES
     ]
     assert all(r["scale"] == "cpu" and r["commit"] != "unknown" for r in records)
     assert (ROOT / "reproductions" / "RESULTS.md").read_text() == reproduce.results_markdown(
         records, "cpu"
-    )
+    ) + reproduce.dependence_section()
+    assert "## DS-FL: dependence on participation and label skew" in (
+        ROOT / "reproductions" / "RESULTS.md"
+    ).read_text()
     readme = (ROOT / "README.md").read_text()
     block = readme.split(reproduce.README_START, 1)[1].split(reproduce.README_END, 1)[0]
     assert block == "\n" + reproduce.summary_table(records)
