@@ -133,9 +133,10 @@ def test_the_recorded_results_are_what_the_command_writes_from_its_records():
     assert (ROOT / "reproductions" / "RESULTS.md").read_text() == reproduce.results_markdown(
         records, "cpu"
     ) + reproduce.dependence_section()
-    assert "## DS-FL: dependence on participation and label skew" in (
-        ROOT / "reproductions" / "RESULTS.md"
-    ).read_text()
+    assert (
+        "## DS-FL: dependence on participation and label skew"
+        in (ROOT / "reproductions" / "RESULTS.md").read_text()
+    )
     readme = (ROOT / "README.md").read_text()
     block = readme.split(reproduce.README_START, 1)[1].split(reproduce.README_END, 1)[0]
     assert block == "\n" + reproduce.summary_table(records)
