@@ -99,16 +99,19 @@ def analyze(ctx: common.Context, dirs: dict) -> common.Finding:
                          f"{common.fmt(mean[a])} / {common.fmt(worse[a], 2)}"))  # fmt: skip
         ft = mean["finetune"]
         better = [a for a in ALGOS if a != "finetune" and common.significantly_above(mean[a], ft)]
-        beats_local = common.stats(mean["finetune"])["mean"] > common.stats(mean["local"])["mean"]
+        # competitive = no method (local training included) significantly better; a mean below
+        # local's within the seeds' noise is reported, not judged (it flipped this verdict on a
+        # 0.002 difference with a CI of +-0.009 once)
+        below_local = common.stats(ft)["mean"] < common.stats(mean["local"])["mean"]
         best = max(ALGOS, key=lambda a: common.stats(mean[a])["mean"])
-        verdicts.append(not better and beats_local)
+        verdicts.append(not better)
         notes.append(
             f"{setting}: best mean {best} ({common.stats(mean[best])['mean']:.3f}), FT "
             f"{common.stats(mean['finetune'])['mean']:.3f}"
             + (f", significantly better than FT: {', '.join(better)}" if better else
                ", none significantly better than FT")
-            + (f"; FT below local ({common.stats(mean['local'])['mean']:.3f})"
-               if not beats_local else "")
+            + (f"; FT's mean below local's ({common.stats(mean['local'])['mean']:.3f}), "
+               "not significantly" if below_local and "local" not in better else "")
         )  # fmt: skip
     verdict = "holds" if all(verdicts) else "holds partly" if any(verdicts) else "does not hold"
     if SEEDS[ctx.scale] < 2:
