@@ -107,6 +107,27 @@ class Context:
         return folder
 
 
+def reference_runs(ctx: Context, run, algorithms, seeds: int, **setting) -> dict[str, list]:
+    """An entry's independent reference: ``run(data, algorithm=a, seed=s, **setting)`` for every
+    algorithm and seed, on MNIST from ``ctx.data_dir``, each result cached in the entry's
+    ``reference.json`` under "a/s" as soon as it is done (a stopped reproduction continues).
+    Returns ``{algorithm: [result per seed]}``."""
+    from reproductions.references import base
+
+    path = ctx.out / "reference.json"
+    found = json.loads(path.read_text()) if path.exists() else {}
+    data = None
+    for algorithm in algorithms:
+        for seed in range(seeds):
+            key = f"{algorithm}/{seed}"
+            if key in found:
+                continue
+            data = data or base.load_mnist(ctx.data_dir)
+            found[key] = run(data, algorithm=algorithm, seed=seed, **setting)
+            path.write_text(json.dumps(found))
+    return {a: [found[f"{a}/{s}"] for s in range(seeds)] for a in algorithms}
+
+
 @dataclasses.dataclass
 class Finding:
     """What an entry measured, in the words and numbers RESULTS.md shows.

@@ -54,23 +54,9 @@ REFERENCE = {
 def reference(ctx: common.Context) -> dict[str, list[dict]]:
     """The independent reference's final views (``{"intra", "inter"}``) per seed for FCCL and
     local-only training, on the cpu scale's setting (cached in the entry's folder)."""
-    import json
-
-    from reproductions.references import base
     from reproductions.references import fccl as ref
 
-    path = ctx.out / "reference.json"
-    found = json.loads(path.read_text()) if path.exists() else {}
-    data = None
-    for algorithm in ("fccl", "local"):
-        for seed in range(ctx.seeds):
-            key = f"{algorithm}/{seed}"
-            if key in found:
-                continue
-            data = data or base.load_mnist(ctx.data_dir)
-            found[key] = ref.run(data, algorithm=algorithm, seed=seed, **REFERENCE)
-            path.write_text(json.dumps(found))
-    return {a: [found[f"{a}/{s}"] for s in range(ctx.seeds)] for a in ("fccl", "local")}
+    return common.reference_runs(ctx, ref.run, ("fccl", "local"), ctx.seeds, **REFERENCE)
 
 
 NAMES = {"fccl": "FCCL", "fedmd": "FedMD", "feddf": "FedDF", "local": "local only"}

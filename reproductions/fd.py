@@ -79,23 +79,10 @@ def _base(ctx: common.Context) -> list[str]:
 def reference(ctx: common.Context) -> dict[str, list[float]]:
     """The independent reference's final mean device accuracy (global test set) per seed for
     FD and standalone training, on the cpu scale's setting (cached in the entry's folder)."""
-    import json
-
-    from reproductions.references import base
     from reproductions.references import fd as ref
 
-    path = ctx.out / "reference.json"
-    found = json.loads(path.read_text()) if path.exists() else {}
-    data = None
-    for algorithm in ("fd", "local"):
-        for seed in range(ctx.seeds):
-            key = f"{algorithm}/{seed}"
-            if key in found:
-                continue
-            data = data or base.load_mnist(ctx.data_dir)
-            found[key] = ref.run(data, algorithm=algorithm, seed=seed, **REFERENCE)
-            path.write_text(json.dumps(found))
-    return {a: [found[f"{a}/{s}"][-1] for s in range(ctx.seeds)] for a in ("fd", "local")}
+    found = common.reference_runs(ctx, ref.run, ("fd", "local"), ctx.seeds, **REFERENCE)
+    return {a: [history[-1] for history in found[a]] for a in found}
 
 
 def runs(ctx: common.Context) -> dict[str, list[str]]:

@@ -86,30 +86,15 @@ def runs(ctx: common.Context) -> dict[str, list[str]]:
 def reference(ctx: common.Context) -> dict[str, list[float]]:
     """The independent reference's final test accuracy per seed, ``{"feddf-alpha1.0": [...],
     ...}`` at the paper's alphas, on the cpu scale's setting (cached in the entry's folder)."""
-    import json
-
-    from reproductions.references import base
     from reproductions.references import feddf as ref
 
-    path = ctx.out / "reference.json"
-    found = json.loads(path.read_text()) if path.exists() else {}
-    data = None
-    for alpha in ALPHAS:
-        for algorithm in ("feddf", "fedavg"):
-            for seed in range(ctx.seeds):
-                key = f"{algorithm}-alpha{alpha}/{seed}"
-                if key in found:
-                    continue
-                data = data or base.load_mnist(ctx.data_dir)
-                found[key] = ref.run(
-                    data, algorithm=algorithm, alpha=float(alpha), seed=seed, **REFERENCE
-                )
-                path.write_text(json.dumps(found))
-    return {
-        f"{a}-alpha{alpha}": [found[f"{a}-alpha{alpha}/{s}"][-1] for s in range(ctx.seeds)]
-        for alpha in ALPHAS
-        for a in ("feddf", "fedavg")
-    }
+    def run(data, algorithm, seed, **setting):  # "feddf-alpha0.1" -> FedDF at alpha 0.1
+        name, alpha = algorithm.split("-alpha")
+        return ref.run(data, algorithm=name, alpha=float(alpha), seed=seed, **setting)
+
+    names = [f"{a}-alpha{alpha}" for alpha in ALPHAS for a in ("feddf", "fedavg")]
+    found = common.reference_runs(ctx, run, names, ctx.seeds, **REFERENCE)
+    return {k: [history[-1] for history in found[k]] for k in found}
 
 
 def analyze(ctx: common.Context, dirs: dict) -> common.Finding:

@@ -55,21 +55,9 @@ REFERENCE = {
 def reference(ctx: common.Context) -> dict[str, list[dict]]:
     """The independent reference's final IPR (seen, unseen) and test accuracy per seed for
     FedAvg and MaxFL on the cpu scale's setting (cached in the entry's folder)."""
-    from reproductions.references import base
     from reproductions.references import incfl as ref
 
-    path = ctx.out / "reference.json"
-    found = json.loads(path.read_text()) if path.exists() else {}
-    data = None
-    for algorithm in ("fedavg", "maxfl"):
-        for seed in range(SEEDS[ctx.scale]):
-            key = f"{algorithm}/{seed}"
-            if key in found:
-                continue
-            data = data or base.load_mnist(ctx.data_dir)
-            found[key] = ref.run(data, algorithm=algorithm, seed=seed, **REFERENCE)
-            path.write_text(json.dumps(found))
-    return {a: [found[f"{a}/{s}"] for s in range(SEEDS[ctx.scale])] for a in ("fedavg", "maxfl")}
+    return common.reference_runs(ctx, ref.run, ("fedavg", "maxfl"), SEEDS[ctx.scale], **REFERENCE)
 
 
 def _base(ctx: common.Context) -> list[str]:
