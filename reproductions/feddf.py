@@ -232,6 +232,6 @@ def _plot_alpha(ctx, acc) -> str:
     ax.invert_xaxis()
     ax.set_xlabel("Dirichlet alpha (more skew to the right)")
     ax.set_ylabel("FedDF - FedAvg, test accuracy points")
-    ax.set_title("FedDF's gain against label skew (mean, 95% CI over seeds)")
+    ax.set_title("gain against label skew (mean, 95% CI over seeds)")
     ax.legend()
     return common.save(plt, fig, ctx.out / "feddf_alpha.png")
