@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -63,3 +64,38 @@ def tiny_federation():
 
 def mnist_available() -> bool:
     return any((MNIST_DIR / f"train-images-idx3-ubyte{ext}").exists() for ext in ("", ".gz"))
+
+
+# the independent references' agreement tests (tests/test_references*.py)
+@pytest.fixture(scope="session")
+def mnist12k(tmp_path_factory):
+    """The first 12,000 train / 2,000 test MNIST examples as IDX files: (folder, the
+    reference's arrays)."""
+    from reproductions.references import base
+
+    from .test_data import _write_idx
+
+    subset = tmp_path_factory.mktemp("mnist12k")
+    for stem, n in (("train", 12000), ("t10k", 2000)):
+        found = {p.name.split("-")[1]: p for p in MNIST_DIR.glob(f"{stem}-*-idx?-ubyte*")}
+        images, labels = (base.read_idx(found[kind])[:n] for kind in ("images", "labels"))
+        _write_idx(subset / f"{stem}-images-idx3-ubyte.gz", images)
+        _write_idx(subset / f"{stem}-labels-idx1-ubyte.gz", labels)
+    return subset, base.load_mnist(subset)
+
+
+def jaxfl_finals(tmp_path, algo, flags, metric):
+    """scripts/run.py's final ``metric`` per seed (one compiled sweep over the seeds)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import run
+
+    out = tmp_path / algo
+    assert run.main(["--algo", algo, *flags, "--out", str(out)]) == 0
+    finals = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if metric in record:
+            finals[record["seed"]] = record[metric]
+    return list(finals.values())
