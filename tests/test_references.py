@@ -56,6 +56,18 @@ def test_every_client_holds_exactly_k_labels_and_the_rows_are_split_without_over
     assert len(rows) == len(y) and len(np.unique(rows)) == len(y)
 
 
+def test_an_epochs_batches_visit_every_real_row_once_and_drop_last_drops_the_remainder():
+    """23 real rows of 30, batches of 5: 6 steps, each real row once among the valid slots (the
+    last step on 3 rows); with drop_last only 20 rows (4 full steps) count."""
+    rows, valid = base.epoch_batches(jax.random.key(0), 23, 30, 5)
+    rows, valid = np.asarray(rows), np.asarray(valid)
+    assert rows.shape == valid.shape == (6, 5)
+    assert sorted(rows[valid > 0].tolist()) == list(range(23))
+    assert valid.sum(1).tolist() == [5, 5, 5, 5, 3, 0]
+    _, valid = base.epoch_batches(jax.random.key(0), 23, 30, 5, drop_last=True)
+    assert np.asarray(valid).sum(1).tolist() == [5, 5, 5, 5, 0, 0]
+
+
 def test_one_full_batch_epoch_is_one_gradient_step_of_the_cross_entropy():
     """Logistic regression (no hidden layer), batch = n, one epoch: W - lr X^T (softmax - Y) / n,
     computed in NumPy; padding rows past n are never used."""

@@ -125,6 +125,20 @@ def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([x, np.zeros((rows - len(x), *x.shape[1:]), x.dtype)])
 
 
+def epoch_batches(key, n, capacity: int, batch: int, drop_last: bool = False):
+    """One epoch's minibatches over the first ``n`` of ``capacity`` rows (rows past n are
+    padding): (rows (S, batch) int, valid (S, batch) float), S = ceil(capacity / batch), a
+    random permutation of the n real rows first. ``valid`` marks the rows a step averages over:
+    all n (the last step on the remainder, as PyTorch's DataLoader), or with ``drop_last`` the
+    first n // batch * batch; a step with no valid row changes nothing."""
+    steps = -(-capacity // batch)
+    score = jnp.where(jnp.arange(capacity) < n, jax.random.uniform(key, (capacity,)), 2.0)
+    rows = jnp.pad(jnp.argsort(score), (0, steps * batch - capacity)).reshape(steps, batch)
+    used = (n // batch) * batch if drop_last else n
+    valid = (jnp.arange(steps * batch) < used).reshape(steps, batch).astype(jnp.float32)
+    return rows, valid
+
+
 @partial(jax.jit, static_argnames=("batch", "epochs"))
 def sgd_epochs(params, x, target, n, key, lr, batch: int, epochs: int):
     """``epochs`` passes of minibatch SGD over the first ``n`` rows of (x (N, d), target

@@ -86,8 +86,6 @@ def private_epochs(params, x, y, n, key, lr, inter, intra, batch: int, epochs: i
     a step too; loss CE (+ KL(p_inter || p) + KL(p_intra || p) with ``distill``); Adam (fresh
     state) or SGD."""
     capacity = x.shape[0]
-    steps = -(-capacity // batch)
-    valid = (jnp.arange(steps * batch) < n).reshape(steps, batch).astype(jnp.float32)
 
     def loss(p, xb, yb, vb):
         logp = jax.nn.log_softmax(base.mlp(p, xb))
@@ -99,8 +97,7 @@ def private_epochs(params, x, y, n, key, lr, inter, intra, batch: int, epochs: i
         return jnp.sum(per * vb) / jnp.maximum(jnp.sum(vb), 1.0)
 
     def epoch(carry, k):
-        score = jnp.where(jnp.arange(capacity) < n, jax.random.uniform(k, (capacity,)), 2.0)
-        order = jnp.pad(jnp.argsort(score), (0, steps * batch - capacity)).reshape(steps, batch)
+        order, valid = base.epoch_batches(k, n, capacity, batch)
 
         def step(carry, rows_vb):
             p, state = carry

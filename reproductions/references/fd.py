@@ -95,11 +95,7 @@ def fd_epochs(
     """
     num_labels = target_logits.shape[0]
     capacity = x.shape[0]
-    max_steps = -(-capacity // batch)
     target_probs = jax.nn.softmax(target_logits, -1)
-    slot = jnp.arange(max_steps * batch).reshape(max_steps, batch)
-    rows_used = (n // batch) * batch if drop_last else n
-    valid = (slot < rows_used).astype(jnp.float32)  # (steps, batch): rows of this epoch
 
     def loss(params, xb, yb, vb):
         logits = base.mlp(params, xb)
@@ -111,9 +107,7 @@ def fd_epochs(
     grad = jax.value_and_grad(loss, has_aux=True)
 
     def epoch(carry, k):
-        score = jnp.where(jnp.arange(capacity) < n, jax.random.uniform(k, (capacity,)), 2.0)
-        order = jnp.argsort(score)  # the n real rows first, in random order
-        order = jnp.pad(order, (0, max_steps * batch - capacity)).reshape(max_steps, batch)
+        order, valid = base.epoch_batches(k, n, capacity, batch, drop_last)
 
         def step(carry, rows_valid):
             params, sums, counts = carry

@@ -97,8 +97,6 @@ def local_sgd(apply, params, x, y, n, key, lr, batch: int, epochs: int):
     """``epochs`` of minibatch SGD on the cross-entropy over the first ``n`` rows of (x (N, d),
     y (N,)), reshuffled each epoch, ceil(n / batch) steps an epoch (the last one on the rest)."""
     capacity = x.shape[0]
-    max_steps = -(-capacity // batch)
-    valid = (jnp.arange(max_steps * batch) < n).reshape(max_steps, batch).astype(jnp.float32)
 
     def loss(params, xb, yb, vb):
         logp = jax.nn.log_softmax(apply(params, xb))
@@ -106,9 +104,7 @@ def local_sgd(apply, params, x, y, n, key, lr, batch: int, epochs: int):
         return jnp.sum(ce * vb) / jnp.maximum(jnp.sum(vb), 1.0)
 
     def epoch(params, k):
-        score = jnp.where(jnp.arange(capacity) < n, jax.random.uniform(k, (capacity,)), 2.0)
-        order = jnp.pad(jnp.argsort(score), (0, max_steps * batch - capacity))
-        order = order.reshape(max_steps, batch)
+        order, valid = base.epoch_batches(k, n, capacity, batch)
 
         def step(params, rows_valid):
             rows, vb = rows_valid
