@@ -1,0 +1,102 @@
+"""A fixed set of runs whose numbers must not change when the code is only reorganised.
+
+Every algorithm on the embedded synthetic data, DP-FedAvg, faults, a seed sweep, a grid sweep,
+FedBuff and a resumed run, each through ``scripts/run.py`` at a fixed seed. ``record`` writes every
+run's metric records (times left out) to ``tests/data/behaviour.json``; ``tests/test_behaviour.py``
+runs them again and compares. Record before a reorganisation, compare after::
+
+    python tests/behaviour.py            # writes tests/data/behaviour.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD = ROOT / "tests" / "data" / "behaviour.json"
+
+SMALL = ["--dataset", "synthetic_iid", "--clients", "8", "--rounds", "2", "--local-epochs", "1"]
+SMALL += ["--public-per-round", "100", "--distill-epochs", "1", "--batch-size", "20"]
+SMALL += ["--seed", "3"]
+
+ALGORITHMS = (
+    "fedavg",
+    "dsfl",
+    "local",
+    "finetune",
+    "ditto",
+    "mrmtl",
+    "hypcluster",
+    "perfedavg",
+    "incfl",
+    "fd",
+    "feddf",
+    "fedmd",
+    "fccl",
+    "fedbuff",
+)
+
+FAULTS = ["--dropout", "0.3", "--straggler-fraction", "0.25", "--straggler-work", "0.5"]
+FAULTS += ["--adversary-fraction", "0.25"]
+
+# name -> the flags after --algo; every one runs at SMALL's size
+RUNS: dict[str, list[str]] = {algo: ["--algo", algo] for algo in ALGORITHMS}
+RUNS |= {
+    "fedavg_dp": ["--algo", "fedavg", "--dp-clip", "1.0", "--dp-noise", "0.5"],
+    "dsfl_dp": ["--algo", "dsfl", "--dp-clip", "1.0", "--dp-noise", "0.5"],
+    "fedavg_faults": ["--algo", "fedavg", *FAULTS, "--attack", "scaled_update"],
+    "dsfl_faults": ["--algo", "dsfl", *FAULTS, "--attack", "label_flip"],
+    "fedavg_seeds": ["--algo", "fedavg", "--seeds", "2"],
+    "dsfl_grid": ["--algo", "dsfl", "--sweep", "temperature=0.1,0.5"],
+    "fedbuff_async": ["--algo", "fedbuff", "--concurrency", "6", "--buffer", "3"],
+}
+VOLATILE = {"round_time_s", "elapsed_s", "time_s", "wall_s"}
+
+
+def _records(out: Path) -> list[dict]:
+    records = []
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        records.append({k: v for k, v in record.items() if k not in VOLATILE})
+    return records
+
+
+def run_one(name: str, tmp: Path) -> list[dict]:
+    """One run of the set: its metric records without wall-clock times."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import run
+
+    out = tmp / name
+    if name == "resumed":
+        flags = ["--algo", "fedavg", *SMALL, "--rounds", "2", "--checkpoint-every", "1"]
+        assert run.main([*flags, "--out", str(out)]) == 0
+        assert run.main(["--resume", str(out), "--rounds", "3"]) == 0
+        return _records(out)
+    assert run.main([*RUNS[name], *SMALL, "--out", str(out)]) == 0, name
+    return _records(out)
+
+
+NAMES = (*RUNS, "resumed")
+
+
+def versions() -> dict:
+    import jax
+    import jaxlib
+
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+
+
+def record(tmp: Path) -> None:
+    runs = {name: run_one(name, tmp) for name in NAMES}
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    RECORD.write_text(json.dumps({"versions": versions(), "runs": runs}, indent=1) + "\n")
+    print(f"wrote {len(runs)} runs to {RECORD}")
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        record(Path(tmp))
