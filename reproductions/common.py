@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxfl import report
-from jaxfl.report import describe
+from jaxfl.experiments import report
+from jaxfl.experiments.report import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = os.environ.get("JAXFL_MNIST", str(ROOT.parent / "shared" / "data" / "mnist"))
@@ -99,7 +99,7 @@ class Context:
             import shutil
 
             shutil.rmtree(folder)
-        import run as run_script  # scripts/run.py (scripts/reproduce.py puts it on the path)
+        from jaxfl.cli import run as run_script  # what scripts/run.py runs
 
         code = run_script.main([*argv, "--checkpoint-every", "0", "--out", str(folder)])
         if code != 0:
@@ -202,7 +202,7 @@ def first_reaching(rounds, values, target: float, costs=None) -> list[float]:
 
 
 def stats(values) -> dict:
-    """n, mean, std and the 95% CI half-width over seeds (Student's t; jaxfl.report)."""
+    """n, mean, std and the 95% CI half-width over seeds (Student's t; jaxfl.experiments.report)."""
     return describe(list(values))
 
 
@@ -231,7 +231,7 @@ def difference(a, b) -> dict:
 def unpaired(a, b) -> dict:
     """Welch's comparison of two independent samples (jaxfl's seeds against a reference's, whose
     partitions and initialisations differ): mean a - mean b and its 95% CI."""
-    from jaxfl.report import _t_quantile
+    from jaxfl.experiments.report import _t_quantile
 
     sa, sb = stats(a), stats(b)
     if sa.get("n", 0) < 2 or sb.get("n", 0) < 2:

@@ -3,7 +3,7 @@ global model than with their own local model (the incentivized participation rat
 training clients and for clients never seen in training.
 
 FedAvg, IncFL with the MaxFL rule and IncFL with this repository's earlier bump rule
-(algorithms/incfl.py), one run per algorithm and seed on the same split, the last 20% of the
+(jaxfl/algorithms/incfl.py), one run per algorithm and seed on the same split, the last 20% of the
 clients never trained (``--unseen-clients``), each with ``--compare-local`` (every client's
 local-only model on the same split, the IPR reference). Measured: IPR over all, seen and unseen
 clients, and the global model's test accuracy; differences paired by seed.
@@ -61,7 +61,7 @@ def reference(ctx: common.Context) -> dict[str, list[dict]]:
 
 
 def _base(ctx: common.Context) -> list[str]:
-    from algorithms import incfl
+    from jaxfl.algorithms import incfl
 
     size = {
         "ci": ["--clients", "20", "--unseen-clients", "4", "--clients-per-round", "8"]

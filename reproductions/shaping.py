@@ -1,17 +1,17 @@
 """Accuracy shaping (Karimireddy, Guo, Jordan 2022, "Mechanisms that Incentivize Data Sharing in
 Federated Learning"): the mechanism removes free riding.
 
-The data-sharing game of :mod:`jaxfl.incentives`: agents with marginal data costs c_i choose how
-much data m_i to contribute; a model trained on total data m reaches accuracy a(m). Under naive
-federation everyone gets the same model and the cheapest agent ends up contributing for all
-(free riding); accuracy shaping serves each agent an accuracy that rises with its own
+The data-sharing game of :mod:`reproductions.incentives`: agents with marginal data costs c_i
+choose how much data m_i to contribute; a model trained on total data m reaches accuracy a(m).
+Under naive federation everyone gets the same model and the cheapest agent ends up contributing for
+all (free riding); accuracy shaping serves each agent an accuracy that rises with its own
 contribution. Claimed: the shaped equilibrium collects more data than the naive one, and every
 agent's utility a_i - c_i m_i is at least what it gets training alone (individual rationality).
 
 a(m) is measured by the simulator on the data set (logistic regression trained on nested
-subsets of 10 sizes, :func:`jaxfl.incentives.measure_accuracy_curve`), one curve per seed (its
-own subsets and initialisation), and also taken from the paper's generalization bound. No run.py
-runs: the curve is one compiled call of the local-only algorithm with one client per size.
+subsets of 10 sizes, :func:`reproductions.incentives.measure_accuracy_curve`), one curve per seed
+(its own subsets and initialisation), and also taken from the paper's generalization bound. No
+run.py runs: the curve is one compiled call of the local-only algorithm with one client per size.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _dataset(ctx: common.Context):
 
 
 def _outcomes(a, costs, m_max):
-    from jaxfl import incentives
+    from reproductions import incentives
 
     return {
         mech: incentives.equilibrium(a, costs, mech, eps=1e-4, m_max=m_max)
@@ -65,7 +65,7 @@ def _outcomes(a, costs, m_max):
 
 
 def analyze(ctx: common.Context, dirs: dict) -> common.Finding:
-    from jaxfl import incentives
+    from reproductions import incentives
 
     dataset = _dataset(ctx)
     n = 5 if ctx.scale == "ci" else 10
@@ -127,7 +127,7 @@ def analyze(ctx: common.Context, dirs: dict) -> common.Finding:
 
 
 def _plot(ctx, sizes, curves, games) -> str:
-    from jaxfl import incentives
+    from reproductions import incentives
 
     plt, fig, (ax_curve, ax_data) = common.figure(2)
     common.plot_bands(ax_curve, sizes, np.asarray(curves), "measured a(m)")

@@ -11,14 +11,14 @@ seconds.
 
 Without ``--suite`` the flags choose the workload (default: the DS-FL lab setting for C = 10,
 100, 1000). The per-client loop calls the same jitted one-client function once per client; the
-peers' form (:mod:`jaxfl.peer`, FedJAX's form) is a Python loop over clients and minibatches
+peers' form (:mod:`benchmarks.peer`, FedJAX's form) is a Python loop over clients and minibatches
 calling one jitted SGD step per batch fed from host arrays. For large C both are timed on
 ``--loop-clients`` clients and scaled linearly (marked '~'). FLOPs are the model's useful FLOPs
-per round (:mod:`jaxfl.flops`), so every lowering's GFLOP/s is comparable.
+per round (:mod:`jaxfl.experiments.flops`), so every lowering's GFLOP/s is comparable.
 
 On a CPU JAX starts with one host device per core (``--devices`` defaults to all of them, so
 the clients are split over the cores); ``--devices 1 2 4`` sweeps device counts. Memory per
-client comes from XLA's buffer assignment of the compiled round (:mod:`jaxfl.memory`).
+client comes from XLA's buffer assignment of the compiled round (:mod:`jaxfl.experiments.memory`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench_experiments
 def _force_host_devices(argv: list[str]) -> None:
     """Make enough CPU devices for ``--devices`` (at least one per core; must happen before JAX
     starts; harmless on accelerators, where the flag only concerns the CPU platform)."""
-    from jaxfl.scale import cpu_cores, force_host_devices
+    from jaxfl.cli.execution import cpu_cores, force_host_devices
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--devices", nargs="+", type=int, default=[cpu_cores()])
@@ -55,10 +55,12 @@ import numpy as np  # noqa: E402
 from bench_loop import peak_memory_bytes, time_loop  # noqa: E402
 from bench_suites import CONV_MODELS, SUITES, TINY_FLAGS  # noqa: E402
 
-from jaxfl import experiment, flags, memory, peer  # noqa: E402
-from jaxfl.clients import client_mesh, replicate, use_mesh  # noqa: E402
+from benchmarks import peer  # noqa: E402
+from jaxfl.cli import flags  # noqa: E402
+from jaxfl.core.client_axis import client_mesh, replicate, use_mesh  # noqa: E402
 from jaxfl.data import Dataset, DataUnavailableError, load_dataset  # noqa: E402
-from jaxfl.flops import gemm_flops_per_s, round_flops  # noqa: E402
+from jaxfl.experiments import builder, memory  # noqa: E402
+from jaxfl.experiments.flops import gemm_flops_per_s, round_flops  # noqa: E402
 from jaxfl.models import LOWERING_CHOICES, tuning  # noqa: E402
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -80,7 +82,7 @@ def bench_one(
     mesh = client_mesh(devices)
     with use_mesh(mesh):
         args = flags.parse(argv)
-        exp = experiment.build(args, dataset=dataset)
+        exp = builder.build(args, dataset=dataset)
         algo = exp.algorithm
         state = replicate(algo.init(jax.random.key(0)))
         round_key = jax.random.key(1)
@@ -106,7 +108,7 @@ def bench_one(
         mem = memory.round_memory(algo, exp.config["client_chunk"])
     if loop_s is None:  # the per-client loop runs on one device, from an unsharded build
         if devices > 1:
-            exp = experiment.build(args, dataset=dataset)
+            exp = builder.build(args, dataset=dataset)
             state, _ = exp.algorithm.run_rounds(
                 exp.algorithm.init(jax.random.key(0)), round_key, 0, 1
             )
@@ -239,7 +241,7 @@ def parse_args(argv):
         default=20,
         help="clients the per-client loop and the peers' form are timed on before scaling to C",
     )
-    p.add_argument("--no-peer", action="store_true", help="skip the peers' form (jaxfl.peer)")
+    p.add_argument("--no-peer", action="store_true", help="skip the peers' form (benchmarks.peer)")
     p.add_argument(
         "--experiments",
         nargs="+",
@@ -351,7 +353,7 @@ def main(argv=None) -> int:
                     )
                     loop_s = (row["loop_round_s"], row["loop_extrapolated"])
                     if peer_s is None and not args.no_peer:
-                        exp = experiment.build(flags.parse(run_argv), dataset=dataset)
+                        exp = builder.build(flags.parse(run_argv), dataset=dataset)
                         peer_s = peer.round_seconds(exp, args.loop_clients) or (None, False)
                     if peer_s is not None and peer_s[0] is not None:
                         row["peer_round_s"], row["peer_extrapolated"] = peer_s

@@ -22,7 +22,8 @@ import jax
 import numpy as np
 from bench_loop import time_loop
 
-from jaxfl import experiment, flags
+from jaxfl.cli import flags
+from jaxfl.experiments import builder
 
 WORKLOADS = (  # (label, run.py flags)
     ("sync fedavg", ["--algo", "fedavg", "--clients-per-round", "100"]),
@@ -64,7 +65,7 @@ def run_async_suite(args, dataset) -> list[dict]:
             argv = [TINY.get(a, a) for a in argv] if args.tiny else argv
             run_argv = ["--clients", str(c), "--model", "mlp", "--local-epochs", "1",
                         "--partition", "iid", *argv]  # fmt: skip
-            exp = experiment.build(flags.parse(run_argv), dataset=dataset)
+            exp = builder.build(flags.parse(run_argv), dataset=dataset)
             step_s, state = time_steps(exp, per_call, max(args.rounds, 2))
             per_step = exp.algorithm.clients_per_round
             in_flight = state.flight.client.shape[0] if hasattr(state, "flight") else per_step

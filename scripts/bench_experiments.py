@@ -18,8 +18,9 @@ from pathlib import Path
 
 import jax
 
-from jaxfl import experiment, flags, sweep
-from jaxfl.experiments import parse_seeds
+from jaxfl.cli import flags
+from jaxfl.experiments import builder, sweep_runner
+from jaxfl.experiments.axis import parse_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,11 @@ def startup_seconds() -> float:
     """Wall time of a fresh Python importing jaxfl and JAX (what each separate command pays)."""
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-c", "import jax, jaxfl.experiment, algorithms; jax.devices()"],
+        [
+            sys.executable,
+            "-c",
+            "import jax, jaxfl.experiments.builder, jaxfl.algorithms; jax.devices()",
+        ],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -39,7 +44,7 @@ def startup_seconds() -> float:
 def time_single(argv: list[str], rounds: int, dataset) -> dict:
     """One experiment as run.py runs it: build, compile (round 1), the other rounds."""
     start = time.perf_counter()
-    exp = experiment.build(flags.parse(argv), dataset=dataset)
+    exp = builder.build(flags.parse(argv), dataset=dataset)
     algo = exp.algorithm
     init_key, round_key = jax.random.split(jax.random.key(exp.args.seed))
     state = algo.init(init_key)
@@ -61,7 +66,7 @@ def time_sweep(argv: list[str], seeds: int, rounds: int, dataset, devices: int) 
     args = flags.parse([*argv, "--seeds", str(seeds)])
     start = time.perf_counter()
     cache = {(args.dataset, args.data_dir, args.clients, None): dataset}
-    algo_sweep = sweep.build_algorithm(
+    algo_sweep = sweep_runner.build_algorithm(
         args, args.algo, parse_seeds(args.seeds, args.seed), cache, devices
     )
     (group,) = algo_sweep.groups

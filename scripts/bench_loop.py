@@ -14,7 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxfl.algorithm import _jit_cache
+from jaxfl.core.algorithm import _jit_cache
 
 
 def peak_memory_bytes() -> int:

@@ -28,8 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from jaxfl import incentives  # noqa: E402
-from jaxfl.io import check_results_dir, read_metrics, write_json  # noqa: E402
+from jaxfl.experiments.results import check_results_dir, read_metrics, write_json  # noqa: E402
+from reproductions import incentives  # noqa: E402
 
 
 def _plt():
@@ -127,14 +127,14 @@ def _predictions(dataset, args):
     import jax.numpy as jnp
     import optax
 
-    from jaxfl import train
+    from jaxfl.core import train
     from jaxfl.models import get_model
 
     model = get_model(args.curve_model, dataset.feature_shape, dataset.num_classes)
     params = model.init(jax.random.key(args.seed))
     x, y = jnp.asarray(dataset.train_x), jnp.asarray(dataset.train_y)
     n = len(dataset.train_y)
-    loss = train.private_loss(model.apply, x, y, jnp.arange(n, dtype=jnp.int32))
+    loss = train.client_data_loss(model.apply, x, y, jnp.arange(n, dtype=jnp.int32))
     params = jax.jit(
         lambda p: (
             train.sgd_epochs(
@@ -150,9 +150,8 @@ def _predictions(dataset, args):
 
 
 def ipr(args, run_argv: list[str], out: Path) -> dict:
-    import run
-
-    from algorithms import incfl
+    from jaxfl.algorithms import incfl
+    from jaxfl.cli import run
 
     histories = {}
     if not any(a.startswith("--client-val-fraction") for a in run_argv):

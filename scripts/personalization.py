@@ -23,11 +23,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run  # noqa: E402
-
-from algorithms import PERSONALIZATION  # noqa: E402
-from jaxfl.io import check_results_dir, plot_client_cdf, write_json  # noqa: E402
-from jaxfl.metrics import personalization_summary, summarize_clients  # noqa: E402
+from jaxfl.algorithms import PERSONALIZATION  # noqa: E402
+from jaxfl.cli import run  # noqa: E402
+from jaxfl.core.metrics import personalization_summary, summarize_clients  # noqa: E402
+from jaxfl.experiments.results import check_results_dir, plot_client_cdf, write_json  # noqa: E402
 
 
 def compare(out: Path, algos: list[str]) -> list[dict]:

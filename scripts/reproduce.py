@@ -135,7 +135,7 @@ def reproduce(name: str, ctx: common.Context, command: str) -> dict:
         "command": command,
         "date": time.strftime("%Y-%m-%d"),
     }
-    from jaxfl.io import write_json
+    from jaxfl.experiments.results import write_json
 
     write_json(ctx.out / "finding.json", record)
     return record
@@ -197,8 +197,9 @@ def summary_table(records: list[dict]) -> str:
 
 
 def update_record(records: list[dict], out: Path) -> None:
-    """The repository's record: findings/NAME.json, plots/, RESULTS.md and the README table."""
-    from jaxfl.io import write_json
+    """The repository's record: findings/NAME.json, plots/, RESULTS.md and the verdict table of
+    docs/reproductions.md."""
+    from jaxfl.experiments.results import write_json
 
     (RECORD / "findings").mkdir(exist_ok=True)
     (RECORD / "plots").mkdir(exist_ok=True)
@@ -210,14 +211,14 @@ def update_record(records: list[dict], out: Path) -> None:
 
 
 def write_record() -> None:
-    """reproductions/RESULTS.md and the README's table from every recorded finding."""
+    """reproductions/RESULTS.md and docs/reproductions.md's table from every recorded finding."""
     every = [
         json.loads((RECORD / "findings" / f"{n}.json").read_text())
         for n in NAMES
         if (RECORD / "findings" / f"{n}.json").exists()
     ]
     (RECORD / "RESULTS.md").write_text(results_markdown(every, "cpu") + dependence_section())
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "reproductions.md"
     text = readme.read_text()
     if README_START in text and README_END in text:
         head, rest = text.split(README_START, 1)

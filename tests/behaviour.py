@@ -6,6 +6,7 @@ run's metric records (times left out) to ``tests/data/behaviour.json``; ``tests/
 runs them again and compares. Record before a reorganisation, compare after::
 
     python tests/behaviour.py            # writes tests/data/behaviour.json
+    python tests/behaviour.py moon       # records only the named runs (a new algorithm's)
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ ALGORITHMS = (
     "fedmd",
     "fccl",
     "fedbuff",
+    "fedprox",
+    "scaffold",
+    "fednova",
+    "feddyn",
+    "moon",
 )
 
 FAULTS = ["--dropout", "0.3", "--straggler-fraction", "0.25", "--straggler-work", "0.5"]
@@ -66,7 +72,7 @@ def _records(out: Path) -> list[dict]:
 def run_one(name: str, tmp: Path) -> list[dict]:
     """One run of the set: its metric records without wall-clock times."""
     sys.path.insert(0, str(ROOT / "scripts"))
-    import run
+    from jaxfl.cli import run
 
     out = tmp / name
     if name == "resumed":
@@ -88,15 +94,23 @@ def versions() -> dict:
     return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
 
 
-def record(tmp: Path) -> None:
-    runs = {name: run_one(name, tmp) for name in NAMES}
+def record(tmp: Path, names=NAMES) -> None:
+    """Record ``names`` (all by default); recording only some keeps the others, which needs
+    the same jax version as the file's."""
+    runs = {}
+    if set(names) != set(NAMES):
+        kept = json.loads(RECORD.read_text())
+        assert kept["versions"] == versions(), "re-record every run with this jax version"
+        runs = kept["runs"]
+    runs |= {name: run_one(name, tmp) for name in names}
+    runs = {name: runs[name] for name in NAMES}
     RECORD.parent.mkdir(parents=True, exist_ok=True)
     RECORD.write_text(json.dumps({"versions": versions(), "runs": runs}, indent=1) + "\n")
-    print(f"wrote {len(runs)} runs to {RECORD}")
+    print(f"wrote {len(names)} of {len(runs)} runs to {RECORD}")
 
 
 if __name__ == "__main__":
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        record(Path(tmp))
+        record(Path(tmp), tuple(sys.argv[1:]) or NAMES)

@@ -89,7 +89,7 @@ def jaxfl_finals(tmp_path, algo, flags, metric):
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import run
+    from jaxfl.cli import run
 
     out = tmp_path / algo
     assert run.main(["--algo", algo, *flags, "--out", str(out)]) == 0

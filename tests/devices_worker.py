@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import jax  # noqa: E402
-import run  # noqa: E402
 
-from algorithms import ALGORITHMS  # noqa: E402
+from jaxfl.algorithms import ALGORITHMS  # noqa: E402
+from jaxfl.cli import run  # noqa: E402
 
 # an embedded set, tiny: every algorithm's round 1 compiles and runs in a few seconds
 SMALL = [

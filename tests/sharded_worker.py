@@ -18,10 +18,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from algorithms import ALGORITHMS  # noqa: E402
-from jaxfl import experiment, flags  # noqa: E402
-from jaxfl.algorithm import loop_clients  # noqa: E402
-from jaxfl.clients import (  # noqa: E402
+from jaxfl.algorithms import ALGORITHMS  # noqa: E402
+from jaxfl.cli import flags  # noqa: E402
+from jaxfl.core.algorithm import loop_clients  # noqa: E402
+from jaxfl.core.client_axis import (  # noqa: E402
     client_devices,
     client_mesh,
     map_clients,
@@ -29,6 +29,7 @@ from jaxfl.clients import (  # noqa: E402
     sum_clients,
     use_mesh,
 )
+from jaxfl.experiments import builder
 
 
 def max_diff(a, b) -> float:
@@ -102,7 +103,7 @@ def build(argv):
         ]
         + ([] if "--models" in argv else ["--model", "mlp"])
     )
-    exp = experiment.build(args)
+    exp = builder.build(args)
     if args.algo == "fedmd":  # SGD: Adam turns 1e-7 summation noise into lr-sized steps
         module = ALGORITHMS["fedmd"]
         algo = module.make(

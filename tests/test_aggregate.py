@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfl import aggregate
+from jaxfl.core import aggregate
 
 
 def test_weighted_mean_by_counts():

@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from algorithms import fedavg, fedbuff
-from jaxfl import checkpoint, clock, faults, flags
+from jaxfl.algorithms import fedavg, fedbuff
+from jaxfl.cli import flags
 from jaxfl.data import FederationSpec, build_federation
+from jaxfl.experiments import checkpoint
+from jaxfl.mechanisms import clock, faults
 from jaxfl.models import get_model
 
 from .conftest import tiny_image_dataset

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-import run  # noqa: E402
+from jaxfl.cli import run  # noqa: E402
 
 SMALL = [
     "--dataset",
@@ -43,7 +43,7 @@ def test_same_seed_same_numbers(tmp_path):
 @pytest.mark.parametrize(
     "argv,needle",
     [
-        (["--algo", "fedprox"], "--algo 'fedprox' is not allowed; allowed: fedavg, dsfl, local"),
+        (["--algo", "fedsgd"], "--algo 'fedsgd' is not allowed; allowed: fedavg, dsfl, local"),
         (
             ["--finetune-layers", "middle"],
             "--finetune-layers 'middle' is not allowed; allowed: all",
@@ -124,7 +124,7 @@ def _help(*argv: str) -> str:
 
 
 def test_help_is_grouped_needs_no_jax_and_shows_one_algorithms_own_flags():
-    from jaxfl import flag_help
+    from jaxfl.cli import flag_help
 
     text = _help("--help")
     titles = [*flag_help.GROUPS, flag_help.ALGORITHM_GROUP]
@@ -136,12 +136,13 @@ def test_help_is_grouped_needs_no_jax_and_shows_one_algorithms_own_flags():
 
 
 def test_the_jax_free_names_match_the_implementations():
-    """jaxfl.names and ALGORITHM_FLAGS stand in for the algorithms when --help builds the flags."""
+    """jaxfl.core.names and ALGORITHM_FLAGS stand in for the algorithms when --help builds flags."""
     import argparse
     import dataclasses
 
-    from algorithms import ALGORITHMS, PERSONALIZATION
-    from jaxfl import algorithm_flags, flag_help, flags, names
+    from jaxfl.algorithms import ALGORITHMS, PERSONALIZATION
+    from jaxfl.cli import algorithm_flags, flag_help, flags
+    from jaxfl.core import names
 
     assert tuple(ALGORITHMS) == names.ALGORITHMS and names.PERSONALIZATION == PERSONALIZATION
     parser = argparse.ArgumentParser()
@@ -323,7 +324,7 @@ def test_feddf_paper_config_parses_and_runs_scaled_down(tmp_path):
 
 
 def test_the_divergence_hint_names_only_the_algorithms_own_learning_rates():
-    from jaxfl.simulation import divergence_hint
+    from jaxfl.experiments.simulation import divergence_hint
 
     assert divergence_hint("dsfl") == "try a smaller --lr or --distill-lr"
     assert divergence_hint("fedavg") == "try a smaller --lr or --server-lr"
@@ -333,7 +334,7 @@ def test_the_divergence_hint_names_only_the_algorithms_own_learning_rates():
 def test_ctrl_c_offers_the_resume_command_only_when_a_checkpoint_exists(tmp_path):
     import jax.numpy as jnp
 
-    from jaxfl import checkpoint
+    from jaxfl.experiments import checkpoint
 
     status, message = run.interrupted(tmp_path)  # stopped before its first checkpoint
     assert status["checkpoint"] is None and "--resume" not in message
@@ -344,13 +345,20 @@ def test_ctrl_c_offers_the_resume_command_only_when_a_checkpoint_exists(tmp_path
     assert f"--resume {tmp_path}" in message and "round 4" in message
 
 
-def test_ctrl_c_checkpoints_the_round_in_flight_and_its_resume_command_works(tmp_path):
-    """A real process and SIGINT: the run stops after the round in flight, checkpoints it (the
-    periodic checkpoint is far away), exits with 130 and prints a resume command that runs."""
+@pytest.mark.parametrize(
+    "signame,status",
+    [("SIGINT", 130), pytest.param("SIGTERM", 143, marks=pytest.mark.slow)],
+)
+def test_ctrl_c_checkpoints_the_round_in_flight_and_its_resume_command_works(
+    tmp_path, signame, status
+):
+    """A real process and SIGINT (Ctrl-C) or SIGTERM (a scheduler's or a preempted VM's): the
+    run stops after the round in flight, checkpoints it (the periodic checkpoint is far away),
+    exits with 128 + the signal's number and prints a resume command that runs."""
     import signal
     import time
 
-    from jaxfl import checkpoint
+    from jaxfl.experiments import checkpoint
 
     out = tmp_path / "res"
     command = [sys.executable, str(ROOT / "scripts" / "run.py"), "--algo", "fedavg"]
@@ -363,9 +371,9 @@ def test_ctrl_c_checkpoints_the_round_in_flight_and_its_resume_command_works(tmp
         assert process.poll() is None, process.communicate()[1]
         assert time.monotonic() < deadline, "no round finished in 10 minutes"
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(getattr(signal, signame))
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    assert process.returncode == status, stderr
     saved = checkpoint.latest_round(out / checkpoint.CHECKPOINT_DIR)
     assert saved is not None and saved >= 1, stderr
     assert f"python scripts/run.py --resume {out}" in stderr and f"round {saved + 1}" in stderr
@@ -374,6 +382,42 @@ def test_ctrl_c_checkpoints_the_round_in_flight_and_its_resume_command_works(tmp
     assert run.main(["--resume", str(out), "--rounds", str(saved + 1)]) == 0
     rounds = [json.loads(line)["round"] for line in metrics.read_text().splitlines()]
     assert rounds[-1] == saved + 1 and rounds == sorted(set(rounds))
+
+
+def test_sigterm_in_a_sweep_checkpoints_every_experiment_and_resume_finishes_it(tmp_path):
+    """A sweep (two seeds in one compiled call) in a real process gets SIGTERM: it finishes the
+    block in flight, checkpoints it, writes an interrupted summary, exits with 143 and names the
+    resume command; resuming continues both experiments from that round."""
+    import signal
+    import time
+
+    from jaxfl.experiments import checkpoint
+
+    out = tmp_path / "sweep"
+    command = [sys.executable, str(ROOT / "scripts" / "run.py"), "--algo", "fedavg"]
+    command += ["--dataset", "blobs", "--model", "mlp-8", "--clients", "6", "--rounds", "100000"]
+    command += ["--seeds", "2", "--checkpoint-every", "0", "--local-epochs", "1"]
+    command += ["--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "no round finished in 10 minutes"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    saved = checkpoint.latest_round(out / checkpoint.CHECKPOINT_DIR / "fedavg-0")
+    assert saved is not None and saved >= 1, stderr
+    assert f"python scripts/run.py --resume {out}" in stderr, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["stopped_at"]["round"] == saved
+    assert run.main(["--resume", str(out), "--rounds", str(saved + 1)]) == 0
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    for seed in (0, 1):
+        rounds = [r["round"] for r in records if r["seed"] == seed]
+        assert rounds[-1] == saved + 1 and rounds == sorted(set(rounds)), rounds
 
 
 def test_a_second_ctrl_c_quits_at_once():
@@ -393,7 +437,7 @@ def test_a_second_ctrl_c_quits_at_once():
 
 
 def test_the_round_time_estimate_warns_of_a_model_too_slow_for_the_device(monkeypatch):
-    from jaxfl import flops
+    from jaxfl.experiments import flops
 
     monkeypatch.setattr(flops, "estimate_round_seconds", lambda exp: (150.0, 1.2e13, 8e10))
     line = run._round_time_estimate(None, rounds=20)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfl.clients import map_clients
+from jaxfl.core.client_axis import map_clients
 from jaxfl.models import CONV_LOWERINGS, get_model, layers, model_tuning, tuning
 
 ZOO = [("lenet5", (28, 28, 1)), ("cnn", (28, 28, 1)), ("resnet8", (32, 32, 3))]

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import dependence as dependence_script  # noqa: E402  (scripts/dependence.py)
-import run  # noqa: E402
+
+from jaxfl.cli import run  # noqa: E402
 
 
 @pytest.mark.parametrize("scale", ["ci", "cpu"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from algorithms import ALGORITHMS
+from jaxfl.algorithms import ALGORITHMS
 
 from .tolerance import between_programs
 

@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from algorithms import fccl
-from jaxfl import groups
+from jaxfl.algorithms import fccl
 from jaxfl.data import FederationSpec, PartitionError
 from jaxfl.data.domains import build_multidomain_federation, parse_domains, transform_dataset
+from jaxfl.mechanisms import groups
 from tests.conftest import MNIST_DIR, mnist_available, tiny_image_dataset
 
 
@@ -76,7 +76,7 @@ def test_multi_domain_cli_run(tmp_path):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import run
+    from jaxfl.cli import run
 
     out = tmp_path / "res"
     argv = ["--algo", "fccl", "--domains", "mnist,mnist:invert", "--data-dir", str(MNIST_DIR)]

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxfl import checkpoint, events
-from jaxfl.simulation import NonFiniteError, Simulation
+from jaxfl.experiments import checkpoint, events
+from jaxfl.experiments.simulation import NonFiniteError, Simulation
 
 
 def scripted_algorithm(test_acc):

@@ -10,10 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from algorithms import ALGORITHMS
-from jaxfl import experiment, experiments, flags, memory, sweep
-from jaxfl.compiled_sweep import CompiledSweep
-from jaxfl.experiments import Experiment, SweepError, parse_seeds, parse_sweep
+from jaxfl.algorithms import ALGORITHMS
+from jaxfl.cli import flags
+from jaxfl.experiments import axis, builder, memory, sweep_runner
+from jaxfl.experiments.axis import GridPoint, SweepError, parse_seeds, parse_sweep
+from jaxfl.experiments.vectorized import CompiledSweep
 
 from .test_cli import run
 from .tolerance import between_programs
@@ -41,7 +42,7 @@ def build(algo: str, seed: int, *more: str):
     """One experiment as run.py builds it, cached: tests only read it (IncFL's build trains its
     local-only baseline, seconds each time)."""
     args = flags.parse(["--algo", algo, "--seed", str(seed), *BASE, *EXTRA.get(algo, []), *more])
-    return experiment.build(args)
+    return builder.build(args)
 
 
 def one_run(exp, rounds: int):
@@ -104,7 +105,7 @@ def test_two_seeds_in_one_call_equal_two_separate_runs_round_one_slow(algo):
 def check_two_seeds(algo):
     seeds = (0, 3)
     built = {s: build(algo, s) for s in seeds}
-    groups = experiments.static_groups(experiments.grid(seeds, {}), ALGORITHMS[algo])
+    groups = axis.static_groups(axis.grid(seeds, {}), ALGORITHMS[algo])
     assert len(groups) == (2 if algo == "feddf" else 1)  # FedDF's public split is per seed
     check_round_one(algo, compiled(algo, groups[-1], built), built)  # FedDF: seed 3's group
 
@@ -116,13 +117,13 @@ def test_every_algorithm_binds_inside_the_traced_sweep(algo):
     and a (2, 1) row per round metric."""
     seeds = (0, 3)
     built = {s: build(algo, s) for s in seeds}
-    traced, _ = experiments.sweepable(ALGORITHMS[algo])
+    traced, _ = axis.sweepable(ALGORITHMS[algo])
     if algo == "local":  # it refuses any fault (no uploads), so a traced probability too
         traced = {n: k for n, k in traced.items() if k != "faults"}
     first = built[0]
     defaults = {**vars(first.algorithm_config), **vars(first.fault_config)}
     values = {n: float(defaults[n]) for n in traced if defaults[n] is not None}  # None: derived
-    grid = [Experiment(i, s, {n: v * (1 + 0.1 * i) for n, v in values.items()}) for i, s in
+    grid = [GridPoint(i, s, {n: v * (1 + 0.1 * i) for n, v in values.items()}) for i, s in
             enumerate(seeds)]  # fmt: skip
     sweep_ = compiled(algo, grid, built)
     assert set(sweep_.swept) == set(values)
@@ -156,7 +157,7 @@ def test_fedavg_logreg_whole_history_and_traced_lr_equal_separate_runs():
     the separate runs closely; a traced lr equals the same lr given as a Python constant."""
     seeds, lrs = (0, 1), (0.05, 0.2)
     built = {s: build("fedavg", s, "--model", "logreg") for s in seeds}
-    grid = experiments.grid(seeds, {"lr": lrs})
+    grid = axis.grid(seeds, {"lr": lrs})
     sweep_ = compiled("fedavg", grid, built)
     state = sweep_.init()
     state, block = sweep_.run_rounds(state, 1, 3)
@@ -179,7 +180,7 @@ def test_stacked_federations_of_different_sizes_equal_separate_runs():
     built = {s: build("fedavg", s, *more) for s in seeds}
     capacities = {built[s].data.capacity for s in seeds}
     assert len(capacities) > 1, "the seeds must give different client sizes"
-    sweep_ = compiled("fedavg", experiments.grid(seeds, {}), built, experiment_chunk=2)
+    sweep_ = compiled("fedavg", axis.grid(seeds, {}), built, experiment_chunk=2)
     state, _ = sweep_.run_rounds(sweep_.init(), 1, 2)
     for i, s in enumerate(seeds):
         ref_state, _, _ = one_run(built[s], 2)
@@ -210,14 +211,14 @@ def test_seeds_and_sweep_flags_parse_and_refuse_with_the_flag_named():
     # a float that fixes a shape is swept as one compiled group per value
     feddf = ALGORITHMS["feddf"]
     values = parse_sweep(["distill_val_fraction=0.1,0.2", "lr=0.1,0.2"], feddf, "feddf")
-    grid = experiments.grid((0,), values)
-    groups = experiments.static_groups(grid, feddf)
+    grid = axis.grid((0,), values)
+    groups = axis.static_groups(grid, feddf)
     assert len(groups) == 2 and all(len(g) == 2 for g in groups)
 
 
 def test_a_refused_value_is_named_before_anything_compiles():
     built = {0: build("ditto", 0)}
-    bad = [Experiment(0, 0, {"ditto_lambda": -1.0})]
+    bad = [GridPoint(0, 0, {"ditto_lambda": -1.0})]
     with pytest.raises(ValueError, match="--ditto-lambda -1.0 is not allowed"):
         compiled("ditto", bad, built)
 
@@ -304,19 +305,19 @@ def test_a_sweep_whose_one_experiment_exceeds_device_memory_is_refused(monkeypat
     is refused naming the flags; a device with room leaves the chunk as it was."""
     seeds = (0, 3)
     built = {s: build("fedavg", s, "--model", "logreg") for s in seeds}
-    group = compiled("fedavg", experiments.grid(seeds, {}), built, experiment_chunk=2)
+    group = compiled("fedavg", axis.grid(seeds, {}), built, experiment_chunk=2)
     monkeypatch.setenv("JAXFL_DEVICE_MEMORY", "1e9")
-    sweep.fit_memory([group], None)
+    sweep_runner.fit_memory([group], None)
     assert group.chunk == 2
     monkeypatch.setenv("JAXFL_DEVICE_MEMORY", "1000")
     with pytest.raises(SweepError, match="--experiment-chunk 1.*--seeds or --sweep"):
-        sweep.fit_memory([group], None)
+        sweep_runner.fit_memory([group], None)
 
 
 def test_sweep_flags_that_act_on_one_run_are_refused():
     args = argparse.Namespace(**vars(flags.parse(["--seeds", "2", "--target", "0.9"])))
     with pytest.raises(flags.ConfigError, match="--target is not supported with --seeds"):
-        sweep.check_sweep_flags(copy.copy(args))
+        sweep_runner.check_sweep_flags(copy.copy(args))
 
 
 def test_bench_experiments_times_the_sweep_against_separate_runs(capsys):

@@ -6,9 +6,10 @@ import numpy as np
 import optax
 import pytest
 
-from algorithms import dsfl, fedavg
-from jaxfl import aggregate, faults, train
-from jaxfl.algorithm import loop_clients
+from jaxfl.algorithms import dsfl, fedavg
+from jaxfl.core import aggregate, train
+from jaxfl.core.algorithm import loop_clients
+from jaxfl.mechanisms import faults
 from jaxfl.models import get_model
 
 from .test_rounds import DSFL, FEDAVG
@@ -105,7 +106,9 @@ def test_straggler_budget_stops_after_its_steps(tiny_federation):
     params = model.init(jax.random.key(0))
     client, key, batch, epochs = 1, jax.random.key(4), 8, 2
     count = data.client_count[client]
-    loss_fn = train.private_loss(model.apply, data.train_x, data.train_y, data.client_idx[client])
+    loss_fn = train.client_data_loss(
+        model.apply, data.train_x, data.train_y, data.client_idx[client]
+    )
     budget = faults.step_budget(jnp.float32(0.5), count, batch, epochs)
     assert int(budget) == int(np.ceil(0.5 * epochs * np.ceil(int(count) / batch)))
     trained = train.sgd_epochs(

@@ -8,9 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from algorithms import dsfl, fccl, fd, feddf, fedmd, local
-from jaxfl import aggregate, faults, groups, train
-from jaxfl.algorithm import loop_clients
+from jaxfl.algorithms import dsfl, fccl, fd, feddf, fedmd, local
+from jaxfl.core import aggregate, train
+from jaxfl.core.algorithm import loop_clients
+from jaxfl.mechanisms import faults, groups
 from jaxfl.models import get_model
 
 from .tolerance import assert_trees_close

@@ -1,5 +1,5 @@
-"""What customisations receive (jaxfl.hooks): hooks get a key and the hyperparameters if they ask,
-and every optimizer role of every algorithm is a replaceable optax transformation."""
+"""What customisations receive (jaxfl.core.hooks): hooks get a key and the hyperparameters if
+they ask, and every optimizer role of every algorithm is a replaceable optax transformation."""
 
 import inspect
 
@@ -9,11 +9,11 @@ import numpy as np
 import optax
 import pytest
 
-from algorithms import ALGORITHMS, fedavg
-from jaxfl import aggregate, hooks, metrics
-from jaxfl.algorithm import RoundParts, make_algorithm
+from jaxfl.algorithms import ALGORITHMS, fedavg
+from jaxfl.core import aggregate, hooks, metrics
+from jaxfl.core.algorithm import RoundParts, make_algorithm
+from jaxfl.mechanisms.client_round import standard_clients
 from jaxfl.models import get_model
-from jaxfl.standard_clients import standard_clients
 
 from .test_experiments import build
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
-from algorithms import fedavg, incfl
-from jaxfl import incentives, metrics
-from jaxfl.algorithm import loop_clients, sample_clients
+from jaxfl.algorithms import fedavg, incfl
+from jaxfl.core import metrics
+from jaxfl.core.algorithm import loop_clients, sample_clients
 from jaxfl.models import get_model
+from reproductions import incentives
 from tests.conftest import MNIST_DIR, mnist_available, tiny_image_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +172,7 @@ def test_maxfl_weights_and_step_by_hand_on_three_clients():
 def test_maxfl_round_on_three_clients_follows_the_rule_and_the_loop(tiny_federation):
     """One MaxFL round with eta_g = 0.5, 3 clients of the fixture, one dropped upload: x_k from a
     hand-written loss of the global model, q_k and the step by the formula, against the round."""
-    from jaxfl import faults
+    from jaxfl.mechanisms import faults
 
     data = tiny_federation
     model = get_model("logreg", data.feature_shape, data.num_classes)

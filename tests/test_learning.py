@@ -4,9 +4,11 @@ import jax
 import optax
 import pytest
 
-from jaxfl import experiment, flags, train
-from jaxfl.clients import map_clients
-from jaxfl.simulation import Simulation
+from jaxfl.cli import flags
+from jaxfl.core import train
+from jaxfl.core.client_axis import map_clients
+from jaxfl.experiments import builder
+from jaxfl.experiments.simulation import Simulation
 from reproductions import common
 
 from .conftest import MNIST_DIR
@@ -46,7 +48,7 @@ MNIST_TWO_CLASSES = [
 
 
 def _run(argv):
-    exp = experiment.build(flags.parse(argv))
+    exp = builder.build(flags.parse(argv))
     _, history = Simulation(exp.algorithm, exp.args.rounds, seed=exp.args.seed).run()
     return exp, history
 
@@ -121,12 +123,12 @@ def test_dsfl_era_matches_or_beats_sa_and_beats_local_only_on_real_mnist_over_se
     later_rounds_gap = (era[:, 1:] - sa[:, 1:]).mean(axis=1)  # per seed; measured +0.004..+0.018
     assert later_rounds_gap.mean() > -0.03  # the wobble bound above; measured +0.013
 
-    exp = experiment.build(flags.parse([*argv, "--aggregation", "era"]))
+    exp = builder.build(flags.parse([*argv, "--aggregation", "era"]))
     data, model = exp.data, exp.model
 
     def local_only(key, idx_row, count):
         params = model.init(key)
-        loss_fn = train.private_loss(model.apply, data.train_x, data.train_y, idx_row)
+        loss_fn = train.client_data_loss(model.apply, data.train_x, data.train_y, idx_row)
         params, *_ = train.sgd_epochs(
             loss_fn, optax.sgd(0.1), params, key, count, data.capacity, 50, 5
         )

@@ -93,7 +93,7 @@ class _TinyLinen(nn.Module):
 def test_your_own_linen_and_nnx_modules_as_models(tiny_federation):
     from flax import nnx
 
-    from algorithms import fedavg
+    from jaxfl.algorithms import fedavg
 
     linen_model = Model.from_linen(_TinyLinen(), (28, 28, 1), 4)
     assert linen_model.num_params == 784 * 16 + 16 + 16 * 4 + 4

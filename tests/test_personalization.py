@@ -6,12 +6,13 @@ import numpy as np
 import optax
 import pytest
 
-from algorithms import ALGORITHMS, PERSONALIZATION, ditto, fedavg, finetune, hypcluster, mrmtl
-from algorithms.perfedavg import meta_loss
-from jaxfl import groups, metrics, personal, train
-from jaxfl.algorithm import sample_clients
+from jaxfl.algorithms import ALGORITHMS, PERSONALIZATION, ditto, fedavg, finetune, hypcluster, mrmtl
+from jaxfl.algorithms.perfedavg import meta_loss
+from jaxfl.core import metrics, train
+from jaxfl.core.algorithm import sample_clients
 from jaxfl.data import FederationSpec, build_federation
 from jaxfl.data.federation import Federation, hold_out, pack
+from jaxfl.mechanisms import groups, personalization
 from jaxfl.models import get_model
 from tests.conftest import tiny_image_dataset
 
@@ -134,7 +135,7 @@ def test_ditto_round_anchors_personal_models_to_the_round_start_global_model(val
     sampled = np.asarray(sample_clients(k_sample, data.num_clients, 4))
     for i, k in enumerate(sampled):
         k_personal = jax.random.split(jax.random.split(k_clients, 4)[i])[1]
-        base = train.private_loss(model.apply, data.train_x, data.train_y, data.client_idx[k])
+        base = train.client_data_loss(model.apply, data.train_x, data.train_y, data.client_idx[k])
         expected, *_ = ditto.personal_update(
             base, optax.sgd(0.05), state0.params, state0.params, 2.0, k_personal,
             data.client_count[k], data.capacity, 8, 1,
@@ -262,11 +263,11 @@ def test_finetune_curves_equal_a_per_client_loop(val_federation):
     model = get_model("mlp", val_federation.feature_shape, val_federation.num_classes)
     params = model.init(jax.random.key(0))
     key = jax.random.key(4)
-    val_acc, test_acc = personal.finetune_curves(
+    val_acc, test_acc = personalization.finetune_curves(
         model.apply, params, val_federation, key, epochs=2, lr=0.1, batch_size=8, layers="last"
     )
-    opt = personal.finetune_optimizer(params, 0.1, "last")
-    one = jax.jit(personal.finetune_client, static_argnums=(0, 5, 6, 7))
+    opt = personalization.finetune_optimizer(params, 0.1, "last")
+    one = jax.jit(personalization.finetune_client, static_argnums=(0, 5, 6, 7))
     for k in range(val_federation.num_clients):
         v, t = one(model.apply, params, val_federation, key, k, opt, 2, 8)
         np.testing.assert_allclose(val_acc[k], v, atol=1e-6)
@@ -276,7 +277,7 @@ def test_finetune_curves_equal_a_per_client_loop(val_federation):
 def test_finetune_last_layer_only_freezes_the_rest():
     model = get_model("mlp", (8,), 3)
     params = model.init(jax.random.key(0))
-    opt = personal.finetune_optimizer(params, 0.5, "last")
+    opt = personalization.finetune_optimizer(params, 0.5, "last")
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = opt.update(grads, opt.init(params), params)
     new = optax.apply_updates(params, updates)
@@ -320,7 +321,7 @@ def test_evaluation_paths_equal_a_per_client_python_loop(val_federation):
     data = val_federation
     model = get_model("mlp", data.feature_shape, data.num_classes)
     params = model.init(jax.random.key(0))
-    got = personal.adapt_and_score(model.apply, params, data, steps=2, lr=0.1)
+    got = personalization.adapt_and_score(model.apply, params, data, steps=2, lr=0.1)
     for k in range(data.num_clients):
         idx, cnt = data.client_idx[k], data.client_count[k]
         p = params
@@ -397,7 +398,7 @@ def test_local_only_round_is_private_sgd_from_each_clients_own_model(val_federat
     k_sample, k_clients = jax.random.split(key)
     sampled = np.asarray(sample_clients(k_sample, data.num_clients, 3))
     for i, k in enumerate(sampled):
-        expected, *_ = train.private_sgd(
+        expected, *_ = train.local_sgd(
             model.apply, data, jax.tree.map(lambda x, k=k: x[k], before),
             jax.random.split(k_clients, 3)[i], data.client_idx[k], data.client_count[k],
             optax.sgd(0.2), 8, 2,

@@ -11,9 +11,11 @@ import numpy as np
 import optax
 import pytest
 
-from algorithms import ALGORITHMS
-from jaxfl import accounting, experiments, flags, privacy
-from jaxfl.names import DP_ALGORITHMS
+from jaxfl.algorithms import ALGORITHMS
+from jaxfl.cli import flags
+from jaxfl.core.names import DP_ALGORITHMS
+from jaxfl.experiments import axis
+from jaxfl.mechanisms import accounting, privacy
 
 from .test_experiments import build, compiled, max_diff, one_run
 
@@ -210,7 +212,7 @@ def test_a_swept_noise_multiplier_equals_separate_runs_and_reports_each_epsilon(
     traced hyperparameter), and each experiment's epsilon is its own."""
     clip = ("--dp-clip", "0.5", "--dp-noise", "1")
     built = {0: build("fedavg", 0, "--model", "logreg", *clip)}
-    grid = experiments.grid((0,), {"dp_noise": (0.5, 2.0)})
+    grid = axis.grid((0,), {"dp_noise": (0.5, 2.0)})
     sweep_ = compiled("fedavg", grid, built)
     state, _ = sweep_.run_rounds(sweep_.init(), 1, 1)
     ref = build("fedavg", 0, "--model", "logreg", "--dp-clip", "0.5", "--dp-noise", "2.0")
@@ -218,10 +220,10 @@ def test_a_swept_noise_multiplier_equals_separate_runs_and_reports_each_epsilon(
     assert max_diff(jax.tree.map(lambda x: x[1], state), ref_state) < 1e-5
     noisier = jax.tree.map(lambda x: x[0], state)  # z = 0.5: another noise draw's scale
     assert max_diff(noisier, ref_state) > 1e-4
-    from jaxfl import sweep
+    from jaxfl.experiments import sweep_runner
 
     records = [{"round": 2}, {"round": 2}]
-    sweep._add_epsilon(records, sweep_, built[0].config)
+    sweep_runner._add_epsilon(records, sweep_, built[0].config)
     setting = built[0].config["privacy"]
     eps = [
         accounting.Accountant(z, setting["population"], 6, setting["delta"]).epsilon(2)

@@ -1,7 +1,8 @@
-"""The README's code runs as written: its Python blocks in order in one session (as a reader
-pastes them; later blocks use the ``data``, ``model`` and ``algo`` of earlier ones, and say so),
-at reduced sizes where the README's take minutes, and every ``scripts/run.py`` command of its
-bash blocks parses and passes the checks run before any work; the quick start runs, smaller."""
+"""The code of the README and docs/ runs as written: their Python blocks in order in one
+session (as a reader pastes them; later blocks use the ``data``, ``model`` and ``algo`` of
+earlier ones, and say so), at reduced sizes where the text's take minutes, and every
+``scripts/run.py`` command of their bash blocks parses and passes the checks run before any
+work; the quick start runs, smaller."""
 
 import json
 import re
@@ -11,9 +12,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-import run  # noqa: E402
+from jaxfl.cli import run  # noqa: E402
 
-README = (ROOT / "README.md").read_text()
+# the README and the pages under docs/, in the order the README lists them (the order the text
+# had as one file: a later page's blocks may use what an earlier page's built)
+PAGES = ["README.md"] + [
+    f"docs/{name}.md"
+    for name in re.findall(
+        r"\]\(docs/([\w-]+)\.md\)", (ROOT / "README.md").read_text().split("## Documentation", 1)[1]
+    )
+]
+README = "\n".join((ROOT / page).read_text() for page in PAGES)
 
 # README text -> the same at test size. Each must occur: a README edit that drops one fails here.
 REDUCED = {
@@ -41,6 +50,12 @@ def _commands(script: str) -> list[list[str]]:
                 if words[:2] == ["python", f"scripts/{script}"]:
                     found.append(words[2:])
     return found
+
+
+def test_the_readme_is_a_front_page_and_every_page_is_linked():
+    """At most ~250 lines; every page under docs/ is in the README's documentation table."""
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+    assert sorted(PAGES[1:]) == sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))
 
 
 def test_the_python_blocks_run_in_order(tmp_path, monkeypatch):

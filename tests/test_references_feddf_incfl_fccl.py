@@ -148,7 +148,7 @@ def test_incfl_reference_and_jaxfl_agree_at_a_tiny_size(tmp_path, mnist12k):
     reference). The unseen clients' IPR (8 clients, steps of 1/8) is too coarse to compare
     at this size."""
     sys.path.insert(0, str(ROOT / "scripts"))
-    import run
+    from jaxfl.cli import run
 
     subset, data = mnist12k
     reference = {

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import reproduce  # noqa: E402
-import run  # noqa: E402
+
+from jaxfl.cli import run  # noqa: E402
 
 # Two entries at ci scale in the default suite (CI's time budget): sweeps over seeds with
 # first-reaching, traffic and paired per-seed differences (dsfl), no runs but the data-sharing
@@ -123,7 +124,7 @@ def test_statistics_on_hand_made_seeds():
 
 
 def test_the_recorded_results_are_what_the_command_writes_from_its_records():
-    """reproductions/RESULTS.md and the README's table are regenerated from the entries'
+    """reproductions/RESULTS.md and docs/reproductions.md's table are regenerated from the entries'
     recorded findings exactly (nothing typed in; the DS-FL dependence study's record is the
     last section), and every entry has a cpu-scale record."""
     records = [
@@ -137,7 +138,7 @@ def test_the_recorded_results_are_what_the_command_writes_from_its_records():
         "## DS-FL: dependence on participation and label skew"
         in (ROOT / "reproductions" / "RESULTS.md").read_text()
     )
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "reproductions.md").read_text()
     block = readme.split(reproduce.README_START, 1)[1].split(reproduce.README_END, 1)[0]
     assert block == "\n" + reproduce.summary_table(records)
     for r in records:
@@ -148,7 +149,7 @@ def test_the_recorded_results_are_what_the_command_writes_from_its_records():
 def test_accuracy_bands_stay_inside_zero_and_one():
     """Three seeds near 0 give a t-interval reaching below 0; the drawn band is clipped to the
     accuracy's range, a difference's band is not."""
-    from jaxfl.report import band, describe
+    from jaxfl.experiments.report import band, describe
 
     near_zero = describe([0.01, 0.02, 0.30])
     lower, upper = band(near_zero["mean"], near_zero["ci95_half"])

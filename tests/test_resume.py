@@ -12,8 +12,9 @@ from pathlib import Path
 import jax
 import pytest
 
-from jaxfl import checkpoint, experiment, flags
-from jaxfl.io import read_metrics
+from jaxfl.cli import flags
+from jaxfl.experiments import builder, checkpoint
+from jaxfl.experiments.results import read_metrics
 
 from .test_cli import SMALL, run
 
@@ -100,7 +101,7 @@ def test_sigkill_mid_run_leaves_complete_lines_and_a_loadable_checkpoint(tmp_pat
     last = checkpoint.latest_round(out / "checkpoints")
     assert last is not None and last >= len(records) - 1
     args = flags.parse(["--algo", "dsfl", *SMALL])
-    algo = experiment.build(args).algorithm
+    algo = builder.build(args).algorithm
     state, meta = checkpoint.restore(
         out / "checkpoints", jax.eval_shape(algo.init, jax.random.key(0))
     )

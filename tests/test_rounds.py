@@ -6,9 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from algorithms import dsfl, fedavg
-from jaxfl import aggregate, metrics, train
-from jaxfl.algorithm import sample_clients
+from jaxfl.algorithms import dsfl, fedavg
+from jaxfl.core import aggregate, metrics, train
+from jaxfl.core.algorithm import sample_clients
 from jaxfl.models import get_model
 
 from .tolerance import assert_trees_close
@@ -81,7 +81,9 @@ def test_fedavg_is_the_count_weighted_mean_of_local_models(tiny_federation):
     keys = jax.random.split(k_clients, 4)
     local, weights = [], []
     for i, k in enumerate(sampled):
-        loss_fn = train.private_loss(model.apply, data.train_x, data.train_y, data.client_idx[k])
+        loss_fn = train.client_data_loss(
+            model.apply, data.train_x, data.train_y, data.client_idx[k]
+        )
         w_k, *_ = train.sgd_epochs(
             loss_fn,
             optax.sgd(FEDAVG.lr),

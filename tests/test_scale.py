@@ -13,13 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from algorithms import ALGORITHMS
-from jaxfl import experiment, flags, memory
-from jaxfl.algorithm import loop_clients
-from jaxfl.clients import sum_clients
-from jaxfl.io import read_metrics
+from jaxfl.algorithms import ALGORITHMS
+from jaxfl.cli import flags
+from jaxfl.core.algorithm import loop_clients
+from jaxfl.core.client_axis import sum_clients
+from jaxfl.experiments import builder, memory
+from jaxfl.experiments.results import read_metrics
+from jaxfl.experiments.simulation import Simulation
 from jaxfl.models import get_model
-from jaxfl.simulation import Simulation
 
 from .test_cli import SMALL, run
 
@@ -74,7 +75,7 @@ def test_sum_clients_is_the_loop_sum_for_every_chunking(m):
 
 def test_streamed_fedavg_equals_the_stacked_mean_and_its_memory_does_not_grow_with_m():
     argv = ["--algo", "fedavg", "--dataset", "synthetic", "--model", "mlp", "--client-chunk", "2"]
-    exp = experiment.build(flags.parse([*argv, "--clients", "9"]))
+    exp = builder.build(flags.parse([*argv, "--clients", "9"]))
     module, cfg = ALGORITHMS["fedavg"], exp.algorithm_config
     streamed = exp.algorithm
     stacked = module.make(cfg, exp.data, exp.model, stream=False)
@@ -88,7 +89,7 @@ def test_streamed_fedavg_equals_the_stacked_mean_and_its_memory_does_not_grow_wi
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     temps = {}
     for c in (8, 64):
-        big = experiment.build(flags.parse([*argv, "--clients", str(c)]))
+        big = builder.build(flags.parse([*argv, "--clients", str(c)]))
         raw = module.make(big.algorithm_config, big.data, big.model, stream=False)
         temps[c] = [
             memory.compiled_round_memory(a, 2).temp_size_in_bytes for a in (big.algorithm, raw)
@@ -147,7 +148,7 @@ def _fedavg(*extra):
         ["--algo", "fedavg", "--dataset", "synthetic", "--clients", "8", "--model", "mlp"]
         + ["--local-epochs", "1", "--batch-size", "10", *extra]
     )
-    return experiment.build(args)
+    return builder.build(args)
 
 
 def test_rounds_per_call_gives_the_same_run_and_ends_blocks_where_state_is_needed():
@@ -216,10 +217,10 @@ def test_round_memory_is_measured_and_the_chunk_fits_the_budget():
     algo = exp.algorithm
     measured = memory.round_memory(algo, 2)
     assert measured.per_client_bytes > 0 and measured.temp_bytes > 0
-    # the clients' state: FedAvg keeps each client's speed and latency (jaxfl.clock, 2 x 4
-    # bytes); DS-FL keeps a model per client
+    # the clients' state: FedAvg keeps each client's speed and latency (jaxfl.mechanisms.clock, 2 x
+    # 4 bytes); DS-FL keeps a model per client
     assert measured.state_bytes_per_client == 8
-    dsfl = experiment.build(
+    dsfl = builder.build(
         flags.parse(
             ["--algo", "dsfl", "--dataset", "synthetic", "--clients", "8", "--model", "mlp"]
             + ["--public-per-round", "64"]
@@ -242,13 +243,13 @@ def test_accelerator_default_chunk_is_the_measured_fit(monkeypatch):
     """The accelerator branch of the --client-chunk default, on this CPU: with a memory budget
     that holds 3 of 8 clients' temporaries, build picks chunk 3 and the round runs with it."""
     argv = ["--algo", "fedavg", "--dataset", "synthetic", "--clients", "8", "--model", "mlp"]
-    probe = experiment.build(flags.parse([*argv, "--client-chunk", "2"])).algorithm
+    probe = builder.build(flags.parse([*argv, "--client-chunk", "2"])).algorithm
     measured = memory.round_memory(probe, 2)
     fixed = measured.argument_bytes + measured.output_bytes - measured.alias_bytes
     budget = (fixed + measured.base_bytes + 3.5 * measured.per_client_bytes) / 0.8
-    monkeypatch.setattr(experiment, "_on_cpu", lambda: False)
-    monkeypatch.setattr(experiment, "device_memory_bytes", lambda: budget)
-    exp = experiment.build(flags.parse(argv))
+    monkeypatch.setattr(builder, "_on_cpu", lambda: False)
+    monkeypatch.setattr(builder, "device_memory_bytes", lambda: budget)
+    exp = builder.build(flags.parse(argv))
     assert exp.config["client_chunk"] == exp.algorithm_config.client_chunk == 3
     state, metrics = exp.algorithm.round(exp.algorithm.init(jax.random.key(0)), jax.random.key(1))
     assert np.isfinite(float(metrics["train_loss"]))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxfl import train
+from jaxfl.core import train
 from jaxfl.models import get_model
 
 
@@ -40,13 +40,13 @@ def test_padded_client_equals_unpadded_reference():
     params0 = model.init(jax.random.key(1))
     key, lr, batch, epochs, count = jax.random.key(7), 0.3, 3, 2, 7
     x, y, own, idx_row = _client_setup(count, capacity=16)
-    loss_fn = train.private_loss(model.apply, x, y, idx_row)
+    loss_fn = train.client_data_loss(model.apply, x, y, idx_row)
     got, *_ = train.sgd_epochs(
         loss_fn, optax.sgd(lr), params0, key, jnp.int32(count), 16, batch, epochs
     )
     # the same client with no padding at all
     _, _, _, tight_row = _client_setup(count, capacity=count)
-    tight_loss = train.private_loss(model.apply, x, y, tight_row)
+    tight_loss = train.client_data_loss(model.apply, x, y, tight_row)
     tight, *_ = train.sgd_epochs(
         tight_loss, optax.sgd(lr), params0, key, jnp.int32(count), count, batch, epochs
     )
@@ -98,7 +98,7 @@ def test_penalty_is_minimised_with_the_data_loss_and_reported_apart():
     params0 = model.init(jax.random.key(1))
     key, count, capacity, batch, epochs = jax.random.key(7), 7, 16, 3, 2
     x, y, _, idx_row = _client_setup(count, capacity)
-    data_loss = train.private_loss(model.apply, x, y, idx_row)
+    data_loss = train.client_data_loss(model.apply, x, y, idx_row)
     prox = lambda p: train.prox_term(p, params0, 0.5)  # (0.5/2)||w - w0||^2
     summed = lambda p, pos, m: data_loss(p, pos, m) + prox(p)
     run = lambda loss, **kw: train.sgd_epochs(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxfl.names import PARTITIONS as PARTITIONS  # defined without JAX, for --help
+from jaxfl.core.names import PARTITIONS as PARTITIONS  # defined without JAX, for --help
 
 
 class PartitionError(ValueError):

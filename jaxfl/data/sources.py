@@ -11,53 +11,21 @@ second run starts in seconds.
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import os
 from pathlib import Path
 
 import numpy as np
 
+from jaxfl.core.names import DATASETS as DATASETS  # defined without JAX, for --help
+from jaxfl.core.names import EMBEDDED_DATASETS as EMBEDDED_DATASETS
+from jaxfl.core.names import TFDS_DATASETS as TFDS_DATASETS
+from jaxfl.data.dataset import Dataset as Dataset  # defined there; imported from here too
 from jaxfl.data.synthetic import blobs, synthetic_federated
-from jaxfl.names import DATASETS as DATASETS  # defined without JAX, for --help
-from jaxfl.names import EMBEDDED_DATASETS as EMBEDDED_DATASETS
-from jaxfl.names import TFDS_DATASETS as TFDS_DATASETS
 
 
 class DataUnavailableError(RuntimeError):
     """The requested data set cannot be loaded here (offline, not cached, missing files)."""
-
-
-@dataclasses.dataclass
-class Dataset:
-    """A labelled data set held on the host.
-
-    Attributes:
-      name: the data set actually used (e.g. ``"mnist"`` or ``"synthetic(1.0,1.0)"``).
-      train_x: (N, *feature_shape) float32.
-      train_y: (N,) int32 in [0, num_classes).
-      test_x: (M, *feature_shape) float32.
-      test_y: (M,) int32.
-      num_classes: number of labels.
-      train_groups: optional natural partition, a list of index arrays into the train split
-        (one per client), for data sets that are federated by construction.
-      test_groups: the matching list of index arrays into the test split.
-      source: where the arrays came from (``"tfds"``, ``"idx:DIR"``, ``"cache:FILE"``, ...).
-    """
-
-    name: str
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    num_classes: int
-    train_groups: list[np.ndarray] | None = None
-    test_groups: list[np.ndarray] | None = None
-    source: str = ""
-
-    @property
-    def feature_shape(self) -> tuple[int, ...]:
-        return tuple(self.train_x.shape[1:])
 
 
 def cache_dir() -> Path:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxfl.data.dataset import Dataset
+
 DIM = 60
 CLASSES = 10
 
@@ -39,8 +41,6 @@ def synthetic_federated(
     ``train_groups``/``test_groups`` hold each
     client's own train and test samples; the global test split is the union of the clients' tests.
     """
-    from jaxfl.data.sources import Dataset
-
     rng = np.random.default_rng(seed)
     sizes = np.minimum(50 + rng.lognormal(4.0, 2.0, num_clients).astype(np.int64), max_size)
     test_sizes = np.maximum(1, (sizes * test_fraction).astype(np.int64))
@@ -97,8 +97,6 @@ def blobs(
     MNIST's (60,000 / 10,000), so a run on blobs has the shape of one on MNIST at a fraction of
     the compute. Returns a :class:`jaxfl.data.sources.Dataset` without natural clients.
     """
-    from jaxfl.data.sources import Dataset
-
     rng = np.random.default_rng(seed)
     centres = rng.normal(0.0, spread, (CLASSES, clusters_per_class, DIM))
 

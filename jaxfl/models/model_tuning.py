@@ -36,7 +36,7 @@ from jaxfl.models.tuning import (
 def conv_layers(init_with, dummy) -> list[tuple]:
     """A model's conv layers in order, ``(input (H, W, Cin), kernel, stride, padding)``, from
     tracing ``init_with(lowering, dummy)``."""
-    from jaxfl.models.layers import recording
+    from jaxfl.models.lowerings import recording
 
     with recording([]) as calls:
         jax.eval_shape(lambda x: init_with("xla", x), dummy)
@@ -67,7 +67,7 @@ def tuned_apply(model_key: str, init, apply_with, layers, feature_shape, num_cla
     (a custom VJP, as :func:`jaxfl.models.layers.conv_auto`)."""
 
     def lowerings_for(x, training: bool) -> tuple[str, ...]:
-        from jaxfl.clients import clients_in_flight, current_mesh
+        from jaxfl.core.client_axis import clients_in_flight, current_mesh
 
         mesh = current_mesh()
         context = ModelContext(

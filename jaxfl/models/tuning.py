@@ -9,7 +9,7 @@ layer's exact shape and picks the fastest:
 - the key (:class:`ConvShape`): backend, device kind, JAX version, dtype, one client's input
   (B, H, W, Cin), the kernel (kh, kw, Cout), stride, padding, and how many clients run side by
   side on one device (the width of the enclosing client vmap,
-  :func:`jaxfl.clients.clients_in_flight`; 1 in a compiled loop over single clients);
+  :func:`jaxfl.core.client_axis.clients_in_flight`; 1 in a compiled loop over single clients);
 - the measurement: the forward and both gradients of the layer, as a ``lax.scan`` of a few
   steps (the context the layer runs in inside a round: XLA compiles loop bodies differently),
   vmapped over that many clients with per-client kernels, best of a few timed calls;
@@ -40,6 +40,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxfl.models.lowerings import conv
 
 CANDIDATES = ("rows", "im2col", "patches", "xla")
 CACHE_FILE = "conv_lowerings.json"
@@ -232,8 +234,6 @@ def measure(shape: ConvShape, steps: int = 6, repeats: int = 3) -> dict[str, flo
     ranked ``rows`` 3.7x too slow on LeNet-5's second layer. The rule of thumb's choice is timed
     first; a candidate whose first long call is over twice the best so far is not timed again.
     """
-    from jaxfl.models.layers import conv
-
     clients = min(shape.clients, MAX_MEASURED_CLIENTS)
     dtype = jnp.dtype(shape.dtype)
     rng = np.random.default_rng(0)

@@ -16,22 +16,26 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxfl.core.names import COMPUTE_DTYPES as COMPUTE_DTYPES  # defined without JAX, for --help
+from jaxfl.core.names import IMAGE_MODELS as IMAGE_MODELS
+from jaxfl.core.names import MODEL_NAMES_HELP as MODEL_NAMES_HELP
+from jaxfl.core.names import MODELS as MODELS
+from jaxfl.core.names import is_model_name as is_model_name
+from jaxfl.core.names import mlp_hidden as mlp_hidden
 from jaxfl.models import model_tuning
 from jaxfl.models.layers import Conv, default_conv_lowering, max_pool_2x2
-from jaxfl.names import COMPUTE_DTYPES as COMPUTE_DTYPES  # defined without JAX, for --help
-from jaxfl.names import IMAGE_MODELS as IMAGE_MODELS
-from jaxfl.names import MODEL_NAMES_HELP as MODEL_NAMES_HELP
-from jaxfl.names import MODELS as MODELS
-from jaxfl.names import is_model_name as is_model_name
-from jaxfl.names import mlp_hidden as mlp_hidden
 
 
 class LogReg(nn.Module):
     num_classes: int
+    features_only: bool = False  # return the output layer's input (the representation)
 
     @nn.compact
     def __call__(self, x):
-        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+        x = x.reshape(x.shape[0], -1)
+        if self.features_only:
+            return x
+        return nn.Dense(self.num_classes)(x)
 
 
 class MLP(nn.Module):
@@ -39,12 +43,15 @@ class MLP(nn.Module):
 
     num_classes: int
     hidden: tuple[int, ...] = (200, 200)
+    features_only: bool = False
 
     @nn.compact
     def __call__(self, x):
         x = x.reshape(x.shape[0], -1)
         for h in self.hidden:
             x = nn.relu(nn.Dense(h)(x))
+        if self.features_only:
+            return x
         return nn.Dense(self.num_classes)(x)
 
 
@@ -64,6 +71,7 @@ class FedAvgCNN(nn.Module):
 
     num_classes: int
     lowering: Lowering = "auto"
+    features_only: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -71,6 +79,8 @@ class FedAvgCNN(nn.Module):
             conv = Conv(features, (5, 5), padding="SAME", lowering=_at(self.lowering, i))
             x = nn.relu(max_pool_2x2(conv(x)))
         x = nn.relu(nn.Dense(512)(x.reshape(x.shape[0], -1)))
+        if self.features_only:
+            return x
         return nn.Dense(self.num_classes)(x)
 
 
@@ -79,6 +89,7 @@ class LeNet5(nn.Module):
 
     num_classes: int
     lowering: Lowering = "auto"
+    features_only: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -88,6 +99,8 @@ class LeNet5(nn.Module):
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(120)(x))
         x = nn.relu(nn.Dense(84)(x))
+        if self.features_only:
+            return x
         return nn.Dense(self.num_classes)(x)
 
 
@@ -120,6 +133,7 @@ class ResNet(nn.Module):
     num_classes: int
     blocks_per_stage: int = 1
     lowering: Lowering = "auto"
+    features_only: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -132,7 +146,10 @@ class ResNet(nn.Module):
                 n = 3 if _has_shortcut(x.shape[-1], features, stride) else 2
                 x = _Block(features, stride, _from(self.lowering, layer, n))(x)
                 layer += n
-        return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+        x = x.mean(axis=(1, 2))
+        if self.features_only:
+            return x
+        return nn.Dense(self.num_classes)(x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +165,8 @@ class Model:
       num_params: parameter count of one client's model.
       compute_dtype: the dtype ``apply`` computes in (parameters stay float32; see
         :func:`get_model`).
+      represent: optional (params, x (B, *feature_shape)) -> (B, D), the representation the
+        output layer reads (the zoo's models have one; MOON needs it).
     """
 
     name: str
@@ -157,6 +176,7 @@ class Model:
     num_classes: int
     num_params: int
     compute_dtype: str = "float32"
+    represent: Callable | None = None
 
     @classmethod
     def from_linen(
@@ -252,40 +272,50 @@ def get_model(
             "use --model mlp or logreg for vector data"
         )
     lowering = conv_lowering or default_conv_lowering()
-    build = {
-        "logreg": lambda lowering: LogReg(num_classes),
-        "mlp": lambda lowering: MLP(num_classes, mlp_hidden(name)),
-        "cnn": lambda lowering: FedAvgCNN(num_classes, lowering),
-        "lenet5": lambda lowering: LeNet5(num_classes, lowering),
-        "resnet8": lambda lowering: ResNet(num_classes, 1, lowering),
-        "resnet20": lambda lowering: ResNet(num_classes, 3, lowering),
+    build_module = {
+        "logreg": lambda lowering, f: LogReg(num_classes, f),
+        "mlp": lambda lowering, f: MLP(num_classes, mlp_hidden(name), f),
+        "cnn": lambda lowering, f: FedAvgCNN(num_classes, lowering, f),
+        "lenet5": lambda lowering, f: LeNet5(num_classes, lowering, f),
+        "resnet8": lambda lowering, f: ResNet(num_classes, 1, lowering, f),
+        "resnet20": lambda lowering, f: ResNet(num_classes, 3, lowering, f),
     }["mlp" if mlp_hidden(name) else name]
+    build = lambda lowering: build_module(lowering, False)
     module = build("xla" if lowering == "auto" else lowering)
     dummy = jnp.zeros((1, *feature_shape), jnp.float32)
 
     def init(key: jax.Array):
         return module.init(key, dummy)["params"]
 
-    def apply_with(lowering: Lowering, params, x: jax.Array) -> jax.Array:
-        module = build(lowering)
+    def apply_with(lowering: Lowering, params, x: jax.Array, features_only=False) -> jax.Array:
+        module = build_module(lowering, features_only)
         if compute_dtype == "float32":
             return module.apply({"params": params}, x)
         dtype = jnp.dtype(compute_dtype)
         params = jax.tree.map(lambda p: p.astype(dtype), params)
         return module.apply({"params": params}, x.astype(dtype)).astype(jnp.float32)
 
-    if lowering == "auto" and name in IMAGE_MODELS:
-        apply = model_tuning.tuned_apply(
-            f"{name}|{tuple(feature_shape)}|L{num_classes}|{compute_dtype}",
+    def represent_with(lowering: Lowering, params, x: jax.Array) -> jax.Array:
+        return apply_with(lowering, params, x, features_only=True)
+
+    def tuned(function, kind: str):
+        return model_tuning.tuned_apply(
+            f"{name}|{tuple(feature_shape)}|L{num_classes}|{compute_dtype}{kind}",
             init,
-            apply_with,
+            function,
             model_tuning.conv_layers(lambda low, x: build(low).init(jax.random.key(0), x), dummy),
             tuple(feature_shape),
             num_classes,
         )
+
+    if lowering == "auto" and name in IMAGE_MODELS:
+        apply, represent = tuned(apply_with, ""), tuned(represent_with, "|features")
     else:
         apply = functools.partial(apply_with, lowering)
+        represent = functools.partial(represent_with, lowering)
 
     shapes = jax.eval_shape(init, jax.random.key(0))
     num_params = sum(math.prod(s.shape) for s in jax.tree.leaves(shapes))
-    return Model(name, init, apply, tuple(feature_shape), num_classes, num_params, compute_dtype)
+    return Model(
+        name, init, apply, tuple(feature_shape), num_classes, num_params, compute_dtype, represent
+    )

@@ -1,0 +1,1 @@
+"""Benchmark helpers used by ``scripts/bench.py`` (not installed with the library)."""

@@ -1,0 +1,73 @@
+"""One module per federated algorithm, each with ``CONFIG`` (its config class) and
+``make(config, data, model, ...)`` returning a :class:`jaxfl.core.algorithm.FederatedAlgorithm`.
+
+Every ``make`` checks its model first: a raw flax module (``nn.Module``, an nnx module) passed
+where a :class:`jaxfl.models.Model` belongs is a clear TypeError naming
+``Model.from_linen``/``Model.from_nnx`` (a linen module has ``init``/``apply`` methods of its
+own, which would otherwise fail deep inside the round).
+
+Personalization modules also set ``VALIDATION_FRACTION``, their default
+``--client-val-fraction`` (each client's validation split, held out of its training data).
+"""
+
+import functools
+
+from jaxfl.algorithms import (
+    ditto,
+    dsfl,
+    fccl,
+    fd,
+    fedavg,
+    fedbuff,
+    feddf,
+    feddyn,
+    fedmd,
+    fednova,
+    fedprox,
+    finetune,
+    hypcluster,
+    incfl,
+    local,
+    moon,
+    mrmtl,
+    perfedavg,
+    scaffold,
+)
+from jaxfl.core.names import PERSONALIZATION as PERSONALIZATION  # defined without JAX, for --help
+from jaxfl.models.zoo import as_model
+
+ALGORITHMS = {
+    "fedavg": fedavg,
+    "dsfl": dsfl,
+    "local": local,
+    "finetune": finetune,
+    "ditto": ditto,
+    "mrmtl": mrmtl,
+    "hypcluster": hypcluster,
+    "perfedavg": perfedavg,
+    "incfl": incfl,
+    "fd": fd,
+    "feddf": feddf,
+    "fedmd": fedmd,
+    "fccl": fccl,
+    "fedbuff": fedbuff,
+    "fedprox": fedprox,
+    "scaffold": scaffold,
+    "fednova": fednova,
+    "feddyn": feddyn,
+    "moon": moon,
+}
+
+
+def _checks_model(make):
+    @functools.wraps(make)
+    def checked(config, data, model, *args, **kwargs):
+        return make(config, data, as_model(model), *args, **kwargs)
+
+    return checked
+
+
+for _module in ALGORITHMS.values():
+    _module.make = _checks_model(_module.make)
+
+__all__ = ["ALGORITHMS", "PERSONALIZATION"]

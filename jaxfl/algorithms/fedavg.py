@@ -1,0 +1,284 @@
+"""FedAvg (McMahan et al., AISTATS 2017) with an optax server optimizer (Reddi et al., ICLR 2021).
+
+Per round t, with S_t the m sampled clients and n_k client k's sample count:
+
+    w_k   = LocalSGD_k(w_t; E epochs, batch B, lr eta)          for k in S_t
+    Delta = sum_k n_k (w_k - w_t) / sum_k n_k
+    w_t+1 = w_t + ServerOpt(-Delta)
+
+With ``server_opt="sgd"`` and ``server_lr=1`` this is plain FedAvg (w_t+1 = weighted mean of w_k);
+``momentum`` gives FedAvgM and ``adam`` FedAdam.
+
+Customisation inside the compiled round is by pure functions passed to :func:`make`:
+``select_clients(key, C, m) -> (m,) int32`` (default uniform without replacement),
+``aggregate_updates(deltas, weights) -> delta`` over the leading client axis (default the
+weighted mean; ``weights`` (m,) are the sample counts, 0 for a dropped client) and
+``client_loss_term(params, global_params) -> scalar`` added to every local batch loss (e.g.
+FedProx's (mu/2)||w - w_t||^2; ``train_loss`` stays the data loss and ``train_penalty``
+reports the term). ``aggregate_updates`` may also take keyword arguments ``key`` (a PRNG key of
+its own each round: DP noise) and ``hparams`` (this config, traced in a sweep), and
+``client_loss_term`` ``hparams`` (:mod:`jaxfl.core.hooks`). ``--dp-clip``/``--dp-noise`` make the
+round DP-FedAvg (:mod:`jaxfl.mechanisms.privacy`): each update is clipped to norm C_t, every client
+weighs the same, and Delta = (sum_k clip(w_k - w_t) + N(0, (z C_t)^2 I)) / m. ``unseen_clients`` U
+keeps the last U clients out of training (they are only evaluated), to measure generalization to
+clients the server never saw. Faults (:mod:`jaxfl.mechanisms.faults`): dropout, stragglers, label
+flipping and scaled updates. The virtual clock (:mod:`jaxfl.mechanisms.clock`) gives every round a
+simulated duration (``sim_time`` is its running total): the round waits for all sampled clients,
+the first ``round_first`` of them or until ``round_deadline``; a client it does not wait for counts
+as dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxfl.core import aggregate, hooks, metrics
+from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
+from jaxfl.core.names import SERVER_OPTS as SERVER_OPTS  # defined without JAX, for --help
+from jaxfl.data.federation import Federation
+from jaxfl.mechanisms import clock, faults, privacy
+from jaxfl.mechanisms.client_round import standard_clients
+from jaxfl.models import Model
+
+ATTACKS = ("label_flip", "scaled_update")
+SUPPORTS_UNSEEN = True  # --unseen-clients
+SUPPORTS_DP = True  # --dp-clip, --dp-noise, ... (jaxfl.mechanisms.privacy)
+
+
+@dataclasses.dataclass(frozen=True)
+class FedAvgConfig(privacy.DPFields, clock.ClockFields):
+    clients_per_round: int | None = None  # None: all clients
+    local_epochs: int = 1
+    batch_size: int = 50
+    lr: float = 0.1
+    server_opt: str = "sgd"
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    client_chunk: int | None = None
+    unseen_clients: int = 0  # the last U clients never train (evaluated only: generalization)
+
+
+CONFIG = FedAvgConfig  # the config class scripts/run.py fills from its flags of the same names
+
+
+@struct.dataclass
+class FedAvgState:
+    params: Any  # global model
+    opt_state: Any  # server optimizer state
+    round: jax.Array  # () int32
+    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
+    clock: clock.ClockState | None = None  # virtual time and client speeds (jaxfl.mechanisms.clock)
+
+
+def flag_server_optimizer(config: FedAvgConfig) -> optax.GradientTransformation:
+    """The server optimizer the flags describe (``--server-opt``, ``--server-lr``,
+    ``--server-momentum``); ``make(server_optimizer=...)`` replaces it."""
+    if config.server_opt == "sgd":
+        return optax.sgd(config.server_lr)
+    if config.server_opt == "momentum":
+        return optax.sgd(config.server_lr, momentum=config.server_momentum)
+    if config.server_opt == "adam":
+        return optax.adam(config.server_lr)
+    raise ValueError(
+        f"unknown --server-opt {config.server_opt!r}; allowed: {', '.join(SERVER_OPTS)}"
+    )
+
+
+def training_clients(config, data: Federation) -> int:
+    """C - U: the clients that may be sampled (the last ``unseen_clients`` U never train)."""
+    unseen = config.unseen_clients
+    m = config.clients_per_round or 1
+    if not 0 <= unseen <= data.num_clients - m:
+        raise ValueError(
+            f"--unseen-clients {unseen} is not allowed; allowed: 0..{data.num_clients - m} "
+            f"(--clients {data.num_clients} minus --clients-per-round {m})"
+        )
+    return data.num_clients - unseen
+
+
+def server_update(server_opt, params, opt_state, mean_delta, applied):
+    """w_t+1 = w_t + ServerOpt(-Delta) when ``applied`` (() bool), else the state unchanged.
+
+    Returns (params, opt_state); ``mean_delta`` is the aggregated client update Delta.
+    """
+    pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
+    updates, new_opt_state = server_opt.update(pseudo_grad, opt_state, params)
+    return (
+        faults.select(applied, optax.apply_updates(params, updates), params),
+        faults.select(applied, new_opt_state, opt_state),
+    )
+
+
+def make(
+    config: FedAvgConfig,
+    data: Federation,
+    model: Model,
+    *,
+    fault_config: faults.FaultConfig | None = None,
+    seed: int = 0,
+    select_clients=sample_clients,
+    aggregate_updates=aggregate.weighted_mean,
+    client_loss_term=None,
+    stream: bool = True,
+    client_optimizer: hooks.OptimizerArg | None = None,
+    server_optimizer: hooks.OptimizerArg | None = None,
+):
+    """Bind FedAvg to a federation and a model; returns a FederatedAlgorithm.
+
+    ``client_optimizer`` / ``server_optimizer``: your own optax transformations, or functions
+    ``config -> transformation`` that follow swept values (:func:`jaxfl.core.hooks.optimizer`; fresh
+    client state every round; the server's state is kept in ``FedAvgState.opt_state``), instead
+    of the flags' shortcuts (``--lr``: SGD; ``--server-opt``/``--server-lr``/``--server-momentum``).
+
+    ``fault_config`` and ``seed`` (which draws the fixed adversarial set) simulate faults; the
+    three functions customise the round (see the module docstring). With the default weighted
+    mean and ``stream`` the clients' updates are summed chunk by chunk instead of stacked
+    (``parts.client_update`` then returns a client's weighted update, not its raw one).
+    """
+    seen = training_clients(config, data)
+    m = config.clients_per_round or seen
+    clients = standard_clients(
+        data,
+        m,
+        fault_config=fault_config,
+        attacks=ATTACKS,
+        seed=seed,
+        select_clients=select_clients,
+        population=seen,
+    )
+    fault_config = clients.fault_config
+    server_opt = hooks.optimizer(server_optimizer, config, lambda: flag_server_optimizer(config))
+    client_opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
+    attack = fault_config.attack
+    local = (config.batch_size, config.local_epochs)
+    # the plain weighted mean streams: each client returns its weighted update and finish gets
+    # their sum (memory for one chunk of updates, not m); other aggregators see every update
+    streamed = stream and aggregate_updates is aggregate.weighted_mean
+    dp = privacy.enabled(config)
+    privacy.check(config, m)
+    clock.check_round(config, m)
+    if dp and aggregate_updates is not aggregate.weighted_mean:
+        raise ValueError(
+            "--dp-clip replaces the weighted mean with the private mean "
+            "(jaxfl.mechanisms.privacy); "
+            "give make() either aggregate_updates or a DP setting, not both"
+        )
+    aggregate_hook = hooks.bind(aggregate_updates, config)
+    loss_term = hooks.bind(client_loss_term, config)
+
+    def init(key):
+        params = model.init(key)
+        state = FedAvgState(params, server_opt.init(params), jnp.zeros((), jnp.int32))
+        return state.replace(
+            dp=privacy.init(config), clock=clock.init(config, key, data.num_clients)
+        )
+
+    def prepare(state, key, data):
+        picked = clients.sample(key, data)
+        client_args, received = picked.client_args, picked.received
+        counts = data.client_count[picked.sampled]
+        # the virtual clock: how long each client takes, whom the round waits for
+        steps = faults.step_budget(client_args[-2], counts, *local)
+        received, round_time = clock.move_on(
+            clock.durations(state.clock, picked.sampled, steps),
+            received,
+            config.round_deadline,
+            config.round_first,
+        )
+        if streamed:  # normalised weights, as aggregate.weighted_mean computes them
+            weights = counts * received
+            mean_weights = weights.astype(jnp.float32) / jnp.maximum(jnp.sum(weights), 1e-30)
+            if dp:  # 1/m each: the fixed denominator of the private mean (noised_mean)
+                mean_weights = received.astype(jnp.float32) / m
+            loss_weights = counts / jnp.sum(counts)
+            client_args = (*client_args, mean_weights, loss_weights)
+        clip = state.dp.clip if dp else None
+        shared = (data, state.params, clip)
+        return shared, client_args, (counts, received, round_time, hooks.round_key(key))
+
+    def client_update(shared, key, idx_row, count, work, is_adversary, *weights):
+        data, global_params, clip = shared
+        trained = clients.train(
+            model.apply,
+            data,
+            global_params,
+            client_opt,
+            *local,
+            key,
+            idx_row,
+            count,
+            work,
+            is_adversary,
+            penalty=(lambda p: loss_term(p, global_params)) if loss_term else None,
+        )
+        delta = jax.tree.map(jnp.subtract, trained.params, global_params)
+        losses = (trained.loss, trained.penalty) if loss_term else (trained.loss,)
+        if attack == "scaled_update":
+            scale = jnp.where(is_adversary, fault_config.attack_scale, 1.0)
+            delta = jax.tree.map(lambda d: scale * d, delta)
+        unclipped = ()  # with DP a third output: the bit ||delta|| <= C_t (adaptive clipping)
+        if dp:  # clipped after any attack: DP bounds an adversary's update too
+            delta, bit = privacy.clip_upload(delta, clip)
+            unclipped = (bit,)
+        if streamed:  # this client's terms of the weighted means
+            mean_weight, loss_weight = weights
+            weighted = tuple(loss_weight * x for x in losses)
+            bits = tuple(mean_weight * b for b in unclipped)
+            return jax.tree.map(lambda d: mean_weight * d, delta), weighted, *bits
+        return delta, losses, *unclipped
+
+    def finish(state, ctx, outputs, data):
+        counts, received, round_time, hook_key = ctx
+        if streamed:  # sums over the clients, accumulated chunk by chunk
+            mean_delta, mean_losses, *unclipped = outputs
+        else:
+            deltas, losses, *unclipped = outputs
+            if dp:  # sum_k u~_k / m over the received clipped updates
+                weights = received.astype(jnp.float32) / m
+                mean_delta = aggregate.weighted_sum(deltas, weights)
+                unclipped = (jnp.sum(weights * unclipped[0]),)
+            else:
+                mean_delta = aggregate_hook(deltas, counts * received, key=hook_key)
+            mean_losses = tuple(jnp.sum(x * counts) / jnp.sum(counts) for x in losses)
+        dp_state, dp_metrics = state.dp, {}
+        if dp:
+            mean_delta, dp_state, dp_metrics = privacy.noised_mean(
+                mean_delta, unclipped[0], state.dp, privacy.key_of(hook_key), config, m
+            )
+        applied = faults.applied(received, fault_config.min_received)
+        params, opt_state = server_update(
+            server_opt, state.params, state.opt_state, mean_delta, applied
+        )
+        dp_state = faults.select(applied, dp_state, state.dp)
+        sim_time = state.clock.time + round_time
+        new_state = FedAvgState(
+            params, opt_state, state.round + 1, dp_state, state.clock.replace(time=sim_time)
+        )
+        penalty = {"train_penalty": mean_losses[1]} if loss_term else {}
+        return new_state, {
+            "train_loss": mean_losses[0],
+            **penalty,
+            "received": jnp.sum(received),
+            "applied": applied,
+            "sim_time": sim_time,
+            **dp_metrics,
+        }
+
+    evaluate = metrics.global_model_evaluator(model.apply, config.client_chunk)
+    floats = model.num_params
+    return make_algorithm(
+        "fedavg",
+        RoundParts(prepare, client_update, finish, reduced=streamed),
+        init,
+        evaluate,
+        data,
+        clients_per_round=m,
+        client_chunk=config.client_chunk,
+        communication=communication(floats, floats),
+    )

@@ -1,0 +1,51 @@
+"""FedProx (Li, Sahu, Zaheer, Sanjabi, Talwalkar, Smith; MLSys 2020).
+
+FedAvg whose clients minimise a proximal objective around the round's global model w_t:
+
+    h_k(w; w_t) = F_k(w) + (mu/2) ||w - w_t||^2            (every local step's loss)
+    w_k   = LocalSGD_k(h_k; from w_t, E epochs, batch B, lr eta)   for k in S_t
+    w_t+1 = w_t + ServerOpt(-sum_k n_k (w_k - w_t) / sum_k n_k)    (FedAvg's server)
+
+The paper's partial work (gamma-inexact solutions: a device does fewer local steps and its
+update still counts) is ``--straggler-fraction`` / ``--straggler-work``. mu = 0 is FedAvg.
+Everything but the proximal term is FedAvg's (:mod:`jaxfl.algorithms.fedavg`): sampling,
+faults, DP (the proximal term changes what a client trains, not what it uploads), the virtual
+clock, the server optimizer; ``train_penalty`` reports the mean proximal term.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxfl.algorithms import fedavg
+from jaxfl.core import hparams, train
+
+ATTACKS = fedavg.ATTACKS
+SUPPORTS_UNSEEN = True
+SUPPORTS_DP = True
+
+
+@dataclasses.dataclass(frozen=True)
+class FedProxConfig(fedavg.FedAvgConfig):
+    prox_mu: float = 0.01  # mu of the proximal term (the paper tries 0.001, 0.01, 0.1, 1)
+
+
+CONFIG = FedProxConfig
+
+
+def proximal_term(params, global_params, hparams: FedProxConfig):
+    """(mu/2) ||w - w_t||^2, added to every local batch loss; ``hparams`` is the (possibly
+    traced, in a sweep) config."""
+    return train.prox_term(params, global_params, hparams.prox_mu)
+
+
+def make(config: FedProxConfig, data, model, **fedavg_options):
+    """Bind FedProx: FedAvg's :func:`jaxfl.algorithms.fedavg.make` with :func:`proximal_term`
+    as every client's loss term (``fedavg_options``: that function's keyword arguments)."""
+    hparams.check(
+        config.prox_mu,
+        lambda mu: mu >= 0,
+        f"--prox-mu {config.prox_mu} is not allowed; allowed: >= 0",
+    )
+    algorithm = fedavg.make(config, data, model, client_loss_term=proximal_term, **fedavg_options)
+    return dataclasses.replace(algorithm, name="fedprox")

@@ -1,0 +1,198 @@
+"""Per-FedAvg, first-order (Fallah, Mokhtari, Ozdaglar, NeurIPS 2020): FedAvg on the MAML
+objective, the meta-learning representative among Motley's baselines.
+
+The global model w is trained for  F(w) = (1/n) sum_k f_k(w - alpha grad f_k(w)),  a model that
+is good *after one personal gradient step*. Each local step on client k, with a minibatch split
+into two halves D and D':
+
+    w_tmp = w - alpha grad f_k(w; D)                      (inner step, lr alpha = ``meta_lr``)
+    w     = w - beta  grad f_k(w_tmp; D')                  (outer step, lr beta = ``lr``)
+
+(first-order: the Hessian term of the exact MAML gradient is dropped). The server aggregates as
+FedAvg: w_t+1 = w_t + ServerOpt(-sum_k n_k (w_k - w_t) / sum_k n_k). Evaluation personalizes:
+each client takes ``personal_steps`` full-batch gradient steps of lr alpha from w on its own
+training split and is scored on its test split (``client_acc``); the unadapted w gives
+``global_client_acc`` and ``test_acc``. Faults: dropout, stragglers, label flipping. With
+``--dp-clip``/``--dp-noise`` the server's mean is DP-FedAvg's private mean
+(:func:`jaxfl.mechanisms.privacy.private_mean`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxfl.algorithms.fedavg import flag_server_optimizer, server_update
+from jaxfl.core import hooks, hparams, metrics, train
+from jaxfl.core.algorithm import (
+    RoundParts,
+    client_inputs,
+    communication,
+    make_algorithm,
+    sample_clients,
+)
+from jaxfl.data.federation import Federation
+from jaxfl.mechanisms import faults, privacy
+from jaxfl.mechanisms.personalization import adapt_and_score
+from jaxfl.models import Model
+
+ATTACKS = ("label_flip",)
+SUPPORTS_DP = True  # the shared model's updates: --dp-clip, --dp-noise (jaxfl.mechanisms.privacy)
+VALIDATION_FRACTION = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class PerFedAvgConfig(privacy.DPFields):
+    clients_per_round: int | None = None
+    local_epochs: int = 1
+    batch_size: int = 50
+    lr: float = 0.1
+    meta_lr: float | None = None  # alpha; None: lr
+    personal_steps: int = 1
+    server_opt: str = "sgd"
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    client_chunk: int | None = None
+
+
+CONFIG = PerFedAvgConfig
+
+
+@struct.dataclass
+class PerFedAvgState:
+    params: Any
+    opt_state: Any
+    round: jax.Array
+    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
+
+
+def meta_loss(base_loss, alpha: float):
+    """First-order MAML loss over a minibatch split in halves: ``loss(params, positions, mask)``.
+
+    Its value is f(w_tmp; D') and its gradient with respect to ``params`` is grad f(w_tmp; D'),
+    w_tmp = w - alpha grad f(w; D): ``params + stop_gradient(w_tmp - params)`` has the value
+    w_tmp and an identity Jacobian.
+
+    Args:
+      base_loss: ``(params, positions (b,), mask (b,)) -> scalar`` masked mean loss.
+      alpha: the inner learning rate.
+    """
+
+    def loss(params, positions, mask):
+        half = positions.shape[0] // 2
+        inner_grads = jax.grad(base_loss)(params, positions[:half], mask[:half])
+        w_tmp = jax.tree.map(lambda w, g: w - alpha * g, params, inner_grads)
+        shifted = jax.tree.map(lambda w, t: w + jax.lax.stop_gradient(t - w), params, w_tmp)
+        return base_loss(shifted, positions[half:], mask[half:])
+
+    return loss
+
+
+def make(
+    config: PerFedAvgConfig,
+    data: Federation,
+    model: Model,
+    *,
+    fault_config: faults.FaultConfig | None = None,
+    seed: int = 0,
+    select_clients=sample_clients,
+    client_optimizer: hooks.OptimizerArg | None = None,
+    server_optimizer: hooks.OptimizerArg | None = None,
+):
+    """Bind Per-FedAvg (FO) to a federation and a model; returns a FederatedAlgorithm.
+
+    ``client_optimizer`` (the outer step, ``--lr``) and ``server_optimizer`` (``--server-opt``):
+    optax transformations (or functions of the config) replacing the flags' optimizers
+    (:func:`jaxfl.core.hooks.optimizer`).
+    """
+    m = config.clients_per_round or data.num_clients
+    fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    privacy.check(config, m)
+    if config.batch_size < 2:
+        raise ValueError(
+            f"--batch-size {config.batch_size} is not allowed for --algo perfedavg; allowed: >= 2 "
+            "(each batch is split into an inner and an outer half)"
+        )
+    if config.personal_steps < 0:
+        raise ValueError(f"--personal-steps {config.personal_steps} is not allowed; allowed: >= 0")
+    alpha = hparams.given(config.meta_lr, config.lr)
+    server_opt = hooks.optimizer(server_optimizer, config, lambda: flag_server_optimizer(config))
+    opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
+    local = (config.batch_size, config.local_epochs)
+
+    def init(key):
+        params = model.init(key)
+        return PerFedAvgState(
+            params, server_opt.init(params), jnp.zeros((), jnp.int32), privacy.init(config)
+        )
+
+    def prepare(state, key, data):
+        k_sample, k_clients = jax.random.split(key)
+        sampled = select_clients(k_sample, data.num_clients, m)
+        received, work = faults.round_faults(key, m, fault_config)
+        client_args = client_inputs(sampled, jax.random.split(k_clients, m), work, data, adversary)
+        ctx = (data.client_count[sampled], received, hooks.round_key(key))
+        return (data, state.params), client_args, ctx
+
+    def client_update(shared, key, idx_row, count, work, is_adversary):
+        data, global_params = shared
+        label_map, max_steps = faults.local_training_faults(
+            fault_config, data.num_classes, is_adversary, work, count, *local
+        )
+        base = train.client_data_loss(model.apply, data.train_x, data.train_y, idx_row, label_map)
+        params, loss, *_ = train.sgd_epochs(
+            meta_loss(base, alpha), opt, global_params, key, count, data.capacity, *local, max_steps
+        )
+        return jax.tree.map(jnp.subtract, params, global_params), loss
+
+    def finish(state, ctx, outputs, data):
+        counts, received, hook_key = ctx
+        deltas, losses = outputs
+        applied = faults.applied(received, fault_config.min_received)
+        mean_delta, dp_state, dp_metrics = privacy.mean_update(
+            deltas, counts, received, state.dp, hook_key, config
+        )
+        params, opt_state = server_update(
+            server_opt, state.params, state.opt_state, mean_delta, applied
+        )
+        dp_state = faults.select(applied, dp_state, state.dp)
+        return PerFedAvgState(params, opt_state, state.round + 1, dp_state), {
+            "meta_loss": jnp.sum(losses * counts) / jnp.sum(counts),
+            "received": jnp.sum(received),
+            "applied": applied,
+            **dp_metrics,
+        }
+
+    def evaluate(state, data):
+        chunk = config.client_chunk
+        return {
+            "test_acc": metrics.global_test_accuracy(model.apply, state.params, data),
+            "client_acc": adapt_and_score(
+                model.apply,
+                state.params,
+                data,
+                steps=config.personal_steps,
+                lr=alpha,
+                chunk_size=chunk,
+            ),
+            "global_client_acc": metrics.per_client_accuracy(
+                model.apply, state.params, data, personal=False, chunk_size=chunk
+            ),
+        }
+
+    floats = model.num_params
+    return make_algorithm(
+        "perfedavg",
+        RoundParts(prepare, client_update, finish),
+        init,
+        evaluate,
+        data,
+        clients_per_round=m,
+        client_chunk=config.client_chunk,
+        communication=communication(floats, floats),
+    )

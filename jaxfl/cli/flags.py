@@ -1,0 +1,429 @@
+"""Every command-line flag of scripts/run.py: definitions with help, validation, config files.
+
+:func:`parse` reads flags, optionally on top of a config file (``--config FILE``, TOML or JSON,
+keys named like the flags); :func:`validate` checks the cheap things before any data is loaded;
+:func:`resume_args` rebuilds a stopped run's flags from its results folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from jaxfl.cli.algorithm_flags import (
+    ALGORITHM_FLAGS,
+    add_algorithm_arguments,
+    validate_algorithm_flags,
+)
+from jaxfl.cli.clock_flags import add_clock_arguments, validate_clock_flags
+from jaxfl.cli.execution import EXECUTION_FLAGS, add_scale_arguments, validate_scale_flags
+from jaxfl.cli.fault_flags import add_fault_arguments
+from jaxfl.cli.flag_help import Grouped, help_algo
+from jaxfl.cli.privacy_flags import add_privacy_arguments, validate_privacy_flags
+from jaxfl.core.errors import ConfigError as ConfigError  # noqa: E402  (raised by the library too)
+from jaxfl.core.names import (
+    ALGORITHMS,
+    DATASETS,
+    EMBEDDED_DATASETS,
+    LOWERING_CHOICES,
+    MODEL_NAMES_HELP,
+    PARTITIONS,
+    PERSONALIZATION,
+    is_model_name,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    a = parser.add_argument
+    a(
+        "--algo",
+        default="dsfl",
+        help=f"federated algorithm: {', '.join(ALGORITHMS)} (default dsfl); several, comma "
+        "separated (fedavg,dsfl), run one after another on the same partitions and seeds and "
+        "compared in comparison.md",
+    )
+    a(
+        "--seeds",
+        default=None,
+        help="run several seeds side by side in one compiled call (the experiments axis): a count "
+        "(5: seeds --seed .. --seed+4) or a list (0,3,7); each seed has its own partition, "
+        "sampling and initialisation; results report mean, std and 95%% CI over seeds",
+    )
+    a(
+        "--sweep",
+        action="append",
+        default=None,
+        metavar="NAME=V1,V2,...",
+        help="sweep a float hyperparameter (repeatable: the grid of all values, times --seeds), "
+        "e.g. --sweep lr=0.01,0.1 --sweep temperature=0.1,0.5; learning rates, temperatures, "
+        "penalties and fault probabilities run in one compiled call; a float that fixes a shape "
+        "(e.g. --distill-val-fraction) runs one compiled group per value",
+    )
+    a(
+        "--experiment-chunk",
+        type=int,
+        default=None,
+        help="experiments vmapped at once per device in a sweep (default: on accelerators all "
+        "of a device's, or the most that fit in its memory by XLA's analysis of the compiled "
+        "round; on a CPU as many as keep a training step in cache)",
+    )
+    a("--clients", type=int, default=100, help="number of simulated clients C (default 100)")
+    a(
+        "--clients-per-round",
+        type=int,
+        default=None,
+        help="clients sampled per round, uniform without replacement (default: all C)",
+    )
+    a(
+        "--dataset",
+        default="mnist",
+        help=f"data set: {', '.join(DATASETS)} (default mnist, through tensorflow-datasets or "
+        "--data-dir). Embedded, no download: 'blobs' (10 classes of Gaussian blobs in 60-d, one "
+        "labelling function, split by --partition: learnable from non-IID clients), 'synthetic' "
+        "(FedProx's Synthetic(1,1): every client its own labelling function, for "
+        "personalization) and 'synthetic_iid'",
+    )
+    a(
+        "--domains",
+        default=None,
+        help="a multi-domain federation instead of --dataset: DATASET[:TRANSFORM],... e.g. "
+        "mnist,mnist:invert,mnist:rot90 (transforms: none, invert, rot90, flip); the clients are "
+        "split evenly over the domains, each partitioned with --partition",
+    )
+    a(
+        "--data-dir",
+        default=None,
+        help="folder of MNIST-family IDX files (train-images-idx3-ubyte[.gz], ...) to read instead "
+        "of downloading; otherwise passed to TFDS as its data_dir",
+    )
+    a(
+        "--partition",
+        default=None,
+        help=f"how to split data over clients: {', '.join(PARTITIONS)} (default: natural for "
+        "synthetic, dirichlet otherwise)",
+    )
+    a(
+        "--alpha",
+        type=float,
+        default=1.0,
+        help="Dirichlet concentration for --partition dirichlet/quantity; smaller is more skewed "
+        "(default 1.0)",
+    )
+    a("--shards-per-client", type=int, default=2, help="shards per client for --partition shards")
+    a(
+        "--classes-per-client",
+        type=int,
+        default=2,
+        help="labels per client for --partition classes (DS-FL's non-IID setting; default 2)",
+    )
+    a(
+        "--rare-labels",
+        type=int,
+        default=2,
+        help="for --partition rare (FD's non-IID setting): IID shares in which each client keeps "
+        "only --rare-examples of this many labels, drawn per client (default 2)",
+    )
+    a(
+        "--rare-examples",
+        type=int,
+        default=2,
+        help="examples a client keeps of each of its --rare-labels (default 2)",
+    )
+    a(
+        "--model",
+        default=None,
+        help=f"model: {MODEL_NAMES_HELP} (default: lenet5 for 28x28 images, resnet8 for 32x32, "
+        "mlp (hidden 200-200, FedAvg's 2NN) for vectors)",
+    )
+    a(
+        "--models",
+        default=None,
+        help="clients with different architectures: MODEL:WEIGHT,... e.g. lenet5:40,mlp:30,"
+        "logreg:30 splits the clients (and each round's sample) into groups of those sizes, "
+        "each with its model (algorithms: dsfl, fd, feddf, fedmd, fccl, local; instead of --model)",
+    )
+    a(
+        "--conv-lowering",
+        default=None,
+        help=f"how conv layers are computed: {', '.join(LOWERING_CHOICES)} (default auto: each "
+        "layer's fastest, measured once per layer shape on this machine and cached in "
+        "$JAXFL_CACHE/conv_lowerings.json; any other value forces that lowering everywhere)",
+    )
+    a("--rounds", type=int, default=20, help="communication rounds (default 20)")
+    a("--local-epochs", type=int, default=5, help="local epochs on private data (default 5)")
+    a("--batch-size", type=int, default=50, help="local minibatch size (default 50)")
+    a("--lr", type=float, default=0.1, help="client SGD learning rate (default 0.1)")
+    a(
+        "--public-size",
+        type=int,
+        default=None,
+        help="unlabeled public (open) set size, drawn from the train split disjoint from all "
+        "clients (default: one sixth of the train split, 10,000 on MNIST)",
+    )
+    a(
+        "--public-dataset",
+        default=None,
+        help="take the public set from this data set's train split instead (labels dropped)",
+    )
+    a(
+        "--client-test-size",
+        type=int,
+        default=None,
+        help="examples in each client's own test split, drawn from the test set with the client's "
+        "label distribution (default: test size / C)",
+    )
+    a("--eval-every", type=int, default=1, help="evaluate every N rounds (default 1)")
+    a(
+        "--client-chunk",
+        type=int,
+        default=None,
+        help="process sampled clients K at a time (per device) inside the jitted round to bound "
+        "memory (default: cache-sized chunks on a CPU; on accelerators the largest chunk whose "
+        "round fits in 80%% of device memory, measured from the compiled round)",
+    )
+    a(
+        "--client-val-fraction",
+        type=float,
+        default=None,
+        help="fraction of each client's training data held out as its own validation split "
+        "(default: 0.1 for the personalization algorithms "
+        f"({', '.join(PERSONALIZATION)}), 0 otherwise)",
+    )
+    a("--seed", type=int, default=0, help="seed for data partition, init and every round")
+    add_algorithm_arguments(a)
+    add_fault_arguments(a)
+    add_privacy_arguments(a)
+    add_clock_arguments(a)
+    add_scale_arguments(a)
+    return parser
+
+
+def _fail(flag: str, value, allowed) -> None:
+    raise ConfigError(f"{flag} {value!r} is not allowed; allowed: {allowed}")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Cheap checks, before any data is loaded."""
+    for name, value in vars(args).items():  # NaN passes every comparison below: refuse it here
+        if isinstance(value, float) and not math.isfinite(value):
+            _fail("--" + name.replace("_", "-"), value, "a finite number")
+    if getattr(args, "data_dir", None) is not None and args.dataset not in EMBEDDED_DATASETS:
+        from jaxfl.data.sources import check_data_dir
+
+        check_data_dir(args.data_dir, args.dataset)
+    for algo in args.algo.split(","):
+        if algo.strip() not in ALGORITHMS:
+            _fail(
+                "--algo", args.algo, f"{', '.join(ALGORITHMS)}, or several of them, comma separated"
+            )
+    if "," in args.algo:  # each algorithm's own flags are checked as it is run
+        return
+    if args.dataset not in DATASETS:
+        _fail("--dataset", args.dataset, ", ".join(DATASETS))
+    for name in (args.domains or "").split(","):
+        if name.strip() and name.partition(":")[0].strip() not in DATASETS:
+            _fail("--domains", args.domains, f"data sets from {', '.join(DATASETS)}")
+    if args.public_dataset is not None and args.public_dataset not in DATASETS:
+        _fail("--public-dataset", args.public_dataset, ", ".join(DATASETS))
+    if args.partition is not None and args.partition not in PARTITIONS:
+        _fail("--partition", args.partition, ", ".join(PARTITIONS))
+    if args.model is not None and not is_model_name(args.model):
+        _fail("--model", args.model, MODEL_NAMES_HELP)
+    if args.models is not None:
+        from jaxfl.algorithms import ALGORITHMS as MODULES
+
+        if not getattr(MODULES[args.algo], "SUPPORTS_GROUPS", False):
+            groups_algos = [n for n, m in MODULES.items() if getattr(m, "SUPPORTS_GROUPS", 0)]
+            _fail("--models", args.models, f"only with --algo {', '.join(groups_algos)}")
+        if args.model is not None:
+            raise ConfigError("give --model (one architecture) or --models (groups), not both")
+    if args.conv_lowering is not None and args.conv_lowering not in LOWERING_CHOICES:
+        _fail("--conv-lowering", args.conv_lowering, ", ".join(LOWERING_CHOICES))
+    for flag in (
+        "clients",
+        "rounds",
+        "local_epochs",
+        "batch_size",
+        "eval_every",
+    ):
+        if getattr(args, flag) < 1:
+            _fail("--" + flag.replace("_", "-"), getattr(args, flag), "an integer >= 1")
+    if args.clients_per_round is not None and not 1 <= args.clients_per_round <= args.clients:
+        _fail("--clients-per-round", args.clients_per_round, f"1..--clients ({args.clients})")
+    if args.client_chunk is not None and args.client_chunk < 1:
+        _fail("--client-chunk", args.client_chunk, "an integer >= 1")
+    if args.lr <= 0:
+        _fail("--lr", args.lr, "a number > 0")
+    if args.client_val_fraction is not None and not 0 <= args.client_val_fraction < 1:
+        _fail("--client-val-fraction", args.client_val_fraction, "0 <= fraction < 1")
+    validate_algorithm_flags(args, _fail)
+    validate_privacy_flags(args, _fail)
+    validate_clock_flags(args, _fail)
+    validate_scale_flags(args, _fail)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of the host loop: results folder, checkpoints, resuming, stopping, logging."""
+    a = parser.add_argument
+    a(
+        "--config",
+        default=None,
+        help="TOML or JSON file of flag values (keys named like the flags, e.g. dropout = 0.2 or "
+        "'clients-per-round' = 10); flags on the command line override it",
+    )
+    a(
+        "--out",
+        default=None,
+        help="results folder (default results/ALGO-DATASET-TIMESTAMP); must not exist or be empty",
+    )
+    a(
+        "--checkpoint-every",
+        type=int,
+        default=10,
+        help="write an Orbax checkpoint of the whole simulation every N rounds and at the end, "
+        "under OUT/checkpoints, for --resume (default 10; 0: no checkpoints)",
+    )
+    a(
+        "--keep-checkpoints",
+        type=int,
+        default=3,
+        help="how many of the newest checkpoints to keep (default 3)",
+    )
+    a(
+        "--resume",
+        default=None,
+        metavar="RESULTS_DIR",
+        help="continue the stopped run in RESULTS_DIR from its newest checkpoint, with its saved "
+        "flags (only --rounds may be given with it, to extend the run)",
+    )
+    a(
+        "--early-stop-patience",
+        type=int,
+        default=0,
+        help="stop after this many evaluations without a better --early-stop-metric (default 0: "
+        "off)",
+    )
+    a(
+        "--early-stop-metric",
+        default=None,
+        help="the metric (larger is better) that --early-stop-patience, --target and the "
+        "progress bar watch (default: test_acc, or client_acc_mean for algorithms without a "
+        "global model: local, hypcluster)",
+    )
+    a(
+        "--target",
+        type=float,
+        default=None,
+        help="stop once --early-stop-metric reaches this value (default: off)",
+    )
+    a(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="stop after the first round that ends past this many seconds (default: off)",
+    )
+    a(
+        "--compare-local",
+        action="store_true",
+        help="also train the local-only baseline on the same split (cached) and report the "
+        "fraction of clients worse off than training alone (frac_worse_than_local)",
+    )
+    a(
+        "--tensorboard",
+        action="store_true",
+        help="also log evaluated metrics to OUT/tensorboard (pip install 'jaxfl[tensorboard]')",
+    )
+    return parser
+
+
+def _parser(description: str = "", algo: str | None = None, **kwargs) -> argparse.ArgumentParser:
+    """All flags, grouped for --help; ``algo`` (one known algorithm) shows only its own flags."""
+    epilog = (
+        None
+        if algo
+        else "python scripts/run.py --algo NAME --help lists only that algorithm's own flags"
+    )
+    kwargs.setdefault("usage", "%(prog)s [--algo NAME] [--dataset NAME] [--clients C] [FLAG ...]")
+    parser = argparse.ArgumentParser(description=description, epilog=epilog, **kwargs)
+    grouped = Grouped(parser, algo if algo in ALGORITHM_FLAGS else None)
+    add_arguments(grouped)
+    add_run_arguments(grouped)
+    return parser
+
+
+def load_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict:
+    """Flag values from a TOML/JSON file, keyed by argparse dest; unknown keys are an error."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--config {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".json":
+        raw = json.loads(text)
+    else:
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        raw = tomllib.loads(text)
+    dests = {action.dest for action in parser._actions} - {"help", "config", "resume"}
+    values = {}
+    for key, value in raw.items():
+        dest = key.lstrip("-").replace("-", "_")
+        if dest not in dests:
+            raise ConfigError(
+                f"--config {path}: unknown key {key!r}; allowed: the flags of run.py "
+                f"({', '.join(sorted(dests))})"
+            )
+        values[dest] = value
+    return values
+
+
+def parse(argv: list[str] | None = None, description: str = "") -> argparse.Namespace:
+    """Parse ``argv``; values from ``--config FILE`` act as defaults the command line overrides."""
+    parser = _parser(description, algo=help_algo(argv))
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        parser.set_defaults(**load_config_file(pre.config, parser))
+    return parser.parse_args(argv)
+
+
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The dests of the flags that ``argv`` sets explicitly."""
+    parser = _parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def resume_args(argv: list[str] | None, results_dir: str | Path) -> argparse.Namespace:
+    """The flags of the run in ``results_dir`` (its config.json), for ``--resume``.
+
+    Only ``--rounds`` (to extend the run) and the flags that change how, not what, the run
+    computes (``--devices``, ``--rounds-per-call``, the multi-host flags) may be given; any other
+    flag is an error, since it could make the resumed run differ from the one that was stopped.
+    """
+    results_dir = Path(results_dir)
+    config_file = results_dir / "config.json"
+    if not config_file.exists():
+        raise ConfigError(f"--resume {results_dir}: no config.json, not a jaxfl results folder")
+    saved = json.loads(config_file.read_text()).get("flags")
+    if saved is None:
+        raise ConfigError(f"--resume {results_dir}: config.json has no 'flags' record")
+    given = given_flags(argv)
+    allowed = {"rounds", *EXECUTION_FLAGS}
+    extra = given - {"resume"} - allowed
+    if extra:
+        raise ConfigError(
+            "--resume takes only --rounds, --devices, --rounds-per-call and the multi-host flags "
+            f"besides it; got {', '.join(sorted(extra))}"
+        )
+    args = _parser().parse_args([])
+    vars(args).update(saved)
+    fresh = parse(argv)
+    for flag in given & allowed:
+        setattr(args, flag, getattr(fresh, flag))
+    args.resume = str(results_dir)
+    args.out = str(results_dir)
+    return args

@@ -1,0 +1,104 @@
+"""What ``jaxfl run`` prints for a reader: each metric explained with its course over the
+rounds, the participation, the privacy reached, and an estimate of a round's time before the
+first one (a model too slow for the device is said before the wait, not after)."""
+
+from __future__ import annotations
+
+from jaxfl.experiments import flops
+
+SLOW_ROUND_S = 60.0
+
+
+def round_time_estimate(exp, rounds: int) -> str:
+    """One line: at least how long a round (and the run) will take here, from the round's FLOPs
+    and this device's measured matmul rate, with what to change when that is slow."""
+    try:
+        seconds, round_flops, rate = flops.estimate_round_seconds(exp)
+    except Exception as err:  # an estimate must never stop a run
+        return f"(no round-time estimate: {type(err).__name__})"
+    line = (
+        f"estimate: at least {seconds:,.1f} s per round ({round_flops / 1e9:,.0f} GFLOP of "
+        f"training at this device's {rate / 1e9:,.0f} GFLOP/s dense-matmul speed; a round "
+        "usually takes 2-3x that)"
+    )
+    if seconds * rounds > 60:
+        line += f", at least {seconds * rounds / 60:,.0f} min for {rounds} rounds"
+    if seconds > SLOW_ROUND_S:
+        line += (
+            "\n  slow on this device: a smaller --model, fewer --clients-per-round or "
+            "--local-epochs, or a GPU/TPU would be faster; Ctrl-C stops after the current round"
+        )
+    return line
+
+
+def privacy_line(record: dict, args) -> str:
+    """What the DP setting is and the epsilon it reaches (jaxfl.mechanisms.accounting)."""
+    noise = record["noise_multiplier"]
+    how = f"calibrated to epsilon {args.dp_epsilon:g}" if args.dp_epsilon is not None else "given"
+    line = (
+        f"privacy: each upload clipped to L2 norm {args.dp_clip:g}"
+        + (f" (adaptive, quantile {args.dp_clip_quantile:g})" if args.dp_clip_quantile else "")
+        + f", noise multiplier {noise:.4g} ({how}), {record['clients_per_round']} of "
+        f"{record['population']} clients sampled per round"
+    )
+    if record["epsilon_planned"] is None:
+        return line + "; no noise: epsilon is infinite (clipping only)"
+    return line + (
+        f"; ({record['epsilon_planned']:.3g}, {record['delta']:.2g})-DP after {args.rounds} "
+        "rounds (user level, RDP accountant of dp-accounting)"
+    )
+
+
+def explained(history: list[dict], num_classes: int) -> str:
+    """What the printed numbers mean, with their course over the rounds (learning visible)."""
+    lines = []
+    if "test_acc" in history[-1]:
+        lines.append(
+            f"  test_acc: the server (global) model on the held-out test set "
+            f"(chance {1 / num_classes:.2f}); {course(history, 'test_acc')}"
+        )
+    if "client_acc_mean" in history[-1]:
+        lines.append(
+            "  client_acc_mean / client_acc_p10: the model each client ends with (its own, or "
+            "the global one where the algorithm has no local model) on the client's own test "
+            "split, mean and 10th percentile over clients; mean "
+            + course(history, "client_acc_mean")
+        )
+    if "sim_time" in history[-1]:
+        lines.append(
+            "  sim_time: simulated seconds on the virtual clock (a client's dispatch lasts its "
+            "local steps x its --client-speed + --client-latency; a synchronous round waits for "
+            f"its slowest client); {course(history, 'sim_time', digits=0)}"
+        )
+    if "staleness_mean" in history[-1]:
+        lines.append(
+            "  staleness: server steps between a client's download and its update's arrival "
+            "(histogram in summary.json and staleness.png); mean "
+            + course(history, "staleness_mean")
+        )
+    if "dp_epsilon" in history[-1]:
+        lines.append(
+            "  dp_epsilon: the privacy spent so far, (epsilon, delta)-DP for each client's whole "
+            "data (smaller is more private); " + course(history, "dp_epsilon")
+        )
+    return "\n".join(lines)
+
+
+def participation(exp) -> str:
+    """ "10 per round", or FedBuff's "10 in flight, 2 per server step"."""
+    config = exp.algorithm_config
+    if exp.algorithm.name == "fedbuff":
+        from jaxfl.algorithms.fedbuff import concurrency_and_buffer
+
+        m, k = concurrency_and_buffer(config, exp.data.num_clients)
+        return f"{m} in flight, {k} per server step (a round is a server step)"
+    return f"{exp.config['clients_per_round']} per round"
+
+
+def course(history: list[dict], metric: str, shown: int = 8, digits: int = 2) -> str:
+    """``"by round: 1 0.24, 2 0.50, ..."`` for at most ``shown`` evenly spaced evaluated rounds."""
+    points = [h for h in history if metric in h]
+    if len(points) > shown:
+        picks = sorted({round(i * (len(points) - 1) / (shown - 1)) for i in range(shown)})
+        points = [points[i] for i in picks]
+    return "by round: " + ", ".join(f"{h['round']} {h[metric]:.{digits}f}" for h in points)

@@ -1,0 +1,101 @@
+"""The names a user can choose on the command line, in one import-light module.
+
+Algorithms, data sets, partitions, models, attacks, lowerings and the like are defined here (the
+modules that implement them re-export them) so that :mod:`jaxfl.cli.flags` can build the whole
+``--help`` without importing JAX: ``run.py --help`` answers in about a second. A test checks
+that these names match the implementations (``algorithms.ALGORITHMS``, every ``CONFIG``).
+"""
+
+from __future__ import annotations
+
+# --algo, in --help's order; each is a module of algorithms/
+ALGORITHMS = (
+    "fedavg",
+    "dsfl",
+    "local",
+    "finetune",
+    "ditto",
+    "mrmtl",
+    "hypcluster",
+    "perfedavg",
+    "incfl",
+    "fd",
+    "feddf",
+    "fedmd",
+    "fccl",
+    "fedbuff",
+    "fedprox",
+    "scaffold",
+    "fednova",
+    "feddyn",
+    "moon",
+)
+PERSONALIZATION = ("local", "finetune", "ditto", "mrmtl", "hypcluster", "perfedavg")
+
+# --dataset: name -> (TFDS builder name, image key, number of classes), then the embedded sets
+TFDS_DATASETS = {
+    "mnist": ("mnist", "image", 10),
+    "fashion_mnist": ("fashion_mnist", "image", 10),
+    "emnist_digits": ("emnist/digits", "image", 10),
+    "emnist_balanced": ("emnist/balanced", "image", 47),
+    "emnist_letters": ("emnist/letters", "image", 37),
+    "cifar10": ("cifar10", "image", 10),
+    "cifar100": ("cifar100", "image", 100),
+}
+EMBEDDED_DATASETS = ("blobs", "synthetic", "synthetic_iid")
+DATASETS = tuple(TFDS_DATASETS) + EMBEDDED_DATASETS
+
+PARTITIONS = ("iid", "dirichlet", "shards", "classes", "quantity", "rare", "natural")
+ATTACKS = ("none", "label_flip", "random_logits", "scaled_logits", "scaled_update")
+AGGREGATIONS = ("era", "sa")
+INCFL_RULES = ("maxfl", "bump")  # --incfl-rule (the first is the default)
+SERVER_OPTS = ("sgd", "momentum", "adam")
+# the virtual clock (jaxfl.mechanisms.clock): --client-speed/--client-latency kinds, and the
+# algorithms that keep a clock (synchronous FedAvg reports simulated time; FedBuff orders
+# arrivals by it)
+SPEED_KINDS = ("constant", "lognormal", "two-tier", "uniform", "file")
+CLOCK_ALGORITHMS = ("fedavg", "fedbuff", "fedprox")
+FINETUNE_LAYERS = ("all", "last")
+# algorithms whose uploads --dp-clip/--dp-noise make private (jaxfl.mechanisms.privacy): the
+# model-delta family (FedAvg and FedProx, FedAvg + fine-tuning, Ditto's and
+# Per-FedAvg's shared model, IncFL) and the soft-label family (DS-FL's probabilities, FD's and
+# FedMD's logits)
+DP_ALGORITHMS = (
+    "fedavg", "fedprox", "finetune", "ditto", "perfedavg", "incfl", "dsfl", "fd", "fedmd",
+)  # fmt: skip
+
+# --model
+MODELS = ("logreg", "mlp", "cnn", "lenet5", "resnet8", "resnet20")
+IMAGE_MODELS = ("cnn", "lenet5", "resnet8", "resnet20")
+MODEL_NAMES_HELP = f"{', '.join(MODELS)}, or mlp-H1-H2... (an MLP with those hidden widths)"
+COMPUTE_DTYPES = ("float32", "bfloat16")
+CONV_LOWERINGS = ("rows", "im2col", "patches", "xla")
+LOWERING_CHOICES = ("auto", *CONV_LOWERINGS)
+
+
+def mlp_hidden(name: str) -> tuple[int, ...] | None:
+    """The hidden widths a model name gives an MLP: ``"mlp"`` -> (200, 200) (FedAvg's 2NN),
+    ``"mlp-64-64"`` -> (64, 64); None for any other name, including malformed ``mlp-...``."""
+    if name == "mlp":
+        return (200, 200)
+    head, *widths = name.split("-")
+    if head != "mlp" or not widths or not all(w.isdigit() and int(w) > 0 for w in widths):
+        return None
+    return tuple(int(w) for w in widths)
+
+
+def is_model_name(name: str) -> bool:
+    """Whether ``name`` names a zoo model (see :data:`MODEL_NAMES_HELP`)."""
+    return name in MODELS or mlp_hidden(name) is not None
+
+
+# every --dp-* flag's dest and the value that means "not given"
+DP_FLAGS = {
+    "dp_clip": None,
+    "dp_noise": 0.0,
+    "dp_epsilon": None,
+    "dp_delta": None,
+    "dp_clip_quantile": None,
+    "dp_clip_lr": 0.2,
+    "dp_clip_count_noise": None,
+}

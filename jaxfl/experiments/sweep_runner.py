@@ -1,0 +1,389 @@
+"""Running a sweep from flags: algorithms x seeds x hyperparameter grids, one results folder.
+
+``scripts/run.py --algo fedavg,dsfl --seeds 5 --sweep lr=0.03,0.1`` lands here
+(:func:`run_sweep`). For each algorithm in turn, every experiment (seed x setting) is built
+as a single run would build it (the same partitions for the same seed, whichever algorithm),
+compiled together (:class:`jaxfl.experiments.vectorized.CompiledSweep`, one group per value of any
+shape-fixing hyperparameter) and run round by round. The results folder holds ``config.json``,
+``metrics.jsonl`` (one line per experiment and evaluated round, naming its algorithm, seed and
+hyperparameters), ``summary.json`` and ``comparison.md`` (per algorithm and setting: mean,
+standard deviation and 95% confidence interval over seeds of each final metric and of its
+best round), ``accuracy.png`` (mean curves with 95% CI bands) and ``checkpoints/`` (every
+``--checkpoint-every`` rounds, per algorithm and group; ``--resume`` continues a stopped sweep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxfl.algorithms import ALGORITHMS
+from jaxfl.cli import flags
+from jaxfl.core.algorithm import traffic_totals
+from jaxfl.core.client_axis import cpu_chunk_size, device_memory_limit, to_host
+from jaxfl.core.metrics import summarize_clients
+from jaxfl.experiments import builder, checkpoint
+from jaxfl.experiments.axis import (  # noqa: F401  (SweepError: run.py catches it from here)
+    SweepError,
+    grid,
+    parse_seeds,
+    parse_sweep,
+    static_groups,
+)
+from jaxfl.experiments.memory import choose_experiment_chunk
+from jaxfl.experiments.report import comparison_table, plot_curves, summarize
+from jaxfl.experiments.results import write_json
+from jaxfl.experiments.vectorized import CompiledSweep
+from jaxfl.mechanisms import accounting
+
+SWEEP_FLAGS = ("seeds", "sweep")
+# single-run flags a sweep does not take (each would need its own per-experiment host logic)
+NOT_IN_SWEEPS = (
+    "early_stop_patience",
+    "target",
+    "time_budget",
+    "compare_local",
+    "tensorboard",
+    "coordinator_address",
+)
+SHOWN = ("test_acc", "client_acc_mean", "train_loss")
+
+
+def is_sweep(args: argparse.Namespace) -> bool:
+    """Whether the flags ask for more than one experiment's machinery (seeds, a grid, several
+    algorithms)."""
+    return bool(args.seeds or args.sweep or "," in args.algo)
+
+
+def check_sweep_flags(args: argparse.Namespace) -> None:
+    for name in NOT_IN_SWEEPS:
+        value = getattr(args, name, None)
+        if value not in (None, False, 0):
+            raise flags.ConfigError(
+                f"--{name.replace('_', '-')} is not supported with --seeds/--sweep/several "
+                "--algo (it acts on one run); run it as a single experiment"
+            )
+
+
+@dataclasses.dataclass
+class AlgorithmSweep:
+    """One algorithm's part of a sweep: its experiments and their compiled groups."""
+
+    algo: str
+    args: argparse.Namespace
+    experiments: list
+    groups: list  # CompiledSweep per static group
+    built: dict  # seed -> jaxfl.experiments.builder.Experiment
+
+
+def _chunk_default(exp, per_device: int) -> int | None:
+    """``--experiment-chunk``'s default: on a CPU, as many experiments as keep one training step
+    (times the clients already in flight) in cache; elsewhere all of a device's."""
+    if jax.default_backend() != "cpu":
+        return None
+    models = [g.model for g in exp.groups] if exp.groups else [exp.model]
+    step = max(builder.estimate_step_bytes(m, exp.args.batch_size) for m in models)
+    clients = exp.config["client_chunk"] or exp.algorithm.clients_per_round
+    return max(1, cpu_chunk_size(per_device * clients, step) // clients)
+
+
+def build_algorithm(args, algo: str, seeds, dataset_cache: dict, devices: int) -> AlgorithmSweep:
+    """Every experiment of ``algo``: the flags with ``--algo algo``, one build per seed (as a
+    single run with that seed builds it), the grid, the compiled groups."""
+    args = copy.copy(args)
+    args.algo = algo
+    flags.validate(args)
+    module = ALGORITHMS[algo]
+    grid_values = parse_sweep(args.sweep, module, algo)
+    experiments = grid(seeds, grid_values)
+    built = {}
+    for seed in seeds:
+        seed_args = copy.copy(args)
+        seed_args.seed = seed
+        key = (args.dataset, args.data_dir, args.clients, seed if _seeded_data(args) else None)
+        if key not in dataset_cache and not args.domains:
+            from jaxfl.data import load_dataset
+
+            dataset_cache[key] = load_dataset(
+                args.dataset, args.data_dir, num_clients=args.clients, seed=seed
+            )
+        built[seed] = builder.build(seed_args, dataset=dataset_cache.get(key))
+    first = built[seeds[0]]
+    per_device = math.ceil(len(experiments) / max(1, devices))
+    chunk = args.experiment_chunk or _chunk_default(first, per_device)
+    groups = []
+    for members in static_groups(experiments, module):
+        try:
+            groups.append(
+                CompiledSweep(
+                    module,
+                    first.algorithm_config,
+                    first.fault_config,
+                    first.groups or first.model,
+                    members,
+                    {s: built[s].data for s in seeds},
+                    {s: built[s].make_kwargs for s in seeds},
+                    devices=devices,
+                    experiment_chunk=chunk,
+                )
+            )
+        except ValueError as err:
+            if isinstance(err, SweepError | flags.ConfigError):
+                raise
+            raise flags.ConfigError(f"--algo {algo}: {err}") from err
+    fit_memory(groups, args.experiment_chunk)
+    return AlgorithmSweep(algo, args, experiments, groups, built)
+
+
+def fit_memory(groups: list, given_chunk: int | None) -> None:
+    """Where a device's memory is known (an accelerator, or ``$JAXFL_DEVICE_MEMORY``), check
+    from compiled memory analyses that one experiment fits (else a SweepError naming the flags)
+    and, unless ``--experiment-chunk`` was given, lower each group's chunk to what fits."""
+    limit = device_memory_limit()
+    if limit is None:
+        return
+    for group in groups:
+        fit = choose_experiment_chunk(group, limit)
+        if given_chunk is None and fit is not None:
+            group.chunk = fit if group.chunk is None else min(group.chunk, fit)
+
+
+def _seeded_data(args) -> bool:
+    return args.dataset.startswith("synthetic")
+
+
+class SweepStopped(Exception):
+    """The sweep stopped on request (``stop`` set) after checkpointing ``round`` of a group."""
+
+    def __init__(self, algo: str, group: int, round_index: int):
+        super().__init__(f"{algo} group {group} stopped after round {round_index}")
+        self.algo, self.group, self.round = algo, group, round_index
+
+
+def run_sweep(
+    args: argparse.Namespace,
+    out: Path,
+    progress: bool = True,
+    stop: threading.Event | None = None,
+) -> dict:
+    """Run every algorithm's experiments and write the results folder ``out``; returns the
+    summary. ``args.resume`` continues from each group's newest checkpoint.
+
+    ``stop``: when it is set (by a signal handler, :mod:`jaxfl.experiments.interrupt`), the
+    compiled block in flight finishes, its group is checkpointed (whatever
+    ``--checkpoint-every``), and the summary says ``"status": "interrupted"`` with the round
+    reached; ``--resume`` continues from there (groups already finished are not run again when
+    their last round was checkpointed)."""
+    check_sweep_flags(args)
+    seeds = parse_seeds(args.seeds, args.seed)
+    algos = [a.strip() for a in args.algo.split(",") if a.strip()]
+    devices = args.devices or len(jax.devices())
+    cache: dict = {}
+    sweeps = [build_algorithm(args, algo, seeds, cache, devices) for algo in algos]
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    history = _read_lines(metrics_path) if args.resume else []
+    config = _config_record(args, seeds, sweeps)
+    write_json(out / "config.json", config)
+    start = time.perf_counter()
+    stopped = None
+    try:
+        for sweep in sweeps:
+            for g, group in enumerate(sweep.groups):
+                history = _run_group(
+                    args, out, sweep, g, group, history, metrics_path, progress, stop
+                )
+    except SweepStopped as err:
+        stopped = err
+        history = _read_lines(metrics_path)
+    summary = summarize(history, seeds)
+    summary["wall_time_s"] = time.perf_counter() - start
+    if stopped is not None:
+        summary |= {
+            "status": "interrupted",
+            "stopped_at": {"algo": stopped.algo, "group": stopped.group, "round": stopped.round},
+        }
+    write_json(out / "summary.json", summary)
+    (out / "comparison.md").write_text(comparison_table(summary))
+    plot_curves(history, out / "accuracy.png")
+    return summary
+
+
+def _run_group(args, out, sweep, g, group, history, metrics_path, progress, stop=None):
+    ckpt_dir = out / checkpoint.CHECKPOINT_DIR / f"{sweep.algo}-{g}"
+    start_round = 1
+    state = group.init()
+    if args.resume and checkpoint.latest_round(ckpt_dir) is not None:
+        state, meta = checkpoint.restore(ckpt_dir, state)
+        start_round = meta["round"] + 1
+    names = {e.index for e in group.experiments}
+    history = [
+        h
+        for h in history
+        if not (h["algo"] == sweep.algo and h["experiment"] in names and h["round"] >= start_round)
+    ]
+    _rewrite_lines(metrics_path, history)
+    if stop is not None and stop.is_set():  # stopped between groups: this one has not started
+        raise SweepStopped(sweep.algo, g, start_round - 1)
+    bar = _progress(progress, args.rounds, start_round, sweep.algo, group.num)
+    first = start_round
+    while first <= args.rounds:
+        last = _block_end(first, args)
+        state, block = group.run_rounds(state, first, last - first + 1)
+        block = to_host(block)
+        if last % args.eval_every == 0 or last == args.rounds:
+            records = _records(sweep.algo, group, block, to_host(group.evaluate(state)), last)
+            first_built = next(iter(sweep.built.values()))
+            _add_epsilon(records, group, first_built.config)
+            _add_communication(records, first_built.algorithm)
+            history += records
+            _append_lines(metrics_path, records)
+            if bar is not None:
+                shown = [r.get("test_acc", r.get("client_acc_mean")) for r in records]
+                bar.set_postfix_str(
+                    f"mean acc {np.nanmean(shown):.4f} over {group.num} experiments"
+                )
+        stopping = stop is not None and stop.is_set() and last < args.rounds
+        periodic = args.checkpoint_every and (
+            last % args.checkpoint_every == 0 or last == args.rounds
+        )
+        if periodic or stopping:
+            meta = {
+                "algorithm": sweep.algo,
+                "group": g,
+                "seeds": [e.seed for e in group.experiments],
+            }
+            checkpoint.save(ckpt_dir, last, state, meta, args.keep_checkpoints, check_finite=False)
+        if bar is not None:
+            bar.update(last - first + 1)
+        if stopping:
+            if bar is not None:
+                bar.close()
+            raise SweepStopped(sweep.algo, g, last)
+        first = last + 1
+    if bar is not None:
+        bar.close()
+    return history
+
+
+def _block_end(first: int, args) -> int:
+    """The last round of the compiled block starting at ``first``: it ends at evaluations and
+    checkpoints, after at most ``--rounds-per-call`` rounds."""
+    last = min(args.rounds, first + args.rounds_per_call - 1)
+    periods = [args.eval_every] + ([args.checkpoint_every] if args.checkpoint_every else [])
+    for r in range(first, last):
+        if any(r % p == 0 for p in periods):
+            return r
+    return last
+
+
+def _records(algo: str, group: CompiledSweep, block: dict, evaluated: dict, round_index: int):
+    """One metrics line per experiment of ``group`` at its evaluated round ``round_index``."""
+    records = []
+    client_acc = np.asarray(evaluated.pop("client_acc"))
+    global_client_acc = evaluated.pop("global_client_acc", None)
+    for i, e in enumerate(group.experiments):
+        record = {
+            "algo": algo,
+            "experiment": e.index,
+            "seed": e.seed,
+            "setting": e.label(),
+            "hparams": e.hparams,
+            "round": round_index,
+            **{k: float(v[i, -1]) for k, v in block.items()},
+            **{k: float(np.asarray(v)[i]) for k, v in evaluated.items() if np.ndim(v) == 1},
+            **summarize_clients(client_acc[i], "client_acc"),
+        }
+        if global_client_acc is not None:
+            record.update(summarize_clients(np.asarray(global_client_acc)[i], "global_client_acc"))
+        record["diverged"] = not all(
+            math.isfinite(v) for v in record.values() if isinstance(v, float)
+        )
+        records.append(record)
+    return records
+
+
+def _add_communication(records: list[dict], algorithm) -> None:
+    """Each record's cumulative ``comm_up_bytes_total`` / ``comm_down_bytes_total`` after its
+    round, as a single run counts them (:func:`jaxfl.core.algorithm.traffic_totals`)."""
+    for record in records:
+        record.update(
+            traffic_totals(algorithm.communication, algorithm.clients_per_round, record["round"])
+        )
+
+
+def _add_epsilon(records: list[dict], group, config: dict) -> None:
+    """Each record's ``dp_epsilon`` after its round, from its experiment's own noise multiplier
+    (``--sweep dp-noise=...``) and the run's accounting setting (``config["privacy"]``)."""
+    setting = config.get("privacy")
+    if setting is None:
+        return
+    for record, e in zip(records, group.experiments, strict=True):
+        algo_config, _ = group.config_of(e)
+        accountant = accounting.for_config(
+            algo_config, setting["population"], setting["clients_per_round"], setting["delta"]
+        )
+        if accountant is not None:
+            record["dp_epsilon"] = accountant.epsilon(record["round"])
+
+
+def _config_record(args, seeds, sweeps) -> dict:
+    flag_values = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    return {
+        "sweep": True,
+        "flags": flag_values,
+        "seeds": list(seeds),
+        "algorithms": {
+            s.algo: {
+                "experiments": [dataclasses.asdict(e) for e in s.experiments],
+                "compiled_groups": [
+                    {
+                        "experiments": [e.index for e in g.experiments],
+                        "devices": g.devices,
+                        "experiment_chunk": g.chunk,
+                    }
+                    for g in s.groups
+                ],
+                "config": s.built[seeds[0]].config,
+            }
+            for s in sweeps
+        },
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "jax_version": jax.__version__,
+    }
+
+
+def _progress(enabled: bool, rounds: int, start: int, algo: str, num: int):
+    if not enabled or jax.process_index() != 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=rounds, initial=start - 1, desc=f"{algo} x {num} experiments", unit="round")
+
+
+def _read_lines(path: Path) -> list[dict]:
+    from jaxfl.experiments.results import read_metrics
+
+    return read_metrics(path)
+
+
+def _append_lines(path: Path, records: list[dict]) -> None:
+    with path.open("a") as f:
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        f.flush()
+
+
+def _rewrite_lines(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    tmp.replace(path)

@@ -1,0 +1,245 @@
+"""User-level differential privacy for every upload: clip per client, noise the sum.
+
+DP-FedAvg (McMahan et al., ICLR 2018), applied to whatever a client uploads (a model update, or
+soft labels / logits on public data for the distillation algorithms). Per round t, with the m
+sampled clients S_t, client k's upload u_k, clip norm C_t and noise multiplier z:
+
+    u~_k   = u_k * min(1, C_t / ||u_k||_2)                 (per-client L2 clip, for every k)
+    mean_t = (sum_{k in S_t, received} u~_k + N(0, (z_D C_t)^2 I)) / m
+
+so one client changes the noised sum by at most C_t (2 C_t when it is *replaced*, the
+neighbouring relation of fixed-size sampling; :mod:`jaxfl.mechanisms.accounting`). Every client
+weighs the same (the sample-count weights of FedAvg would let one client's data size raise its
+influence) and the denominator is the fixed m, not the number received, so a dropped client changes
+nothing but its own term.
+
+Adaptive clipping (Andrew et al., NeurIPS 2021) with target quantile gamma, learning rate eta_C
+and count noise sigma_b: each client also reports the bit b_k = [||u_k|| <= C_t], and
+
+    b^_t    = (sum_k b_k + N(0, sigma_b^2)) / m
+    C_{t+1} = C_t * exp(-eta_C (b^_t - gamma))              (geometric update)
+
+Releasing b^ costs privacy too: the user's ``--dp-noise`` z is the round's TOTAL noise
+multiplier, and the update's own noise is z_D = (z^-2 - (2 sigma_b)^-2)^(-1/2) (Andrew et al.,
+Theorem 1), so the pair is exactly as private as one Gaussian mechanism of multiplier z.
+
+An algorithm supports DP by inheriting :class:`DPFields` in its config (the flags ``--dp-*``;
+their float values are traced hyperparameters, so ``--sweep dp-noise=0,0.5,1`` runs in one
+compiled call), keeping a :class:`DPState` (the clip norm) in its state, clipping each upload
+(:func:`clip_upload` inside ``client_update``, or :func:`private_mean` on stacked uploads) and
+noising the sum (:func:`noised_mean`). Epsilon is computed on the host
+(:mod:`jaxfl.mechanisms.accounting`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxfl.core import aggregate, hparams
+from jaxfl.core.names import DP_ALGORITHMS as DP_ALGORITHMS  # defined without JAX, for --help
+
+DP_STREAM = 0xD9  # fold_in constant of the noise's key, apart from every other stream
+
+
+@dataclasses.dataclass(frozen=True)
+class DPFields:
+    """The DP flags, inherited by the config of every algorithm that supports DP.
+
+    Attributes:
+      dp_clip: S, the clip norm C_0 of each client's upload (None: no DP).
+      dp_noise: z, the round's total noise multiplier (noise std z_D * C_t on the sum).
+      dp_clip_quantile: gamma; set, the clip norm follows the gamma-quantile of the upload
+        norms (adaptive clipping); None keeps C_t = S.
+      dp_clip_lr: eta_C of the geometric clip update.
+      dp_clip_count_noise: sigma_b, the noise of the clipped-count query (None: m / 20, the
+        paper's recommendation).
+    """
+
+    dp_clip: float | None = None
+    dp_noise: float = 0.0
+    dp_clip_quantile: float | None = None
+    dp_clip_lr: float = 0.2
+    dp_clip_count_noise: float | None = None
+
+
+@struct.dataclass
+class DPState:
+    """The privacy mechanism's state: ``clip`` () float32, the clip norm C_t of this round."""
+
+    clip: jax.Array
+
+
+def enabled(config) -> bool:
+    """Whether ``config`` asks for DP (``--dp-clip`` given)."""
+    return getattr(config, "dp_clip", None) is not None
+
+
+def adaptive(config) -> bool:
+    return enabled(config) and config.dp_clip_quantile is not None
+
+
+def count_noise(config, m: int):
+    """sigma_b: ``--dp-clip-count-noise``, default m / 20 (Andrew et al.)."""
+    return hparams.given(config.dp_clip_count_noise, m / 20.0)
+
+
+def check(config, m: int) -> None:
+    """Raise ValueError naming the flag for a DP setting that cannot work (traced values were
+    checked before tracing)."""
+    if not enabled(config):
+        for name in ("dp_clip_quantile", "dp_clip_count_noise"):
+            if getattr(config, name, None) is not None:
+                raise ValueError(f"--{name.replace('_', '-')} needs --dp-clip (the clip norm)")
+        hparams.check(
+            config.dp_noise, lambda z: z == 0, "--dp-noise needs --dp-clip (the clip norm)"
+        )
+        return
+    hparams.check(
+        config.dp_clip,
+        lambda s: s > 0,
+        f"--dp-clip {config.dp_clip} is not allowed; allowed: a clip norm > 0",
+    )
+    hparams.check(
+        config.dp_noise,
+        lambda z: z >= 0,
+        f"--dp-noise {config.dp_noise} is not allowed; allowed: a noise multiplier >= 0",
+    )
+    if config.dp_clip_quantile is None:
+        return
+    hparams.check(
+        config.dp_clip_quantile,
+        lambda q: 0 < q < 1,
+        f"--dp-clip-quantile {config.dp_clip_quantile} is not allowed; allowed: 0 < q < 1",
+    )
+    hparams.check(
+        config.dp_clip_lr,
+        lambda r: r > 0,
+        f"--dp-clip-lr {config.dp_clip_lr} is not allowed; allowed: > 0",
+    )
+    sigma_b = count_noise(config, m)
+    hparams.check(
+        sigma_b,
+        lambda s: s > 0,
+        f"--dp-clip-count-noise {sigma_b} is not allowed; allowed: > 0",
+    )
+    hparams.check(
+        (config.dp_noise, sigma_b),
+        lambda zs: zs[0] < 2 * zs[1],
+        f"--dp-noise {config.dp_noise} needs --dp-clip-count-noise above z / 2 (now "
+        f"{sigma_b}): with adaptive clipping the update's noise is "
+        "z_D = (z^-2 - (2 sigma_b)^-2)^-1/2, defined only for z < 2 sigma_b",
+    )
+
+
+def update_noise_multiplier(config, m: int):
+    """z_D, the noise multiplier of the update itself: z without adaptive clipping, else
+    (z^-2 - (2 sigma_b)^-2)^(-1/2) (0 when z = 0); traced values allowed."""
+    z = jnp.asarray(config.dp_noise, jnp.float32)
+    if not adaptive(config):
+        return z
+    sigma_b = jnp.asarray(count_noise(config, m), jnp.float32)
+    safe = jnp.where(z > 0, z, 1.0)
+    return jnp.where(z > 0, (safe**-2 - (2 * sigma_b) ** -2) ** -0.5, 0.0)
+
+
+def init(config) -> DPState | None:
+    """The first round's state: C_0 = ``dp_clip``; None without DP."""
+    if not enabled(config):
+        return None
+    return DPState(jnp.asarray(config.dp_clip, jnp.float32))
+
+
+def clip_upload(upload, clip: jax.Array):
+    """One client's upload clipped to L2 norm ``clip`` over all its leaves (as
+    ``optax.clip_by_global_norm`` clips a gradient). Returns (clipped, unclipped), ``unclipped``
+    () float32 1.0 when ``||upload|| <= clip`` (the bit b_k of adaptive clipping)."""
+    norm = optax.global_norm(upload)
+    scale = jnp.minimum(1.0, clip / jnp.maximum(norm, 1e-30))
+    clipped = jax.tree.map(lambda x: (x * scale).astype(x.dtype), upload)
+    return clipped, (norm <= clip).astype(jnp.float32)
+
+
+def gaussian_like(key: jax.Array, tree, std):
+    """Independent N(0, std^2) noise shaped like every leaf of ``tree``."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    noise = [
+        (std * jax.random.normal(k, x.shape, jnp.float32)).astype(x.dtype)
+        for k, x in zip(keys, leaves, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, noise)
+
+
+def noised_mean(mean, unclipped_frac, state: DPState, key: jax.Array, config, m: int):
+    """The private mean of one round, from the received clients' clipped uploads.
+
+    Args:
+      mean: pytree, sum_k u~_k / m over the received clients (u~_k from :func:`clip_upload`;
+        each client weighted 1/m before summing, as FedAvg's mean weights it on equal-size
+        clients: without noise and clipping the two are then bit-identical).
+      unclipped_frac: () float32, sum_k b_k / m over the same clients.
+      state: this round's :class:`DPState`.
+      key: the round's DP key (e.g. ``fold_in(hooks.round_key(key), DP_STREAM)``).
+      config: the algorithm's config (:class:`DPFields`).
+      m: clients sampled per round (the fixed denominator).
+
+    Returns:
+      (mean, new_state, metrics): mean + N(0, (z_D C_t)^2) / m; the next clip norm;
+      ``dp_clip_norm`` (C_t) and ``dp_unclipped_frac`` (b^_t: noisy when adaptive, since it is
+      released; else the exact fraction, a diagnostic the simulator alone sees).
+    """
+    k_noise, k_count = jax.random.split(key)
+    std = update_noise_multiplier(config, m) * state.clip / m
+    mean = jax.tree.map(jnp.add, mean, gaussian_like(k_noise, mean, std))
+    if adaptive(config):
+        sigma_b = count_noise(config, m)
+        estimate = unclipped_frac + sigma_b * jax.random.normal(k_count) / m
+        clip = state.clip * jnp.exp(-config.dp_clip_lr * (estimate - config.dp_clip_quantile))
+    else:
+        estimate, clip = unclipped_frac, state.clip
+    metrics = {"dp_clip_norm": state.clip, "dp_unclipped_frac": estimate}
+    return mean, DPState(clip), metrics
+
+
+def private_mean(uploads, received: jax.Array, state: DPState, key: jax.Array, config):
+    """:func:`noised_mean` of stacked uploads: clip every row, sum the received ones.
+
+    Args:
+      uploads: pytree with leaves (m, ...), one row per sampled client.
+      received: (m,) bool or 0/1, whether each upload arrived.
+
+    Returns (mean, new_state, metrics) as :func:`noised_mean`.
+    """
+    m = received.shape[0]
+    clipped, unclipped = jax.vmap(clip_upload, in_axes=(0, None))(uploads, state.clip)
+    weight = received.astype(jnp.float32) / m
+    mean = aggregate.weighted_sum(clipped, weight)
+    return noised_mean(mean, jnp.sum(weight * unclipped), state, key, config, m)
+
+
+def mean_update(uploads, counts: jax.Array, received: jax.Array, state, hook_key, config):
+    """The shared model's update of a model-delta algorithm: the sample-count-weighted mean of
+    the received uploads (leaves (m, ...); ``counts`` (m,)), or with DP their
+    :func:`private_mean`. Returns (mean, new DP state, DP metrics)."""
+    if not enabled(config):
+        return aggregate.weighted_mean(uploads, counts * received), state, {}
+    return private_mean(uploads, received, state, key_of(hook_key), config)
+
+
+def key_of(hook_key: jax.Array) -> jax.Array:
+    """The DP noise's key from a round's hook key (:func:`jaxfl.core.hooks.round_key`)."""
+    return jax.random.fold_in(hook_key, DP_STREAM)
+
+
+def simplex(mean_probs: jax.Array) -> jax.Array:
+    """Noised mean probabilities (P, L) back onto the simplex: negatives to 0, rows renormalised
+    (post-processing: no privacy cost). A row noised to all-negative becomes uniform."""
+    positive = jnp.maximum(mean_probs, 0.0)
+    total = jnp.sum(positive, axis=-1, keepdims=True)
+    uniform = jnp.full_like(positive, 1.0 / positive.shape[-1])
+    return jnp.where(total > 0, positive / jnp.maximum(total, 1e-30), uniform)
