@@ -437,14 +437,15 @@ def test_a_second_ctrl_c_quits_at_once():
 
 
 def test_the_round_time_estimate_warns_of_a_model_too_slow_for_the_device(monkeypatch):
+    from jaxfl.cli import printout
     from jaxfl.experiments import flops
 
     monkeypatch.setattr(flops, "estimate_round_seconds", lambda exp: (150.0, 1.2e13, 8e10))
-    line = run._round_time_estimate(None, rounds=20)
+    line = printout.round_time_estimate(None, rounds=20)
     assert "at least 150.0 s per round" in line and "12,000 GFLOP" in line and "80 GFLOP/s" in line
     assert "50 min for 20 rounds" in line and "slow on this device" in line and "--model" in line
     monkeypatch.setattr(flops, "estimate_round_seconds", lambda exp: (0.5, 4e10, 8e10))
-    assert "slow" not in run._round_time_estimate(None, rounds=20)
+    assert "slow" not in printout.round_time_estimate(None, rounds=20)
 
 
 def test_an_unexpected_failure_is_one_line_with_the_traceback_saved(tmp_path, capsys, monkeypatch):
@@ -481,3 +482,24 @@ def test_a_failure_before_the_results_folder_leaves_the_out_folder_usable(
     assert saved.exists() and "Traceback" in saved.read_text()
     saved.unlink()
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_jaxfl_command_dispatches_and_names_what_it_knows(capsys):
+    """``jaxfl run|reproduce|bench``: an unknown command is a clear error; ``reproduce`` and
+    ``bench`` run the checkout's scripts (here: their --help)."""
+    from jaxfl.cli import main
+
+    assert main.main(["nosuch"]) == 2
+    assert "allowed: run, reproduce, bench" in capsys.readouterr().err
+    assert main.main([]) == 2 and "usage: jaxfl" in capsys.readouterr().out
+    assert main.main(["reproduce", "--help"]) == 0
+    assert "--scale" in capsys.readouterr().out
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxfl.cli.main", "run", "--algo", "moon", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert (
+        done.returncode == 0 and "moon's own flags:" in done.stdout and "--moon-mu" in done.stdout
+    )

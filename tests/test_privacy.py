@@ -272,7 +272,7 @@ BAD = [
     (["--dp-noise", "1"], "allowed: only with --dp-clip"),
     (["--dp-clip", "1", "--dp-epsilon", "2", "--dp-noise", "1"], "not both"),
     (["--dp-clip", "1", "--dp-clip-quantile", "1.5"], "0 < quantile < 1"),
-    (["--algo", "feddf", "--dp-clip", "1"], "only with --algo fedavg, finetune, ditto"),
+    (["--algo", "feddf", "--dp-clip", "1"], "only with --algo fedavg, fedprox, finetune, ditto"),
 ]
 
 

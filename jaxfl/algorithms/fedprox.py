@@ -18,7 +18,11 @@ from __future__ import annotations
 import dataclasses
 
 from jaxfl.algorithms import fedavg
-from jaxfl.core import hparams, train
+from jaxfl.core import aggregate, hooks, hparams, train
+from jaxfl.core.algorithm import sample_clients
+from jaxfl.data.federation import Federation
+from jaxfl.mechanisms import faults
+from jaxfl.models import Model
 
 ATTACKS = fedavg.ATTACKS
 SUPPORTS_UNSEEN = True
@@ -39,13 +43,37 @@ def proximal_term(params, global_params, hparams: FedProxConfig):
     return train.prox_term(params, global_params, hparams.prox_mu)
 
 
-def make(config: FedProxConfig, data, model, **fedavg_options):
-    """Bind FedProx: FedAvg's :func:`jaxfl.algorithms.fedavg.make` with :func:`proximal_term`
-    as every client's loss term (``fedavg_options``: that function's keyword arguments)."""
+def make(
+    config: FedProxConfig,
+    data: Federation,
+    model: Model,
+    *,
+    fault_config: faults.FaultConfig | None = None,
+    seed: int = 0,
+    select_clients=sample_clients,
+    aggregate_updates=aggregate.weighted_mean,
+    stream: bool = True,
+    client_optimizer: hooks.OptimizerArg | None = None,
+    server_optimizer: hooks.OptimizerArg | None = None,
+):
+    """Bind FedProx: FedAvg's :func:`jaxfl.algorithms.fedavg.make` (the same arguments) with
+    :func:`proximal_term` as every client's loss term."""
     hparams.check(
         config.prox_mu,
         lambda mu: mu >= 0,
         f"--prox-mu {config.prox_mu} is not allowed; allowed: >= 0",
     )
-    algorithm = fedavg.make(config, data, model, client_loss_term=proximal_term, **fedavg_options)
+    algorithm = fedavg.make(
+        config,
+        data,
+        model,
+        fault_config=fault_config,
+        seed=seed,
+        select_clients=select_clients,
+        aggregate_updates=aggregate_updates,
+        client_loss_term=proximal_term,
+        stream=stream,
+        client_optimizer=client_optimizer,
+        server_optimizer=server_optimizer,
+    )
     return dataclasses.replace(algorithm, name="fedprox")

@@ -84,3 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
