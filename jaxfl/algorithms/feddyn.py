@@ -29,6 +29,7 @@ from jaxfl.core import hooks, hparams, metrics, train
 from jaxfl.core.algorithm import (
     RoundParts,
     communication,
+    gather,
     make_algorithm,
     sample_clients,
     scatter_kept,
@@ -132,12 +133,17 @@ def make(
             model.apply, data, anchor, client_opt, *local, key, idx_row, count, work,
             is_adversary, penalty=lambda theta: dynamic_penalty(theta, g_k, anchor, alpha),
         )  # fmt: skip
-        g_new = jax.tree.map(lambda g, t, a: g - alpha * (t - a), g_k, trained.params, anchor)
-        return trained.params, g_new, trained.loss, trained.penalty
+        return trained.params, trained.loss, trained.penalty  # g_k's update: in finish
 
     def finish(state, ctx, outputs, data):
         sampled, received, counts = ctx
-        local_params, g_new, losses, penalties = outputs
+        local_params, losses, penalties = outputs
+        g_new = jax.tree.map(  # g_k - alpha (theta_k - theta^{t-1})
+            lambda g, t, a: g - alpha * (t - a),
+            gather(state.client_grads, sampled),
+            local_params,
+            state.params,
+        )
         applied = faults.applied(received, clients.fault_config.min_received)
         theta, h = server_step(state.params, state.h, local_params, received, alpha, num_clients)
         new_state = FedDynState(

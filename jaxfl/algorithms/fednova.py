@@ -13,7 +13,9 @@ local SGD (a_i = [1, ..., 1], ||a_i||_1 = tau_i) and p_i = n_i / sum_{j in S} n_
 When every tau_i is equal this is FedAvg. tau_i is the number of steps client i actually took
 (:class:`jaxfl.core.train.Trained`), so a straggler's partial work is normalized, not dropped.
 p_i counts only the clients whose uploads arrive. The server optimizer is FedAvg's
-(``--server-opt``, ``--server-lr``), applied to Delta.
+(``--server-opt``, ``--server-lr``), applied to Delta. Both sums (sum_i p_i d_i / tau_i and
+tau_eff) are accumulated chunk by chunk (``RoundParts(reduced=True)``), as FedAvg's mean: memory
+for one chunk of updates, not m.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class FedNovaState:
 
 
 def normalized_delta(deltas, steps: jax.Array, weights: jax.Array):
-    """Delta = tau_eff sum_i p_i delta_i / tau_i with p_i = weights_i / sum(weights).
+    """Delta = tau_eff sum_i p_i delta_i / tau_i with p_i = weights_i / sum(weights), on
+    stacked updates (the round computes the same two sums streamed, client by client).
 
     ``deltas``: pytree with leading (m,) axis of w_i - w_t; ``steps`` (m,) tau_i; ``weights`` (m,)
     n_i, 0 for a client whose upload did not arrive. Returns (Delta, tau_eff)."""
@@ -108,24 +111,31 @@ def make(
     def prepare(state, key, data):
         picked = clients.sample(key, data)
         counts = data.client_count[picked.sampled]
-        return (data, state.params), picked.client_args, (counts, picked.received)
+        weights = (counts * picked.received).astype(jnp.float32)
+        p = weights / jnp.maximum(jnp.sum(weights), 1e-30)  # p_i over the arrived uploads
+        loss_weights = counts / jnp.sum(counts)
+        client_args = (*picked.client_args, p, loss_weights)
+        return (data, state.params), client_args, picked.received
 
-    def client_update(shared, key, idx_row, count, work, is_adversary):
+    def client_update(shared, key, idx_row, count, work, is_adversary, p, loss_weight):
         data, params = shared
         trained = clients.train(
             model.apply, data, params, client_opt, *local, key, idx_row, count, work,
             is_adversary,
         )  # fmt: skip
-        return jax.tree.map(jnp.subtract, trained.params, params), trained.steps, trained.loss
+        tau = trained.steps.astype(jnp.float32)
+        scale = p / jnp.maximum(tau, 1.0)  # this client's term of sum_i p_i d_i / tau_i
+        delta = jax.tree.map(lambda w, w0: scale * (w - w0), trained.params, params)
+        return delta, p * tau, loss_weight * trained.loss
 
     def finish(state, ctx, outputs, data):
-        counts, received = ctx
-        deltas, steps, losses = outputs
-        delta, tau_eff = normalized_delta(deltas, steps, counts * received)
+        received = ctx
+        normalized, tau_eff, loss = outputs  # sums over the clients, chunk by chunk
+        delta = jax.tree.map(lambda d: tau_eff * d, normalized)
         applied = faults.applied(received, clients.fault_config.min_received)
         params, opt_state = server_update(server_opt, state.params, state.opt_state, delta, applied)
         return FedNovaState(params, opt_state, state.round + 1), {
-            "train_loss": jnp.sum(losses * counts) / jnp.sum(counts),
+            "train_loss": loss,
             "tau_eff": tau_eff,
             "received": jnp.sum(received),
             "applied": applied,
@@ -134,7 +144,7 @@ def make(
     floats = model.num_params
     return make_algorithm(
         "fednova",
-        RoundParts(prepare, client_update, finish),
+        RoundParts(prepare, client_update, finish, reduced=True),
         init,
         metrics.global_model_evaluator(model.apply, config.client_chunk),
         data,

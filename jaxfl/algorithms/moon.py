@@ -157,12 +157,12 @@ def make(
             model.apply, data, global_params, client_opt, B, E, key, idx_row, count, work,
             is_adversary, batch_penalty=term,
         )  # fmt: skip
-        delta = jax.tree.map(jnp.subtract, trained.params, global_params)
-        return delta, trained.params, trained.loss, trained.penalty
+        return trained.params, trained.loss, trained.penalty
 
     def finish(state, ctx, outputs, data):
         sampled, received, counts = ctx
-        deltas, local_params, ce, con = outputs
+        local_params, ce, con = outputs
+        deltas = jax.tree.map(lambda w, w0: w - w0, local_params, state.params)
         applied = faults.applied(received, fault_config.min_received)
         mean_delta = aggregate.weighted_mean(deltas, counts * received)
         params, opt_state = server_update(

@@ -32,6 +32,7 @@ from jaxfl.core import hooks, metrics
 from jaxfl.core.algorithm import (
     RoundParts,
     communication,
+    gather,
     make_algorithm,
     sample_clients,
     scatter_kept,
@@ -133,12 +134,12 @@ def make(
         )  # fmt: skip
         c_new = corrected_control(c_i, c, x, trained.params, trained.steps, config.lr)
         delta_y = jax.tree.map(jnp.subtract, trained.params, x)
-        delta_c = jax.tree.map(jnp.subtract, c_new, c_i)
-        return delta_y, delta_c, c_new, trained.loss
+        return delta_y, c_new, trained.loss  # Delta c_i = c_new - c_i: in finish
 
     def finish(state, ctx, outputs, data):
         sampled, received, counts = ctx
-        delta_y, delta_c, c_new, losses = outputs
+        delta_y, c_new, losses = outputs
+        delta_c = jax.tree.map(jnp.subtract, c_new, gather(state.client_controls, sampled))
         applied = faults.applied(received, clients.fault_config.min_received)
         arrived = received.astype(jnp.float32)
         mean_over_arrived = lambda d: jnp.tensordot(arrived, d, 1) / jnp.maximum(arrived.sum(), 1)
