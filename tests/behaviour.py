@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from jaxfl.core import names
+
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "tests" / "data" / "behaviour.json"
 
@@ -22,27 +24,8 @@ SMALL = ["--dataset", "synthetic_iid", "--clients", "8", "--rounds", "2", "--loc
 SMALL += ["--public-per-round", "100", "--distill-epochs", "1", "--batch-size", "20"]
 SMALL += ["--seed", "3"]
 
-ALGORITHMS = (
-    "fedavg",
-    "dsfl",
-    "local",
-    "finetune",
-    "ditto",
-    "mrmtl",
-    "hypcluster",
-    "perfedavg",
-    "incfl",
-    "fd",
-    "feddf",
-    "fedmd",
-    "fccl",
-    "fedbuff",
-    "fedprox",
-    "scaffold",
-    "fednova",
-    "feddyn",
-    "moon",
-)
+# every algorithm --algo offers: a new one fails tests/test_behaviour.py until it is recorded
+ALGORITHMS = names.ALGORITHMS
 
 FAULTS = ["--dropout", "0.3", "--straggler-fraction", "0.25", "--straggler-work", "0.5"]
 FAULTS += ["--adversary-fraction", "0.25"]

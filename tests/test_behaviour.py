@@ -28,4 +28,5 @@ def recorded():
 
 @pytest.mark.parametrize("name", behaviour.NAMES)
 def test_the_fixed_runs_give_the_recorded_numbers(recorded, name, tmp_path):
+    assert name in recorded, f"not recorded yet: python tests/behaviour.py {name}"
     assert behaviour.run_one(name, tmp_path) == recorded[name]
