@@ -12,11 +12,8 @@ import json
 import math
 from pathlib import Path
 
-from jaxfl.cli.algorithm_flags import (
-    ALGORITHM_FLAGS,
-    add_algorithm_arguments,
-    validate_algorithm_flags,
-)
+from jaxfl.cli.algorithm_checks import validate_algorithm_flags
+from jaxfl.cli.algorithm_flags import ALGORITHM_FLAGS, add_algorithm_arguments
 from jaxfl.cli.clock_flags import add_clock_arguments, validate_clock_flags
 from jaxfl.cli.execution import EXECUTION_FLAGS, add_scale_arguments, validate_scale_flags
 from jaxfl.cli.fault_flags import add_fault_arguments
