@@ -117,3 +117,20 @@ def test_a_second_ctrl_c_quits_at_once():
     assert stops == [run.INTERRUPTED]
     with pytest.raises(KeyboardInterrupt):
         ctrl_c.handle()
+
+
+def test_a_second_signal_in_a_sweep_quits_at_once_and_says_what_resume_does(
+    tmp_path, capsys, monkeypatch
+):
+    from jaxfl.experiments import sweep_runner
+
+    def second_signal(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_runner, "run_sweep", second_signal)
+    out = tmp_path / "sweep"
+    args = run.parse_args(["--algo", "fedavg", "--seeds", "2", "--out", str(out)])
+    assert run.run_sweep(args) == 130
+    err = capsys.readouterr().err
+    assert "quit at once" in err and f"--resume {out}" in err
+    assert "before the first round" not in err

@@ -168,25 +168,33 @@ def attach_handlers(sim: Simulation, args, out: Path, writer: ResultsWriter) -> 
 
 def run_sweep(args) -> int:
     """Several experiments (--seeds, --sweep, several --algo): jaxfl.experiments.sweep_runner."""
+    stop = threading.Event()
+
+    def first_signal(name: str) -> None:
+        stop.set()
+        announce(name, "the compiled block in flight")
+
+    signals = StopSignals(first_signal)
+    out = (
+        Path(args.out)
+        if args.out
+        else default_results_dir(args.algo.replace(",", "+"), args.dataset)
+    )
     try:
-        out = (
-            Path(args.out)
-            if args.out
-            else default_results_dir(args.algo.replace(",", "+"), args.dataset)
-        )
         if not args.resume:
             check_results_dir(out)
-        stop = threading.Event()
-
-        def first_signal(name: str) -> None:
-            stop.set()
-            announce(name, "the compiled block in flight")
-
-        with StopSignals(first_signal) as signals:
+        with signals:
             summary = sweep_runner.run_sweep(args, out, stop=stop)
     except (*CONFIG_ERRORS, sweep_runner.SweepError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second signal: quit at once, the periodic checkpoints kept
+        print(
+            f"\nquit at once; python scripts/run.py --resume {out} continues each group from its "
+            "last periodic checkpoint (--checkpoint-every), where it has one",
+            file=sys.stderr,
+        )
+        return signals.exit_status
     print(report.comparison_table(summary))
     print(f"results in {out} (comparison.md, summary.json, metrics.jsonl, accuracy.png)")
     if summary.get("status") == "interrupted":
