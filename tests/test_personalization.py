@@ -384,7 +384,7 @@ def test_evaluation_paths_equal_a_per_client_python_loop(val_federation):
     assert float(got["others_acc_mean"]) == pytest.approx(float(np.mean(others)), abs=1e-6)
 
 
-def test_local_only_round_is_private_sgd_from_each_clients_own_model(val_federation):
+def test_local_only_round_is_local_sgd_from_each_clients_own_model(val_federation):
     """v_k <- LocalSGD_k(v_k) for the sampled clients (recomputed per client); the rest keep
     v_k; nothing else is involved."""
     data = val_federation

@@ -64,7 +64,7 @@ ATTACKS = ("label_flip",)
 RULES = names.INCFL_RULES  # --incfl-rule; the first is the default
 SUPPORTS_UNSEEN = True
 SUPPORTS_DP = True  # the bump-weighted updates: --dp-clip, --dp-noise (jaxfl.mechanisms.privacy)
-NEEDS_LOCAL_BASELINE = True  # experiment.build passes local_losses
+NEEDS_LOCAL_BASELINE = True  # builder.build passes local_losses
 VALIDATION_FRACTION = 0.1  # the gaps are measured on held-out data: a local model overfits its
 # training split, so training losses would make every gap positive
 
