@@ -36,7 +36,7 @@ from jaxfl.core.algorithm import (
 )
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
-from jaxfl.mechanisms.client_round import standard_clients
+from jaxfl.mechanisms.client_round import LocalTrainingFields, standard_clients
 from jaxfl.mechanisms.personalization import broadcast_clients
 from jaxfl.models import Model
 
@@ -44,13 +44,8 @@ ATTACKS = ("label_flip",)
 
 
 @dataclasses.dataclass(frozen=True)
-class FedDynConfig:
-    clients_per_round: int | None = None  # None: all clients
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1
+class FedDynConfig(LocalTrainingFields):
     feddyn_alpha: float = 0.01  # alpha
-    client_chunk: int | None = None
 
 
 CONFIG = FedDynConfig

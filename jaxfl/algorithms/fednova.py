@@ -33,22 +33,15 @@ from jaxfl.core import hooks, metrics
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
-from jaxfl.mechanisms.client_round import standard_clients
+from jaxfl.mechanisms.client_round import LocalTrainingFields, ServerOptFields, standard_clients
 from jaxfl.models import Model
 
 ATTACKS = ("label_flip",)
 
 
 @dataclasses.dataclass(frozen=True)
-class FedNovaConfig:
-    clients_per_round: int | None = None  # None: all clients
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1
-    server_opt: str = "sgd"
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
-    client_chunk: int | None = None
+class FedNovaConfig(LocalTrainingFields, ServerOptFields):
+    """FedNova has no settings of its own: the local training's and FedAvg's server's."""
 
 
 CONFIG = FedNovaConfig

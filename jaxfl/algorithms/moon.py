@@ -30,7 +30,7 @@ from jaxfl.core import aggregate, hooks, hparams, metrics, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients, scatter
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
-from jaxfl.mechanisms.client_round import standard_clients
+from jaxfl.mechanisms.client_round import LocalTrainingFields, ServerOptFields, standard_clients
 from jaxfl.mechanisms.personalization import broadcast_clients
 from jaxfl.models import Model
 
@@ -38,17 +38,9 @@ ATTACKS = ("label_flip",)
 
 
 @dataclasses.dataclass(frozen=True)
-class MoonConfig:
-    clients_per_round: int | None = None  # None: all clients
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1
+class MoonConfig(LocalTrainingFields, ServerOptFields):
     moon_mu: float = 1.0  # mu (the paper: 5 on CIFAR-10, 1 on CIFAR-100 and Tiny-ImageNet)
     moon_temperature: float = 0.5  # tau
-    server_opt: str = "sgd"
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
-    client_chunk: int | None = None
 
 
 CONFIG = MoonConfig

@@ -40,7 +40,7 @@ from jaxfl.core.algorithm import (
 from jaxfl.core.train import tree_vdot
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
-from jaxfl.mechanisms.client_round import standard_clients
+from jaxfl.mechanisms.client_round import LocalTrainingFields, standard_clients
 from jaxfl.mechanisms.personalization import broadcast_clients
 from jaxfl.models import Model
 
@@ -48,13 +48,8 @@ ATTACKS = ("label_flip",)
 
 
 @dataclasses.dataclass(frozen=True)
-class ScaffoldConfig:
-    clients_per_round: int | None = None  # None: all clients
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1  # eta_l
+class ScaffoldConfig(LocalTrainingFields):
     server_lr: float = 1.0  # eta_g
-    client_chunk: int | None = None
 
 
 CONFIG = ScaffoldConfig
