@@ -78,7 +78,7 @@ def _base(ctx: common.Context) -> list[str]:
         domains = "mnist,mnist:invert,mnist:rot90,mnist:flip"
         models = "lenet5:1,mlp:1,resnet8:1,mlp-64-64:1"
         size = ["--clients", "40", "--rounds", "50", "--public-per-round", "512"]
-    size += ["--local-epochs", "1"]  # run.py's default is 5
+    size += ["--local-epochs", "1"]
     size += ["--client-val-fraction", "0"]  # local training keeps every example too
     return ["--domains", domains, "--models", models, "--partition", "iid"] + [
         "--seeds",

@@ -45,7 +45,7 @@ REFERENCE = {
     "per_round": 20,
     "alpha": 0.3,
     "rounds": 30,
-    "local_epochs": 5,  # run.py's default --local-epochs, which the entry's runs use
+    "local_epochs": 5,  # what the entry was measured with (run.py's default then); passed
     "batch": 50,
     "lr": 0.1,
     "unused_size": 10000,  # jaxfl's default public set (a sixth of MNIST's train split)
@@ -76,7 +76,9 @@ def _base(ctx: common.Context) -> list[str]:
         "--eval-every",
         rounds,
         "--client-val-fraction",
-        str(incfl.VALIDATION_FRACTION),
+        str(incfl.SPEC.validation_fraction),
+        "--local-epochs",
+        str(REFERENCE["local_epochs"]),
         "--compare-local",
     ]
 

@@ -156,7 +156,7 @@ def ipr(args, run_argv: list[str], out: Path) -> dict:
     histories = {}
     if not any(a.startswith("--client-val-fraction") for a in run_argv):
         # IncFL's default; given to both so that they share one split
-        run_argv = [*run_argv, "--client-val-fraction", str(incfl.VALIDATION_FRACTION)]
+        run_argv = [*run_argv, "--client-val-fraction", str(incfl.SPEC.validation_fraction)]
     for algo in ("fedavg", "incfl"):
         code = run.main([*run_argv, "--algo", algo, "--out", str(out / algo), "--compare-local"])
         if code != 0:

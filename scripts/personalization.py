@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from jaxfl.algorithms import PERSONALIZATION  # noqa: E402
 from jaxfl.cli import run  # noqa: E402
+from jaxfl.configs import SPECS  # noqa: E402
 from jaxfl.core.metrics import personalization_summary, summarize_clients  # noqa: E402
 from jaxfl.experiments.results import check_results_dir, plot_client_cdf, write_json  # noqa: E402
 
@@ -88,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args, run_argv = p.parse_known_args(argv)
     algos = [a for a in args.algos.split(",") if a]
-    unknown = [a for a in algos if a not in run.ALGORITHMS]
+    unknown = [a for a in algos if a not in SPECS]
     if unknown or not algos:
-        allowed = ", ".join(run.ALGORITHMS)
+        allowed = ", ".join(SPECS)
         print(
             f"error: --algos {args.algos!r}: unknown {unknown}; allowed: {allowed}", file=sys.stderr
         )

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from jaxfl.core import names
+from jaxfl import configs
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "tests" / "data" / "behaviour.json"
@@ -25,7 +25,7 @@ SMALL += ["--public-per-round", "100", "--distill-epochs", "1", "--batch-size", 
 SMALL += ["--seed", "3"]
 
 # every algorithm --algo offers: a new one fails tests/test_behaviour.py until it is recorded
-ALGORITHMS = names.ALGORITHMS
+ALGORITHMS = configs.ALGORITHMS
 
 FAULTS = ["--dropout", "0.3", "--straggler-fraction", "0.25", "--straggler-work", "0.5"]
 FAULTS += ["--adversary-fraction", "0.25"]

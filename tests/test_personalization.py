@@ -34,7 +34,7 @@ def val_federation():
 
 
 def _config(name, **extra):
-    return ALGORITHMS[name].CONFIG(
+    return ALGORITHMS[name].SPEC.config(
         clients_per_round=4, local_epochs=2, batch_size=8, lr=0.1, **extra
     )
 
@@ -389,7 +389,9 @@ def test_local_only_round_is_local_sgd_from_each_clients_own_model(val_federatio
     v_k; nothing else is involved."""
     data = val_federation
     model = get_model("logreg", data.feature_shape, data.num_classes)
-    config = ALGORITHMS["local"].CONFIG(clients_per_round=3, local_epochs=2, batch_size=8, lr=0.2)
+    config = ALGORITHMS["local"].SPEC.config(
+        clients_per_round=3, local_epochs=2, batch_size=8, lr=0.2
+    )
     algo = ALGORITHMS["local"].make(config, data, model)
     state0 = algo.init(jax.random.key(0))
     key = jax.random.key(5)

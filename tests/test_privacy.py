@@ -13,7 +13,7 @@ import pytest
 
 from jaxfl.algorithms import ALGORITHMS
 from jaxfl.cli import flags
-from jaxfl.core.names import DP_ALGORITHMS
+from jaxfl.configs import SPECS, with_capability
 from jaxfl.experiments import axis
 from jaxfl.mechanisms import accounting, privacy
 
@@ -148,7 +148,7 @@ def test_private_rounds_trace_with_the_dp_state_and_metrics(algo):
     private_mean, tested above."""
     if algo == "incfl":  # bound directly: run.py's build would train the local baseline
         base = build("fedavg", 0, *EQUAL)
-        config = ALGORITHMS["incfl"].CONFIG(batch_size=10, dp_clip=1.0, dp_noise=1.0)
+        config = SPECS["incfl"].config(batch_size=10, dp_clip=1.0, dp_noise=1.0)
         losses = np.zeros(base.data.num_clients, np.float32)
         algorithm = ALGORITHMS["incfl"].make(config, base.data, base.model, local_losses=losses)
         data = base.data
@@ -169,7 +169,7 @@ def test_private_maxfl_without_noise_is_maxfl_and_stays_finite_with_noise():
     incfl = ALGORITHMS["incfl"]
 
     def round_with(**dp):
-        config = incfl.CONFIG(batch_size=10, clients_per_round=4, **dp)
+        config = incfl.SPEC.config(batch_size=10, clients_per_round=4, **dp)
         algorithm = incfl.make(config, base.data, base.model, local_losses=losses)
         key = jax.random.key(2)
         return algorithm.round(algorithm.init(key), key)
@@ -272,15 +272,14 @@ BAD = [
     (["--dp-noise", "1"], "allowed: only with --dp-clip"),
     (["--dp-clip", "1", "--dp-epsilon", "2", "--dp-noise", "1"], "not both"),
     (["--dp-clip", "1", "--dp-clip-quantile", "1.5"], "0 < quantile < 1"),
-    (["--algo", "feddf", "--dp-clip", "1"], "only with --algo fedavg, fedprox, finetune, ditto"),
+    (["--algo", "feddf", "--dp-clip", "1"], "only with --algo fedavg, dsfl, finetune, ditto"),
 ]
 
 
 @pytest.mark.parametrize("argv,message", BAD)
 def test_bad_dp_input_names_the_flag(argv, message):
-    args = flags.parse(["--algo", "fedavg", *argv])
-    with pytest.raises(flags.ConfigError, match=message.replace("(", r"\(")):
-        flags.validate(args)
+    with pytest.raises(flags.ConfigError, match=message.replace("(", r"\(")):  # parse or validate
+        flags.validate(flags.parse(["--algo", "fedavg", *argv]))
 
 
 def test_an_unreachable_epsilon_and_an_impossible_adaptive_noise_are_refused_before_training():
@@ -293,10 +292,8 @@ def test_an_unreachable_epsilon_and_an_impossible_adaptive_noise_are_refused_bef
 
 
 def test_dp_algorithms_are_the_ones_that_implement_it():
-    """names.DP_ALGORITHMS (what --help and the errors list) is exactly the set of modules
-    that declare SUPPORTS_DP, and exactly those configs hold the DP fields (a config without
-    them would ignore the flags)."""
-    declared = {n for n, m in ALGORITHMS.items() if getattr(m, "SUPPORTS_DP", False)}
-    assert declared == set(DP_ALGORITHMS)
-    for name, module in ALGORITHMS.items():
-        assert issubclass(module.CONFIG, privacy.DPFields) == (name in DP_ALGORITHMS), name
+    """The specs that declare DP (what --help and the errors list) are exactly the ones whose
+    configs hold the DP fields (a config without them would ignore the flags)."""
+    for name in ALGORITHMS:
+        dp = name in with_capability("dp")
+        assert issubclass(SPECS[name].config, privacy.DPFields) == dp, name

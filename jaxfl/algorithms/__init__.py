@@ -1,15 +1,19 @@
-"""One module per federated algorithm, each with ``CONFIG`` (its config class) and
+"""One module per federated algorithm, each with ``SPEC`` (its config class and capabilities) and
 ``make(config, data, model, ...)`` returning a :class:`jaxfl.core.algorithm.FederatedAlgorithm`.
 
-Every ``make`` checks its model first: a raw flax module (``nn.Module``, an nnx module) passed
+Every ``make`` checks its config's settings against the values their fields declare
+(:func:`jaxfl.configs.check`: the same error, naming the flag, as the command line's) and its
+model first: a raw flax module (``nn.Module``, an nnx module) passed
 where a :class:`jaxfl.models.Model` belongs is a clear TypeError naming
 ``Model.from_linen``/``Model.from_nnx`` (a linen module has ``init``/``apply`` methods of its
 own, which would otherwise fail deep inside the round).
 
-Personalization modules also set ``VALIDATION_FRACTION``, their default
-``--client-val-fraction`` (each client's validation split, held out of its training data).
+Each module's ``SPEC`` (:mod:`jaxfl.configs.specs`) is its config class and what it can do
+(DP, model groups, attacks, its default ``--client-val-fraction``, ...); the configs and specs
+import no JAX, so the command line's ``--help`` is made from them.
 """
 
+import dataclasses
 import functools
 
 from jaxfl.algorithms import (
@@ -33,7 +37,8 @@ from jaxfl.algorithms import (
     perfedavg,
     scaffold,
 )
-from jaxfl.core.names import PERSONALIZATION as PERSONALIZATION  # defined without JAX, for --help
+from jaxfl.configs import PERSONALIZATION as PERSONALIZATION  # defined without JAX, for --help
+from jaxfl.configs import check as check_settings
 from jaxfl.models.zoo import as_model
 
 ALGORITHMS = {
@@ -62,6 +67,8 @@ ALGORITHMS = {
 def _checks_model(make):
     @functools.wraps(make)
     def checked(config, data, model, *args, **kwargs):
+        if dataclasses.is_dataclass(config):  # each setting against its declared values
+            check_settings(config)
         return make(config, data, as_model(model), *args, **kwargs)
 
     return checked

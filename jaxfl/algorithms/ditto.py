@@ -18,7 +18,6 @@ With ``--dp-clip``/``--dp-noise`` step 1's mean is DP-FedAvg's private mean
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -27,6 +26,8 @@ import optax
 from flax import struct
 
 from jaxfl.algorithms.fedavg import flag_server_optimizer, server_update
+from jaxfl.configs.personalization import DittoConfig
+from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, hparams, metrics, train
 from jaxfl.core.algorithm import (
     RoundParts,
@@ -42,27 +43,7 @@ from jaxfl.mechanisms import faults, privacy
 from jaxfl.mechanisms.personalization import broadcast_clients
 from jaxfl.models import Model
 
-ATTACKS = ("label_flip",)
-VALIDATION_FRACTION = 0.1
-SUPPORTS_DP = True  # the shared model's updates: --dp-clip, --dp-noise (jaxfl.mechanisms.privacy)
-
-
-@dataclasses.dataclass(frozen=True)
-class DittoConfig(privacy.DPFields):
-    clients_per_round: int | None = None
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1
-    ditto_lambda: float = 0.1
-    personal_epochs: int | None = None  # None: local_epochs
-    personal_lr: float | None = None  # None: lr
-    server_opt: str = "sgd"
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
-    client_chunk: int | None = None
-
-
-CONFIG = DittoConfig
+SPEC = SPECS["ditto"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 @struct.dataclass
@@ -127,13 +108,8 @@ def make(
     (:func:`jaxfl.core.hooks.optimizer`).
     """
     m = config.clients_per_round or data.num_clients
-    fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
     privacy.check(config, m)
-    hparams.check(
-        config.ditto_lambda,
-        lambda v: v >= 0,
-        f"--ditto-lambda {config.ditto_lambda} is not allowed; allowed: >= 0",
-    )
     server_opt = hooks.optimizer(server_optimizer, config, lambda: flag_server_optimizer(config))
     opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     personal_opt = hooks.optimizer(

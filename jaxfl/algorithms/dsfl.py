@@ -38,7 +38,6 @@ only the received uploads), stragglers (part of step 2), label flipping, random 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -46,31 +45,14 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxfl.configs.distillation import DSFLConfig
+from jaxfl.configs.specs import SPECS
 from jaxfl.core import aggregate, hooks, hparams, metrics, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults, groups, privacy
 
-
-@dataclasses.dataclass(frozen=True)
-class DSFLConfig(privacy.DPFields):
-    clients_per_round: int | None = None  # None: all clients
-    local_epochs: int = 5
-    batch_size: int = 50
-    lr: float = 0.1
-    distill_epochs: int = 5
-    distill_batch_size: int | None = None  # None: batch_size
-    distill_lr: float | None = None  # None: lr
-    public_per_round: int = 1000
-    temperature: float = 0.1
-    aggregation: str = "era"
-    client_chunk: int | None = None
-
-
-CONFIG = DSFLConfig  # the config class scripts/run.py fills from its flags of the same names
-ATTACKS = ("label_flip", "random_logits", "scaled_logits")
-SUPPORTS_GROUPS = True  # --models: clients with different architectures
-SUPPORTS_DP = True  # private soft labels: --dp-clip, --dp-noise (jaxfl.mechanisms.privacy)
+SPEC = SPECS["dsfl"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 @struct.dataclass
@@ -106,7 +88,7 @@ def make(
     )
     m = sum(g.per_round for g in model_groups)
     server_model = model_groups[0].model
-    fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
     attack = fault_config.attack
     local = (config.batch_size, config.local_epochs)
     custom_aggregation = aggregate_soft_labels is not None

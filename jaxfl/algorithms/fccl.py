@@ -29,38 +29,20 @@ flipping.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxfl.configs.distillation import FCCLConfig
+from jaxfl.configs.specs import SPECS
 from jaxfl.core import aggregate, hooks, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.core.client_axis import map_clients, on_client_mesh
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults, groups
 
-ATTACKS = ("label_flip",)
-GLOBAL_MODEL = False
-SUPPORTS_GROUPS = True
-
-
-@dataclasses.dataclass(frozen=True)
-class FCCLConfig:
-    clients_per_round: int | None = None
-    local_epochs: int = 1
-    batch_size: int = 50
-    public_per_round: int = 512
-    fccl_lr: float = 1e-3
-    fccl_lambda: float = 0.0051
-    fccl_collab_steps: int = 1
-    fccl_pretrain_epochs: int = 1
-    client_chunk: int | None = None
-
-
-CONFIG = FCCLConfig
+SPEC = SPECS["fccl"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 @struct.dataclass
@@ -124,7 +106,7 @@ def make(
     m_total = config.clients_per_round or data.num_clients
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
-    fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
     n = config.public_per_round
     if not 2 <= n <= data.public_size:
         raise ValueError(

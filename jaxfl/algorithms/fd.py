@@ -25,35 +25,19 @@ dropout (a lost table is not averaged), stragglers (fewer local steps), label fl
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl.core import hooks, hparams, train
+from jaxfl.configs.distillation import FDConfig
+from jaxfl.configs.specs import SPECS
+from jaxfl.core import hooks, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults, groups, privacy
 
-ATTACKS = ("label_flip",)
-GLOBAL_MODEL = False
-SUPPORTS_GROUPS = True
-SUPPORTS_DP = True  # private logit tables: --dp-clip, --dp-noise (jaxfl.mechanisms.privacy)
-
-
-@dataclasses.dataclass(frozen=True)
-class FDConfig(privacy.DPFields):
-    clients_per_round: int | None = None
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1
-    fd_beta: float = 0.5
-    client_chunk: int | None = None
-
-
-CONFIG = FDConfig
+SPEC = SPECS["fd"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 @struct.dataclass
@@ -169,14 +153,9 @@ def make(
     m_total = config.clients_per_round or data.num_clients
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
-    fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
     dp = privacy.enabled(config)
     privacy.check(config, m)
-    hparams.check(
-        config.fd_beta,
-        lambda v: v >= 0,
-        f"--fd-beta {config.fd_beta} is not allowed; allowed: >= 0",
-    )
     opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     L = data.num_classes
 

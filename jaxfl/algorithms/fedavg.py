@@ -30,7 +30,6 @@ as dropped.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -38,6 +37,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxfl.configs.averaging import FedAvgConfig
+from jaxfl.configs.specs import SPECS
 from jaxfl.core import aggregate, hooks, metrics
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.core.names import SERVER_OPTS as SERVER_OPTS  # defined without JAX, for --help
@@ -46,25 +47,7 @@ from jaxfl.mechanisms import clock, faults, privacy
 from jaxfl.mechanisms.client_round import standard_clients
 from jaxfl.models import Model
 
-ATTACKS = ("label_flip", "scaled_update")
-SUPPORTS_UNSEEN = True  # --unseen-clients
-SUPPORTS_DP = True  # --dp-clip, --dp-noise, ... (jaxfl.mechanisms.privacy)
-
-
-@dataclasses.dataclass(frozen=True)
-class FedAvgConfig(privacy.DPFields, clock.ClockFields):
-    clients_per_round: int | None = None  # None: all clients
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1
-    server_opt: str = "sgd"
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
-    client_chunk: int | None = None
-    unseen_clients: int = 0  # the last U clients never train (evaluated only: generalization)
-
-
-CONFIG = FedAvgConfig  # the config class scripts/run.py fills from its flags of the same names
+SPEC = SPECS["fedavg"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 @struct.dataclass
@@ -147,7 +130,7 @@ def make(
         data,
         m,
         fault_config=fault_config,
-        attacks=ATTACKS,
+        attacks=SPEC.attacks,
         seed=seed,
         select_clients=select_clients,
         population=seen,

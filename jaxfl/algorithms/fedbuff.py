@@ -29,7 +29,6 @@ their steps (and finish sooner); label flipping and scaled updates as in FedAvg.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -38,6 +37,8 @@ import optax
 from flax import struct
 
 from jaxfl.algorithms import fedavg
+from jaxfl.configs.averaging import FedBuffConfig
+from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, metrics
 from jaxfl.core.algorithm import RoundParts, communication, gather, make_algorithm
 from jaxfl.data.federation import Federation
@@ -45,27 +46,10 @@ from jaxfl.mechanisms import clock, faults
 from jaxfl.mechanisms.client_round import standard_clients
 from jaxfl.models import Model
 
-ATTACKS = fedavg.ATTACKS
+SPEC = SPECS["fedbuff"]  # its config and capabilities (jaxfl.configs.specs)
+
 DISPATCH_STREAM = 0xD15
 STALENESS_BINS = 64  # the histogram's last bin counts every staleness >= 63
-
-
-@dataclasses.dataclass(frozen=True)
-class FedBuffConfig(clock.ClockFields):
-    concurrency: int | None = None  # M; None: --clients-per-round, else every client
-    buffer: int | None = None  # K; None: max(1, M // 5)
-    staleness: str = "polynomial:0.5"
-    clients_per_round: int | None = None  # the default of M
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1
-    server_opt: str = "sgd"
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
-    client_chunk: int | None = None
-
-
-CONFIG = FedBuffConfig
 
 
 def concurrency_and_buffer(config: FedBuffConfig, num_clients: int) -> tuple[int, int]:
@@ -133,7 +117,7 @@ def make(
         )
     m_flight, k = concurrency_and_buffer(config, data.num_clients)
     clock.parse_staleness(config.staleness)
-    clients = standard_clients(data, k, fault_config=fault_config, attacks=ATTACKS, seed=seed)
+    clients = standard_clients(data, k, fault_config=fault_config, attacks=SPEC.attacks, seed=seed)
     fault_config = clients.fault_config
     server_opt = hooks.optimizer(
         server_optimizer, config, lambda: fedavg.flag_server_optimizer(config)

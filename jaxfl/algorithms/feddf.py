@@ -29,43 +29,24 @@ label flipping.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
 
+from jaxfl.configs.distillation import FedDFConfig
+from jaxfl.configs.specs import SPECS
 from jaxfl.core import aggregate, hooks, hparams, metrics, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults, groups
 
-ATTACKS = ("label_flip",)
-SUPPORTS_GROUPS = True
+SPEC = SPECS["feddf"]  # its config and capabilities (jaxfl.configs.specs)
 
 
-@dataclasses.dataclass(frozen=True)
-class FedDFConfig:
-    clients_per_round: int | None = None
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1
-    server_distill_steps: int = 500  # paper: 10,000
-    server_distill_lr: float = 1e-3
-    distill_batch_size: int | None = None  # None: batch_size
-    distill_temperature: float = 1.0
-    distill_patience: int = 100  # paper: 1,000 steps without improvement
-    distill_check_every: int = 50
-    distill_val_fraction: float = 0.1
-    client_chunk: int | None = None
-
-
-CONFIG = FedDFConfig
 # float flags that fix shapes (a fraction that becomes a count): a sweep compiles a group
 # per value (jaxfl.core.hparams)
-STATIC_HPARAMS = ("distill_val_fraction",)
 STATIC_SEED = True  # the public split into distillation train/validation is drawn from it
 
 
@@ -176,7 +157,7 @@ def make(
     m_total = config.clients_per_round or data.num_clients
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
-    fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
     P = data.public_size
     n_val = int(round(config.distill_val_fraction * P))
     temperature_ok = hparams.is_traced(config.distill_temperature) or (

@@ -17,7 +17,6 @@ P_t is the sampled clients whose uploads arrive; a dropped client's g_k is not u
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -25,7 +24,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl.core import hooks, hparams, metrics, train
+from jaxfl.configs.averaging import FedDynConfig
+from jaxfl.configs.specs import SPECS
+from jaxfl.core import hooks, metrics, train
 from jaxfl.core.algorithm import (
     RoundParts,
     communication,
@@ -36,19 +37,11 @@ from jaxfl.core.algorithm import (
 )
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
-from jaxfl.mechanisms.client_round import LocalTrainingFields, standard_clients
+from jaxfl.mechanisms.client_round import standard_clients
 from jaxfl.mechanisms.personalization import broadcast_clients
 from jaxfl.models import Model
 
-ATTACKS = ("label_flip",)
-
-
-@dataclasses.dataclass(frozen=True)
-class FedDynConfig(LocalTrainingFields):
-    feddyn_alpha: float = 0.01  # alpha
-
-
-CONFIG = FedDynConfig
+SPEC = SPECS["feddyn"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 @struct.dataclass
@@ -91,17 +84,12 @@ def make(
     ``client_optimizer``: an optax transformation (or a function of the config,
     :func:`jaxfl.core.hooks.optimizer`) minimising the client objective instead of SGD at
     ``--lr``."""
-    hparams.check(
-        config.feddyn_alpha,
-        lambda a: a > 0,
-        f"--feddyn-alpha {config.feddyn_alpha} is not allowed; allowed: > 0",
-    )
     m = config.clients_per_round or data.num_clients
     clients = standard_clients(
         data,
         m,
         fault_config=fault_config,
-        attacks=ATTACKS,
+        attacks=SPEC.attacks,
         seed=seed,
         select_clients=select_clients,
     )

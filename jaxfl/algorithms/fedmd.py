@@ -28,40 +28,20 @@ clipped to L2 norm S (logits are unbounded: without the clip one client could mo
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxfl.configs.distillation import FedMDConfig
+from jaxfl.configs.specs import SPECS
 from jaxfl.core import aggregate, hooks, hparams, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.core.client_axis import map_clients, on_client_mesh
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults, groups, privacy
 
-ATTACKS = ("label_flip",)
-GLOBAL_MODEL = False
-SUPPORTS_GROUPS = True
-SUPPORTS_DP = True  # private logits: --dp-clip, --dp-noise (jaxfl.mechanisms.privacy)
-
-
-@dataclasses.dataclass(frozen=True)
-class FedMDConfig(privacy.DPFields):
-    clients_per_round: int | None = None
-    local_epochs: int = 2  # revisit epochs
-    batch_size: int = 50
-    fedmd_lr: float = 1e-3
-    public_per_round: int = 1000
-    fedmd_digest_epochs: int = 1
-    fedmd_digest_batch: int = 256
-    fedmd_public_epochs: int = 1
-    fedmd_private_epochs: int = 1
-    client_chunk: int | None = None
-
-
-CONFIG = FedMDConfig
+SPEC = SPECS["fedmd"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 @struct.dataclass
@@ -101,7 +81,7 @@ def make(
     m_total = config.clients_per_round or data.num_clients
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
-    fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
     dp = privacy.enabled(config)
     privacy.check(config, m)
     n = config.public_per_round

@@ -20,7 +20,6 @@ for one chunk of updates, not m.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -29,22 +28,16 @@ import optax
 from flax import struct
 
 from jaxfl.algorithms.fedavg import flag_server_optimizer, server_update
+from jaxfl.configs.averaging import FedNovaConfig
+from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, metrics
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
-from jaxfl.mechanisms.client_round import LocalTrainingFields, ServerOptFields, standard_clients
+from jaxfl.mechanisms.client_round import standard_clients
 from jaxfl.models import Model
 
-ATTACKS = ("label_flip",)
-
-
-@dataclasses.dataclass(frozen=True)
-class FedNovaConfig(LocalTrainingFields, ServerOptFields):
-    """FedNova has no settings of its own: the local training's and FedAvg's server's."""
-
-
-CONFIG = FedNovaConfig
+SPEC = SPECS["fednova"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 @struct.dataclass
@@ -89,7 +82,7 @@ def make(
         data,
         m,
         fault_config=fault_config,
-        attacks=ATTACKS,
+        attacks=SPEC.attacks,
         seed=seed,
         select_clients=select_clients,
     )

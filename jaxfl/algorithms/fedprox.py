@@ -18,23 +18,15 @@ from __future__ import annotations
 import dataclasses
 
 from jaxfl.algorithms import fedavg
-from jaxfl.core import aggregate, hooks, hparams, train
+from jaxfl.configs.averaging import FedProxConfig
+from jaxfl.configs.specs import SPECS
+from jaxfl.core import aggregate, hooks, train
 from jaxfl.core.algorithm import sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
 from jaxfl.models import Model
 
-ATTACKS = fedavg.ATTACKS
-SUPPORTS_UNSEEN = True
-SUPPORTS_DP = True
-
-
-@dataclasses.dataclass(frozen=True)
-class FedProxConfig(fedavg.FedAvgConfig):
-    prox_mu: float = 0.01  # mu of the proximal term (the paper tries 0.001, 0.01, 0.1, 1)
-
-
-CONFIG = FedProxConfig
+SPEC = SPECS["fedprox"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 def proximal_term(params, global_params, hparams: FedProxConfig):
@@ -58,11 +50,6 @@ def make(
 ):
     """Bind FedProx: FedAvg's :func:`jaxfl.algorithms.fedavg.make` (the same arguments) with
     :func:`proximal_term` as every client's loss term."""
-    hparams.check(
-        config.prox_mu,
-        lambda mu: mu >= 0,
-        f"--prox-mu {config.prox_mu} is not allowed; allowed: >= 0",
-    )
     algorithm = fedavg.make(
         config,
         data,

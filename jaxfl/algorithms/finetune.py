@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfl.algorithms import fedavg
+from jaxfl.configs.personalization import FinetuneConfig
+from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, hparams, metrics
 from jaxfl.core.algorithm import make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
@@ -32,20 +34,7 @@ from jaxfl.mechanisms import faults
 from jaxfl.mechanisms.personalization import FINETUNE_LAYERS, choose_epochs, finetune_curves
 from jaxfl.models import Model
 
-ATTACKS = fedavg.ATTACKS
-SUPPORTS_DP = True  # FedAvg's DP-FedAvg round (--dp-clip, --dp-noise); fine-tuning stays local
-SUPPORTS_UNSEEN = True
-VALIDATION_FRACTION = 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig(fedavg.FedAvgConfig):
-    finetune_epochs: str = "0,1,2,5"  # candidates for E, chosen on validation splits
-    finetune_layers: str = "all"
-    finetune_lr: float | None = None  # None: lr
-
-
-CONFIG = FinetuneConfig
+SPEC = SPECS["finetune"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 def parse_candidates(text: str | int) -> tuple[int, ...]:

@@ -22,7 +22,6 @@ Faults: dropout (a dropped update is not averaged), stragglers, label flipping.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -30,6 +29,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxfl.configs.personalization import HypClusterConfig
+from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.core.client_axis import map_clients
@@ -37,27 +38,11 @@ from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
 from jaxfl.models import Model
 
-ATTACKS = ("label_flip",)
-GLOBAL_MODEL = False  # no global model: no test_acc; run.py watches client_acc_mean
-VALIDATION_FRACTION = 0.1
+SPEC = SPECS["hypcluster"]  # its config and capabilities (jaxfl.configs.specs)
 
 
-@dataclasses.dataclass(frozen=True)
-class HypClusterConfig:
-    clients_per_round: int | None = None
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1
-    num_clusters: int = 2
-    cluster_warmup: float = 0.0  # fraction of --rounds with random assignment
-    rounds: int = 1  # the run's length, to place the warm-up's end
-    client_chunk: int | None = None
-
-
-CONFIG = HypClusterConfig
 # float flags that fix shapes (a fraction that becomes a count): a sweep compiles a group
 # per value (jaxfl.core.hparams)
-STATIC_HPARAMS = ("cluster_warmup",)
 
 
 @struct.dataclass
@@ -108,12 +93,8 @@ def make(
     replacing the flags' optimizers (:func:`jaxfl.core.hooks.optimizer`).
     """
     m = config.clients_per_round or data.num_clients
-    fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
     K = config.num_clusters
-    if K < 1:
-        raise ValueError(f"--num-clusters {K} is not allowed; allowed: an integer >= 1")
-    if not 0.0 <= config.cluster_warmup <= 1.0:
-        raise ValueError(f"--cluster-warmup {config.cluster_warmup} is not allowed; allowed: 0..1")
     warmup_rounds = int(round(config.cluster_warmup * config.rounds))
     opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     local = (config.batch_size, config.local_epochs)

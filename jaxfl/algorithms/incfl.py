@@ -46,39 +46,21 @@ client moves what the server sees by at most the clip norm.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jaxfl.algorithms import fedavg
-from jaxfl.core import aggregate, hooks, hparams, metrics, names, train
+from jaxfl.configs.averaging import IncFLConfig
+from jaxfl.configs.specs import SPECS
+from jaxfl.core import aggregate, hooks, hparams, metrics, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults, privacy
 from jaxfl.models import Model
 
-ATTACKS = ("label_flip",)
-RULES = names.INCFL_RULES  # --incfl-rule; the first is the default
-SUPPORTS_UNSEEN = True
-SUPPORTS_DP = True  # the bump-weighted updates: --dp-clip, --dp-noise (jaxfl.mechanisms.privacy)
-NEEDS_LOCAL_BASELINE = True  # builder.build passes local_losses
-VALIDATION_FRACTION = 0.1  # the gaps are measured on held-out data: a local model overfits its
-# training split, so training losses would make every gap positive
-
-
-@dataclasses.dataclass(frozen=True)
-class IncFLConfig(fedavg.FedAvgConfig):
-    incfl_rule: str = "maxfl"
-    incfl_c: float = 1.0
-    incfl_eps: float = 1e-3
-    incfl_tau: float = 0.5
-    incfl_floor: float = 0.05
-
-
-CONFIG = IncFLConfig
+SPEC = SPECS["incfl"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 def incfl_weights(gaps: jax.Array, counts: jax.Array, tau: float, floor: float) -> jax.Array:
@@ -134,19 +116,8 @@ def make(
     local_losses = jnp.asarray(local_losses, jnp.float32)
     seen = fedavg.training_clients(config, data)
     m = config.clients_per_round or seen
-    if config.incfl_rule not in RULES:
-        raise ValueError(
-            f"--incfl-rule {config.incfl_rule!r} is not allowed; allowed: {', '.join(RULES)}"
-        )
     maxfl = config.incfl_rule == "maxfl"
-    hparams.check(
-        (config.incfl_tau, config.incfl_floor, config.incfl_c, config.incfl_eps),
-        lambda v: v[0] > 0 and 0 <= v[1] <= 1 and v[2] > 0 and v[3] >= 0,
-        f"--incfl-tau {config.incfl_tau} / --incfl-floor {config.incfl_floor} / --incfl-c "
-        f"{config.incfl_c} / --incfl-eps {config.incfl_eps} not allowed; allowed: tau > 0, "
-        "0 <= floor <= 1, c > 0, eps >= 0",
-    )
-    fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
     dp = privacy.enabled(config)
     privacy.check(config, m)
     # the gaps' split: a Python bool, so prepare reads the rows from the round's own ``data``

@@ -19,7 +19,6 @@ every client's model on the global test set (every domain's, with ``--domains``)
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -27,6 +26,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxfl.configs.personalization import LocalConfig
+from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, hparams, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
@@ -34,22 +35,7 @@ from jaxfl.mechanisms import faults, groups
 from jaxfl.mechanisms.personalization import broadcast_clients
 from jaxfl.models import Model
 
-ATTACKS = ("label_flip",)
-SUPPORTS_GROUPS = True  # --models: each group trains its own architecture, alone
-GLOBAL_MODEL = False  # no global model: no test_acc; run.py watches client_acc_mean
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalConfig:
-    clients_per_round: int | None = None  # None: all clients
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1
-    client_chunk: int | None = None
-
-
-CONFIG = LocalConfig
-VALIDATION_FRACTION = 0.1  # the default --client-val-fraction of the personalization algorithms
+SPEC = SPECS["local"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 @struct.dataclass
@@ -76,7 +62,7 @@ def make(
     m_total = config.clients_per_round or data.num_clients
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
-    fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
     if hparams.is_traced(fault_config.dropout) or fault_config.dropout > 0:
         raise ValueError("--dropout is not allowed for --algo local: local-only uploads nothing")
     opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))

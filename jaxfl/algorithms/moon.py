@@ -17,7 +17,6 @@ output layer (the paper puts a projection head there; ours is the last hidden la
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -26,24 +25,17 @@ import optax
 from flax import struct
 
 from jaxfl.algorithms.fedavg import flag_server_optimizer, server_update
-from jaxfl.core import aggregate, hooks, hparams, metrics, train
+from jaxfl.configs.averaging import MoonConfig
+from jaxfl.configs.specs import SPECS
+from jaxfl.core import aggregate, hooks, metrics, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients, scatter
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
-from jaxfl.mechanisms.client_round import LocalTrainingFields, ServerOptFields, standard_clients
+from jaxfl.mechanisms.client_round import standard_clients
 from jaxfl.mechanisms.personalization import broadcast_clients
 from jaxfl.models import Model
 
-ATTACKS = ("label_flip",)
-
-
-@dataclasses.dataclass(frozen=True)
-class MoonConfig(LocalTrainingFields, ServerOptFields):
-    moon_mu: float = 1.0  # mu (the paper: 5 on CIFAR-10, 1 on CIFAR-100 and Tiny-ImageNet)
-    moon_temperature: float = 0.5  # tau
-
-
-CONFIG = MoonConfig
+SPEC = SPECS["moon"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 @struct.dataclass
@@ -100,22 +92,12 @@ def make(
             "--algo moon needs a model with a representation (Model.represent): the zoo's "
             "models have one; give your own Model(..., represent=...)"
         )
-    hparams.check(
-        config.moon_temperature,
-        lambda t: t > 0,
-        f"--moon-temperature {config.moon_temperature} is not allowed; allowed: > 0",
-    )
-    hparams.check(
-        config.moon_mu,
-        lambda mu: mu >= 0,
-        f"--moon-mu {config.moon_mu} is not allowed; allowed: >= 0",
-    )
     m = config.clients_per_round or data.num_clients
     clients = standard_clients(
         data,
         m,
         fault_config=fault_config,
-        attacks=ATTACKS,
+        attacks=SPEC.attacks,
         seed=seed,
         select_clients=select_clients,
     )

@@ -15,7 +15,6 @@ Evaluation as Ditto: personal (``client_acc``) and mean model (``global_client_a
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -24,7 +23,9 @@ import optax
 from flax import struct
 
 from jaxfl.algorithms.ditto import personal_evaluation, personal_update
-from jaxfl.core import aggregate, hooks, hparams, train
+from jaxfl.configs.personalization import MRMTLConfig
+from jaxfl.configs.specs import SPECS
+from jaxfl.core import aggregate, hooks, train
 from jaxfl.core.algorithm import (
     RoundParts,
     client_inputs,
@@ -39,21 +40,7 @@ from jaxfl.mechanisms import faults
 from jaxfl.mechanisms.personalization import broadcast_clients
 from jaxfl.models import Model
 
-ATTACKS = ("label_flip",)
-VALIDATION_FRACTION = 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class MRMTLConfig:
-    clients_per_round: int | None = None
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1
-    mrmtl_lambda: float = 0.1
-    client_chunk: int | None = None
-
-
-CONFIG = MRMTLConfig
+SPEC = SPECS["mrmtl"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 @struct.dataclass
@@ -79,12 +66,7 @@ def make(
     the config) replacing the flags' optimizers (:func:`jaxfl.core.hooks.optimizer`).
     """
     m = config.clients_per_round or data.num_clients
-    fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
-    hparams.check(
-        config.mrmtl_lambda,
-        lambda v: v >= 0,
-        f"--mrmtl-lambda {config.mrmtl_lambda} is not allowed; allowed: >= 0",
-    )
+    fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
     opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     local = (config.batch_size, config.local_epochs)
 

@@ -19,7 +19,6 @@ training split and is scored on its test split (``client_acc``); the unadapted w
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -28,6 +27,8 @@ import optax
 from flax import struct
 
 from jaxfl.algorithms.fedavg import flag_server_optimizer, server_update
+from jaxfl.configs.personalization import PerFedAvgConfig
+from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, hparams, metrics, train
 from jaxfl.core.algorithm import (
     RoundParts,
@@ -41,26 +42,7 @@ from jaxfl.mechanisms import faults, privacy
 from jaxfl.mechanisms.personalization import adapt_and_score
 from jaxfl.models import Model
 
-ATTACKS = ("label_flip",)
-SUPPORTS_DP = True  # the shared model's updates: --dp-clip, --dp-noise (jaxfl.mechanisms.privacy)
-VALIDATION_FRACTION = 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class PerFedAvgConfig(privacy.DPFields):
-    clients_per_round: int | None = None
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1
-    meta_lr: float | None = None  # alpha; None: lr
-    personal_steps: int = 1
-    server_opt: str = "sgd"
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
-    client_chunk: int | None = None
-
-
-CONFIG = PerFedAvgConfig
+SPEC = SPECS["perfedavg"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 @struct.dataclass
@@ -111,15 +93,13 @@ def make(
     (:func:`jaxfl.core.hooks.optimizer`).
     """
     m = config.clients_per_round or data.num_clients
-    fault_config, adversary = faults.setup(fault_config, ATTACKS, m, data.num_clients, seed)
+    fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
     privacy.check(config, m)
     if config.batch_size < 2:
         raise ValueError(
             f"--batch-size {config.batch_size} is not allowed for --algo perfedavg; allowed: >= 2 "
             "(each batch is split into an inner and an outer half)"
         )
-    if config.personal_steps < 0:
-        raise ValueError(f"--personal-steps {config.personal_steps} is not allowed; allowed: >= 0")
     alpha = hparams.given(config.meta_lr, config.lr)
     server_opt = hooks.optimizer(server_optimizer, config, lambda: flag_server_optimizer(config))
     opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))

@@ -19,7 +19,6 @@ plain SGD at ``--lr`` (option II's c_i+ assumes it); the server step is ``--serv
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -28,6 +27,8 @@ import optax
 from flax import struct
 
 from jaxfl.algorithms.fedavg import server_update
+from jaxfl.configs.averaging import ScaffoldConfig
+from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, metrics
 from jaxfl.core.algorithm import (
     RoundParts,
@@ -40,19 +41,11 @@ from jaxfl.core.algorithm import (
 from jaxfl.core.train import tree_vdot
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
-from jaxfl.mechanisms.client_round import LocalTrainingFields, standard_clients
+from jaxfl.mechanisms.client_round import standard_clients
 from jaxfl.mechanisms.personalization import broadcast_clients
 from jaxfl.models import Model
 
-ATTACKS = ("label_flip",)
-
-
-@dataclasses.dataclass(frozen=True)
-class ScaffoldConfig(LocalTrainingFields):
-    server_lr: float = 1.0  # eta_g
-
-
-CONFIG = ScaffoldConfig
+SPEC = SPECS["scaffold"]  # its config and capabilities (jaxfl.configs.specs)
 
 
 @struct.dataclass
@@ -93,7 +86,7 @@ def make(
         data,
         m,
         fault_config=fault_config,
-        attacks=ATTACKS,
+        attacks=SPEC.attacks,
         seed=seed,
         select_clients=select_clients,
     )

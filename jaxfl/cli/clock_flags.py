@@ -1,54 +1,17 @@
-"""The virtual-clock flags (``--client-speed``, ``--client-latency``, ``--round-deadline``,
-``--round-first``) and their checks; imports no JAX (the clock itself is
+"""The virtual-clock flags' checks that need more than one setting (which algorithms keep a
+clock, a speed file's values); the flags themselves are the settings of
+:class:`jaxfl.configs.shared.ClockFields`. Imports no JAX (the clock itself is
 :mod:`jaxfl.mechanisms.clock`)."""
 
 from __future__ import annotations
 
-from jaxfl.core.names import CLOCK_ALGORITHMS
+import dataclasses
 
-# every clock flag's dest and the value that means "not given"
-CLOCK_FLAGS = {
-    "client_speed": "constant:1",
-    "client_latency": "0",
-    "round_deadline": None,
-    "round_first": None,
-}
-SPEC_HELP = (
-    "constant:V, lognormal:SIGMA (median 1), two-tier:FRACTION:FACTOR (that fraction of the "
-    "clients FACTOR times slower than 1), uniform:LO:HI, a number, or a file of one value per "
-    "client (.npy or text)"
-)
+from jaxfl.configs.shared import ClockFields
 
-
-def add_clock_arguments(a) -> None:
-    """Add the clock flags with ``a = parser.add_argument``."""
-    a(
-        "--client-speed",
-        default="constant:1",
-        help="each client's virtual seconds per local SGD step, drawn once from the seed: "
-        f"{SPEC_HELP}; a dispatch lasts steps x this + --client-latency (default constant:1; "
-        f"for {', '.join(CLOCK_ALGORITHMS)})",
-    )
-    a(
-        "--client-latency",
-        default="0",
-        help=f"each client's network latency per dispatch, virtual seconds: {SPEC_HELP} "
-        "(values >= 0; default 0)",
-    )
-    a(
-        "--round-deadline",
-        type=float,
-        default=None,
-        help="synchronous rounds (fedavg): move on at this virtual time; clients not back by "
-        "then count as dropped (default: wait for every sampled client)",
-    )
-    a(
-        "--round-first",
-        type=int,
-        default=None,
-        help="synchronous rounds (fedavg): over-selection, move on when the first K sampled "
-        "clients are back; the rest count as dropped (default: wait for all)",
-    )
+# the clock settings (jaxfl.configs.shared.ClockFields) and their defaults
+CLOCK_FLAGS = {f.name: f.default for f in dataclasses.fields(ClockFields)}
+CLOCK_SETTINGS = tuple(CLOCK_FLAGS)
 
 
 def clock_requested(args) -> list[str]:
@@ -56,7 +19,7 @@ def clock_requested(args) -> list[str]:
     return [
         "--" + dest.replace("_", "-")
         for dest, default in CLOCK_FLAGS.items()
-        if getattr(args, dest, default) != default
+        if getattr(args, dest, None) not in (None, default)
     ]
 
 
@@ -66,9 +29,6 @@ def validate_clock_flags(args, fail) -> None:
     given = clock_requested(args)
     if not given:
         return
-    value = getattr(args, given[0][2:].replace("-", "_"))
-    if args.algo not in CLOCK_ALGORITHMS:
-        fail(given[0], value, f"only with --algo {', '.join(CLOCK_ALGORITHMS)}")
     from jaxfl.mechanisms.clock import ClockSpecError, parse
 
     try:
@@ -87,8 +47,6 @@ def validate_clock_flags(args, fail) -> None:
                     "only with a synchronous --algo (fedavg); FedBuff moves on after --buffer "
                     "arrivals",
                 )
-    if args.round_deadline is not None and not args.round_deadline > 0:
-        fail("--round-deadline", args.round_deadline, "a virtual time > 0")
     m = args.clients_per_round or args.clients
     if args.round_first is not None and not 1 <= args.round_first <= m:
         fail("--round-first", args.round_first, f"1..--clients-per-round ({m})")

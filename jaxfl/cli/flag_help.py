@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxfl.cli.algorithm_flags import ALGORITHM_FLAGS
+from jaxfl.cli.config_flags import ALGORITHM_SETTINGS, SETTINGS_OF
 
 RUN_DESCRIPTION = "Run one federated-learning simulation and write its results folder."
 
-# --help's groups, in order, and the flags each holds (in definition order); every flag not
-# named here is a per-algorithm flag (jaxfl.cli.algorithm_flags)
+# --help's groups, in order, and the flags each holds; every setting not named here is a
+# per-algorithm flag (jaxfl.cli.algorithm_flags)
 GROUPS = {
     "essentials": (
         "algo",
@@ -95,7 +95,8 @@ ALGORITHM_GROUP = "per-algorithm flags (each names the algorithms that read it)"
 
 class Grouped:
     """Stands in for the parser while the flags are added: each flag goes to its --help group
-    (:data:`GROUPS`); with ``algo``, the other algorithms' own flags parse but are not shown."""
+    (:data:`GROUPS`); with ``algo``, the settings only other algorithms read parse but are not
+    shown."""
 
     def __init__(self, parser: argparse.ArgumentParser, algo: str | None):
         self.parser = parser
@@ -103,12 +104,12 @@ class Grouped:
         self.groups = {t: parser.add_argument_group(t) for t in (*GROUPS, algo_title)}
         self.group_of = {dest: title for title, dests in GROUPS.items() for dest in dests}
         self.algo_title = algo_title
-        self.shown = set(ALGORITHM_FLAGS[algo]) if algo else None
+        self.shown = set(SETTINGS_OF[algo]) if algo else None
 
     def add_argument(self, *names, **kwargs):
         dest = names[0].lstrip("-").replace("-", "_")
         title = self.group_of.get(dest, self.algo_title)
-        if title == self.algo_title and self.shown is not None and dest not in self.shown:
+        if self.shown is not None and dest in ALGORITHM_SETTINGS and dest not in self.shown:
             kwargs["help"] = argparse.SUPPRESS
         return self.groups[title].add_argument(*names, **kwargs)
 

@@ -13,26 +13,35 @@ import math
 from pathlib import Path
 
 from jaxfl.cli.algorithm_checks import validate_algorithm_flags
-from jaxfl.cli.algorithm_flags import ALGORITHM_FLAGS, add_algorithm_arguments
-from jaxfl.cli.clock_flags import add_clock_arguments, validate_clock_flags
+from jaxfl.cli.algorithm_flags import add_algorithm_arguments
+from jaxfl.cli.clock_flags import CLOCK_SETTINGS, validate_clock_flags
+from jaxfl.cli.config_flags import (
+    FAULT_SETTINGS,
+    add_setting_flags,
+    check_capabilities,
+    check_settings,
+    resolve,
+    warn_foreign,
+)
 from jaxfl.cli.execution import EXECUTION_FLAGS, add_scale_arguments, validate_scale_flags
-from jaxfl.cli.fault_flags import add_fault_arguments
 from jaxfl.cli.flag_help import Grouped, help_algo
 from jaxfl.cli.privacy_flags import add_privacy_arguments, validate_privacy_flags
+from jaxfl.configs import ALGORITHMS, PERSONALIZATION, SPECS, with_capability
 from jaxfl.core.errors import ConfigError as ConfigError  # noqa: E402  (raised by the library too)
 from jaxfl.core.names import (
-    ALGORITHMS,
     DATASETS,
     EMBEDDED_DATASETS,
     LOWERING_CHOICES,
     MODEL_NAMES_HELP,
     PARTITIONS,
-    PERSONALIZATION,
     is_model_name,
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_arguments(
+    parser: argparse.ArgumentParser, algo: str | None = None
+) -> argparse.ArgumentParser:
+    """Add the flags; ``algo`` (one algorithm) makes the settings' help show its defaults."""
     a = parser.add_argument
     a(
         "--algo",
@@ -67,12 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "round; on a CPU as many as keep a training step in cache)",
     )
     a("--clients", type=int, default=100, help="number of simulated clients C (default 100)")
-    a(
-        "--clients-per-round",
-        type=int,
-        default=None,
-        help="clients sampled per round, uniform without replacement (default: all C)",
-    )
+    add_setting_flags(a, ("clients_per_round",), algo)
     a(
         "--dataset",
         default="mnist",
@@ -149,9 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "$JAXFL_CACHE/conv_lowerings.json; any other value forces that lowering everywhere)",
     )
     a("--rounds", type=int, default=20, help="communication rounds (default 20)")
-    a("--local-epochs", type=int, default=5, help="local epochs on private data (default 5)")
-    a("--batch-size", type=int, default=50, help="local minibatch size (default 50)")
-    a("--lr", type=float, default=0.1, help="client SGD learning rate (default 0.1)")
+    add_setting_flags(a, ("local_epochs", "batch_size", "lr"), algo)
     a(
         "--public-size",
         type=int,
@@ -172,14 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "label distribution (default: test size / C)",
     )
     a("--eval-every", type=int, default=1, help="evaluate every N rounds (default 1)")
-    a(
-        "--client-chunk",
-        type=int,
-        default=None,
-        help="process sampled clients K at a time (per device) inside the jitted round to bound "
-        "memory (default: cache-sized chunks on a CPU; on accelerators the largest chunk whose "
-        "round fits in 80%% of device memory, measured from the compiled round)",
-    )
+    add_setting_flags(a, ("client_chunk",), algo)
     a(
         "--client-val-fraction",
         type=float,
@@ -189,10 +184,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         f"({', '.join(PERSONALIZATION)}), 0 otherwise)",
     )
     a("--seed", type=int, default=0, help="seed for data partition, init and every round")
-    add_algorithm_arguments(a)
-    add_fault_arguments(a)
-    add_privacy_arguments(a)
-    add_clock_arguments(a)
+    add_algorithm_arguments(a, algo)
+    add_setting_flags(a, tuple(FAULT_SETTINGS), algo)
+    add_privacy_arguments(a, algo)
+    add_setting_flags(a, CLOCK_SETTINGS, algo)
     add_scale_arguments(a)
     return parser
 
@@ -202,7 +197,9 @@ def _fail(flag: str, value, allowed) -> None:
 
 
 def validate(args: argparse.Namespace) -> None:
-    """Cheap checks, before any data is loaded."""
+    """Cheap checks, before any data is loaded. With one algorithm, ``args`` is first completed
+    in place with that algorithm's defaults (:func:`jaxfl.cli.config_flags.resolve`), then each
+    of its settings is checked against the allowed values its config field declares."""
     for name, value in vars(args).items():  # NaN passes every comparison below: refuse it here
         if isinstance(value, float) and not math.isfinite(value):
             _fail("--" + name.replace("_", "-"), value, "a finite number")
@@ -217,6 +214,8 @@ def validate(args: argparse.Namespace) -> None:
             )
     if "," in args.algo:  # each algorithm's own flags are checked as it is run
         return
+    resolve(args)
+    check_settings(args)
     if args.dataset not in DATASETS:
         _fail("--dataset", args.dataset, ", ".join(DATASETS))
     for name in (args.domains or "").split(","):
@@ -229,30 +228,18 @@ def validate(args: argparse.Namespace) -> None:
     if args.model is not None and not is_model_name(args.model):
         _fail("--model", args.model, MODEL_NAMES_HELP)
     if args.models is not None:
-        from jaxfl.algorithms import ALGORITHMS as MODULES
-
-        if not getattr(MODULES[args.algo], "SUPPORTS_GROUPS", False):
-            groups_algos = [n for n, m in MODULES.items() if getattr(m, "SUPPORTS_GROUPS", 0)]
-            _fail("--models", args.models, f"only with --algo {', '.join(groups_algos)}")
+        if not SPECS[args.algo].groups:
+            groups_algos = ", ".join(with_capability("groups"))
+            _fail("--models", args.models, f"only with --algo {groups_algos}")
         if args.model is not None:
             raise ConfigError("give --model (one architecture) or --models (groups), not both")
     if args.conv_lowering is not None and args.conv_lowering not in LOWERING_CHOICES:
         _fail("--conv-lowering", args.conv_lowering, ", ".join(LOWERING_CHOICES))
-    for flag in (
-        "clients",
-        "rounds",
-        "local_epochs",
-        "batch_size",
-        "eval_every",
-    ):
+    for flag in ("clients", "rounds", "eval_every"):
         if getattr(args, flag) < 1:
             _fail("--" + flag.replace("_", "-"), getattr(args, flag), "an integer >= 1")
     if args.clients_per_round is not None and not 1 <= args.clients_per_round <= args.clients:
         _fail("--clients-per-round", args.clients_per_round, f"1..--clients ({args.clients})")
-    if args.client_chunk is not None and args.client_chunk < 1:
-        _fail("--client-chunk", args.client_chunk, "an integer >= 1")
-    if args.lr <= 0:
-        _fail("--lr", args.lr, "a number > 0")
     if args.client_val_fraction is not None and not 0 <= args.client_val_fraction < 1:
         _fail("--client-val-fraction", args.client_val_fraction, "0 <= fraction < 1")
     validate_algorithm_flags(args, _fail)
@@ -344,8 +331,9 @@ def _parser(description: str = "", algo: str | None = None, **kwargs) -> argpars
     )
     kwargs.setdefault("usage", "%(prog)s [--algo NAME] [--dataset NAME] [--clients C] [FLAG ...]")
     parser = argparse.ArgumentParser(description=description, epilog=epilog, **kwargs)
-    grouped = Grouped(parser, algo if algo in ALGORITHM_FLAGS else None)
-    add_arguments(grouped)
+    algo = algo if algo in SPECS else None
+    grouped = Grouped(parser, algo)
+    add_arguments(grouped, algo)
     add_run_arguments(grouped)
     return parser
 
@@ -383,7 +371,12 @@ def parse(argv: list[str] | None = None, description: str = "") -> argparse.Name
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         parser.set_defaults(**load_config_file(pre.config, parser))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.algo in SPECS:  # one algorithm: its settings' defaults; several: as each is run
+        check_capabilities(args)  # an error before the notes on flags it does not read
+        warn_foreign(args, given_flags(argv))
+        resolve(args)
+    return args
 
 
 def given_flags(argv: list[str] | None) -> set[str]:
@@ -423,4 +416,4 @@ def resume_args(argv: list[str] | None, results_dir: str | Path) -> argparse.Nam
         setattr(args, flag, getattr(fresh, flag))
     args.resume = str(results_dir)
     args.out = str(results_dir)
-    return args
+    return resolve(args) if args.algo in SPECS else args

@@ -1,34 +1,31 @@
 """The differential-privacy flags (``--dp-*``) and their cheap checks; imports no JAX.
 
 The mechanism is :mod:`jaxfl.mechanisms.privacy`, the accounting
-:mod:`jaxfl.mechanisms.accounting`. The flags that shape the round (clip, noise, adaptive clipping)
-are fields of every DP-capable algorithm's config (:class:`jaxfl.mechanisms.privacy.DPFields`);
+:mod:`jaxfl.mechanisms.accounting`. The flags that shape the round (clip, noise, adaptive
+clipping) are fields of every DP-capable algorithm's config
+(:class:`jaxfl.configs.shared.DPFields`, which holds their help and allowed values);
 ``--dp-epsilon`` and ``--dp-delta`` are the accountant's: the first calibrates ``--dp-noise``
 before the run, the second fixes the delta of every epsilon reported.
 """
 
 from __future__ import annotations
 
-from jaxfl.core.names import DP_ALGORITHMS, DP_FLAGS
+import dataclasses
+
+from jaxfl.cli.config_flags import add_setting_flags
+from jaxfl.configs.shared import DPFields
+
+# every --dp-* flag's dest and its default: the settings' and the accountant's two
+DP_FLAGS = {f.name: f.default for f in dataclasses.fields(DPFields)} | {
+    "dp_epsilon": None,
+    "dp_delta": None,
+}
 
 
-def add_privacy_arguments(a) -> None:
-    """Add the --dp-* flags with ``a = parser.add_argument``."""
-    a(
-        "--dp-clip",
-        type=float,
-        default=None,
-        help="user-level DP (DP-FedAvg): clip each client's upload (model update, or soft "
-        "labels/logits) to this L2 norm S, weigh every client the same, add Gaussian noise to "
-        f"the sum; for {', '.join(DP_ALGORITHMS)} (default: no DP)",
-    )
-    a(
-        "--dp-noise",
-        type=float,
-        default=0.0,
-        help="DP noise multiplier z: noise std z*S on the sum of the clipped uploads, divided "
-        "by the clients per round (default 0: clipping only, epsilon infinite)",
-    )
+def add_privacy_arguments(a, algo: str | None = None) -> None:
+    """Add the --dp-* flags with ``a = parser.add_argument``: the settings of
+    :class:`jaxfl.configs.shared.DPFields`, and the accountant's epsilon and delta."""
+    add_setting_flags(a, ("dp_clip", "dp_noise"), algo)
     a(
         "--dp-epsilon",
         type=float,
@@ -43,34 +40,15 @@ def add_privacy_arguments(a) -> None:
         help="DP delta of every epsilon reported, 0 < delta < 1 (default C^-1.1, C the clients "
         "that may be sampled)",
     )
-    a(
-        "--dp-clip-quantile",
-        type=float,
-        default=None,
-        help="adaptive clipping (Andrew et al. 2021): the clip norm follows this quantile of "
-        "the clients' upload norms, estimated privately (e.g. 0.5; default: fixed --dp-clip)",
-    )
-    a(
-        "--dp-clip-lr",
-        type=float,
-        default=0.2,
-        help="adaptive clipping: learning rate of the geometric clip update (default 0.2)",
-    )
-    a(
-        "--dp-clip-count-noise",
-        type=float,
-        default=None,
-        help="adaptive clipping: noise std of the clipped-count query (default: clients per "
-        "round / 20); part of --dp-noise's budget, so it must exceed --dp-noise / 2",
-    )
+    add_setting_flags(a, ("dp_clip_quantile", "dp_clip_lr", "dp_clip_count_noise"), algo)
 
 
 def dp_requested(args) -> list[str]:
-    """The --dp-* flags given a non-default value."""
+    """The --dp-* flags given a value other than their default (None: not given)."""
     return [
         "--" + dest.replace("_", "-")
         for dest, default in DP_FLAGS.items()
-        if getattr(args, dest, default) != default
+        if getattr(args, dest, None) not in (None, default)
     ]
 
 
@@ -79,19 +57,8 @@ def validate_privacy_flags(args, fail) -> None:
     given = dp_requested(args)
     if not given:
         return
-    if args.algo not in DP_ALGORITHMS:
-        fail(
-            given[0],
-            getattr(args, given[0][2:].replace("-", "_")),
-            f"only with --algo {', '.join(DP_ALGORITHMS)} (--algo {args.algo} does not support "
-            "differential privacy yet)",
-        )
     if args.dp_clip is None:
         fail(given[0], getattr(args, given[0][2:].replace("-", "_")), "only with --dp-clip")
-    if not args.dp_clip > 0:
-        fail("--dp-clip", args.dp_clip, "a clip norm > 0")
-    if args.dp_noise < 0:
-        fail("--dp-noise", args.dp_noise, "a noise multiplier >= 0")
     if args.dp_epsilon is not None:
         if args.dp_noise != 0.0:
             fail("--dp-epsilon", args.dp_epsilon, "--dp-epsilon or --dp-noise, not both")
@@ -103,12 +70,6 @@ def validate_privacy_flags(args, fail) -> None:
                  "--sweep dp-noise=... without --dp-epsilon")  # fmt: skip
     if args.dp_delta is not None and not 0 < args.dp_delta < 1:
         fail("--dp-delta", args.dp_delta, "0 < delta < 1")
-    if args.dp_clip_quantile is not None and not 0 < args.dp_clip_quantile < 1:
-        fail("--dp-clip-quantile", args.dp_clip_quantile, "0 < quantile < 1")
-    if not args.dp_clip_lr > 0:
-        fail("--dp-clip-lr", args.dp_clip_lr, "a learning rate > 0")
-    if args.dp_clip_count_noise is not None and not args.dp_clip_count_noise > 0:
-        fail("--dp-clip-count-noise", args.dp_clip_count_noise, "a noise std > 0")
     adaptive_only = ("--dp-clip-count-noise",) if args.dp_clip_count_noise is not None else ()
     if adaptive_only and args.dp_clip_quantile is None:
         fail(adaptive_only[0], args.dp_clip_count_noise, "only with --dp-clip-quantile")

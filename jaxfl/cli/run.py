@@ -20,9 +20,9 @@ from pathlib import Path
 
 import jax
 
-from jaxfl.algorithms import ALGORITHMS
 from jaxfl.cli import execution, flags, printout
 from jaxfl.cli.flag_help import RUN_DESCRIPTION
+from jaxfl.configs import SPECS
 from jaxfl.core.client_axis import client_mesh, to_host, use_mesh
 from jaxfl.data import DataUnavailableError, PartitionError
 from jaxfl.experiments import builder, checkpoint, events, report, sweep_runner
@@ -88,7 +88,7 @@ def setup(args):
     """
     primary = jax.process_index() == 0
     if args.early_stop_metric is None:
-        has_global = getattr(ALGORITHMS[args.algo], "GLOBAL_MODEL", True)
+        has_global = SPECS[args.algo].global_model
         args.early_stop_metric = "test_acc" if has_global else "client_acc_mean"
     out = Path(args.out) if args.out else default_results_dir(args.algo, args.dataset)
     ckpt_dir = out / checkpoint.CHECKPOINT_DIR
@@ -318,7 +318,7 @@ def run(args, start: float) -> int:
     sim = Simulation(exp.algorithm, args.rounds, args.eval_every, args.seed, args.rounds_per_call)
     sim.accountant = exp.accountant
     last = attach_handlers(sim, args, out, writer)
-    if args.compare_local or getattr(ALGORITHMS[args.algo], "NEEDS_LOCAL_BASELINE", False):
+    if args.compare_local or SPECS[args.algo].needs_local_baseline:
         sim.local_client_acc = local_only_accuracy(
             args, exp.config["client_val_fraction"], builder.build
         )

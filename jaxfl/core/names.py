@@ -1,36 +1,12 @@
 """The names a user can choose on the command line, in one import-light module.
 
-Algorithms, data sets, partitions, models, attacks, lowerings and the like are defined here (the
-modules that implement them re-export them) so that :mod:`jaxfl.cli.flags` can build the whole
-``--help`` without importing JAX: ``run.py --help`` answers in about a second. A test checks
-that these names match the implementations (``algorithms.ALGORITHMS``, every ``CONFIG``).
+Data sets, partitions, models, attacks, lowerings and the like are defined here (the modules
+that implement them re-export them) so that :mod:`jaxfl.cli.flags` can build the whole
+``--help`` without importing JAX: ``run.py --help`` answers in about a second. The algorithms'
+names, configs and capabilities are :mod:`jaxfl.configs.specs`'.
 """
 
 from __future__ import annotations
-
-# --algo, in --help's order; each is a module of algorithms/
-ALGORITHMS = (
-    "fedavg",
-    "dsfl",
-    "local",
-    "finetune",
-    "ditto",
-    "mrmtl",
-    "hypcluster",
-    "perfedavg",
-    "incfl",
-    "fd",
-    "feddf",
-    "fedmd",
-    "fccl",
-    "fedbuff",
-    "fedprox",
-    "scaffold",
-    "fednova",
-    "feddyn",
-    "moon",
-)
-PERSONALIZATION = ("local", "finetune", "ditto", "mrmtl", "hypcluster", "perfedavg")
 
 # --dataset: name -> (TFDS builder name, image key, number of classes), then the embedded sets
 TFDS_DATASETS = {
@@ -50,19 +26,9 @@ ATTACKS = ("none", "label_flip", "random_logits", "scaled_logits", "scaled_updat
 AGGREGATIONS = ("era", "sa")
 INCFL_RULES = ("maxfl", "bump")  # --incfl-rule (the first is the default)
 SERVER_OPTS = ("sgd", "momentum", "adam")
-# the virtual clock (jaxfl.mechanisms.clock): --client-speed/--client-latency kinds, and the
-# algorithms that keep a clock (synchronous FedAvg reports simulated time; FedBuff orders
-# arrivals by it)
+# the virtual clock (jaxfl.mechanisms.clock): --client-speed/--client-latency kinds
 SPEED_KINDS = ("constant", "lognormal", "two-tier", "uniform", "file")
-CLOCK_ALGORITHMS = ("fedavg", "fedbuff", "fedprox")
 FINETUNE_LAYERS = ("all", "last")
-# algorithms whose uploads --dp-clip/--dp-noise make private (jaxfl.mechanisms.privacy): the
-# model-delta family (FedAvg and FedProx, FedAvg + fine-tuning, Ditto's and
-# Per-FedAvg's shared model, IncFL) and the soft-label family (DS-FL's probabilities, FD's and
-# FedMD's logits)
-DP_ALGORITHMS = (
-    "fedavg", "fedprox", "finetune", "ditto", "perfedavg", "incfl", "dsfl", "fd", "fedmd",
-)  # fmt: skip
 
 # --model
 MODELS = ("logreg", "mlp", "cnn", "lenet5", "resnet8", "resnet20")
@@ -87,15 +53,3 @@ def mlp_hidden(name: str) -> tuple[int, ...] | None:
 def is_model_name(name: str) -> bool:
     """Whether ``name`` names a zoo model (see :data:`MODEL_NAMES_HELP`)."""
     return name in MODELS or mlp_hidden(name) is not None
-
-
-# every --dp-* flag's dest and the value that means "not given"
-DP_FLAGS = {
-    "dp_clip": None,
-    "dp_noise": 0.0,
-    "dp_epsilon": None,
-    "dp_delta": None,
-    "dp_clip_quantile": None,
-    "dp_clip_lr": 0.2,
-    "dp_clip_count_noise": None,
-}

@@ -15,8 +15,8 @@ of S, and one jitted function runs a round (or a block of rounds) of all of them
   (:mod:`jaxfl.core.hparams`), so ``jax.vmap`` over experiments needs no change to any algorithm:
   optimizers, temperatures and penalties are built from traced values when the round is traced.
   Values that fix shapes or the program (epochs, batch sizes, the model, an algorithm's
-  ``STATIC_HPARAMS``) cannot vary inside one compiled call: :func:`static_groups` splits a
-  sweep of them into one compiled group per value.
+  ``AlgorithmSpec.static_hparams``) cannot vary inside one compiled call: :func:`static_groups`
+  splits a sweep of them into one compiled group per value.
 - **Layout** (:class:`jaxfl.experiments.vectorized.CompiledSweep`): experiments are vmapped in
   chunks of ``experiment_chunk`` (a ``lax.map`` over chunks, as clients are), and split over devices
   with ``shard_map`` on a 1-D mesh named ``"experiments"`` (each device runs its own block of
@@ -81,8 +81,8 @@ def parse_seeds(text: str | None, default_seed: int = 0) -> tuple[int, ...]:
 def sweepable(module) -> tuple[dict[str, str], dict[str, str]]:
     """({name: 'config'|'faults'} traced in one compiled call, {name: ...} that fix shapes)
     for algorithm ``module``."""
-    static_config = getattr(module, "STATIC_HPARAMS", ())
-    traced = dict.fromkeys(hparams.traced_fields(module.CONFIG, static_config), "config")
+    static_config = module.SPEC.static_hparams
+    traced = dict.fromkeys(hparams.traced_fields(module.SPEC.config, static_config), "config")
     traced.update(dict.fromkeys(hparams.traced_fields(FaultConfig, hparams.FAULT_STATIC), "faults"))
     static = dict.fromkeys(static_config, "config")
     static.update(dict.fromkeys(hparams.FAULT_STATIC, "faults"))
@@ -102,7 +102,7 @@ def parse_sweep(items: Sequence[str] | None, module, algo: str) -> dict[str, tup
         if not sep or not field:
             raise SweepError(f"--sweep {item!r}: write NAME=v1,v2,... (e.g. --sweep lr=0.01,0.1)")
         if field not in traced and field not in static:
-            all_fields = {f.name for f in dataclasses.fields(module.CONFIG)}
+            all_fields = {f.name for f in dataclasses.fields(module.SPEC.config)}
             all_fields |= {f.name for f in dataclasses.fields(FaultConfig)}
             why = (
                 "it fixes array shapes or the compiled program (run one command per value)"
@@ -151,8 +151,8 @@ def grid(seeds: Sequence[int], sweep: dict[str, tuple[float, ...]]) -> list[Grid
 
 def static_groups(experiments: list[GridPoint], module) -> list[list[GridPoint]]:
     """Experiments that can share one compiled call: equal values of every swept field that
-    fixes a shape (``STATIC_HPARAMS``, the fault fractions), and for an algorithm whose bound
-    form depends on the seed itself (``STATIC_SEED``), equal seeds."""
+    fixes a shape (the spec's ``static_hparams``, the fault fractions), and for an algorithm
+    whose bound form depends on the seed itself (``STATIC_SEED``), equal seeds."""
     _, static = sweepable(module)
     groups: dict[tuple, list[GridPoint]] = {}
     for e in experiments:

@@ -10,12 +10,13 @@ accuracies and training losses under ``$JAXFL_CACHE/local_only/`` keyed by those
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 
 import numpy as np
 
-from jaxfl.core.names import DP_FLAGS
+from jaxfl.configs.shared import DPFields
 from jaxfl.data.sources import cache_dir
 from jaxfl.mechanisms.faults import FaultConfig
 
@@ -52,11 +53,11 @@ def baseline_args(args: argparse.Namespace, client_val_fraction: float) -> argpa
     local.algo = "local"
     local.client_val_fraction = client_val_fraction
     local.client_chunk = args.client_chunk
-    local.unseen_clients = 0  # every client can train alone, seen by the federation or not
+    local.unseen_clients = None  # every client can train alone, seen by the federation or not
     for field, value in vars(FaultConfig()).items():
         setattr(local, field, value)
-    for field, value in DP_FLAGS.items():  # local training uploads nothing: no DP to apply
-        setattr(local, field, value)
+    for field in (*(f.name for f in dataclasses.fields(DPFields)), "dp_epsilon", "dp_delta"):
+        setattr(local, field, None)  # local training uploads nothing: no DP to apply
     return local
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from jaxfl.algorithms import ALGORITHMS
 from jaxfl.cli.flags import validate
+from jaxfl.configs import SPECS
 from jaxfl.core.client_axis import client_devices, cpu_chunk_size, device_memory_bytes, replicate
 from jaxfl.core.errors import ConfigError
 from jaxfl.data import FederationSpec, PartitionError, build_federation, load_dataset
@@ -91,11 +92,11 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
                 f"--dataset {args.dataset} has {dataset.feature_shape}; they must match"
             )
         public_pool, public_labels = public.train_x, public.train_y
-    module = ALGORITHMS[args.algo]
+    module, spec = ALGORITHMS[args.algo], SPECS[args.algo]
     val_fraction = args.client_val_fraction
     if val_fraction is None:
-        val_fraction = getattr(module, "VALIDATION_FRACTION", 0.0)
-    spec = FederationSpec(
+        val_fraction = spec.validation_fraction
+    federation = FederationSpec(
         num_clients=args.clients,
         partition=partition,
         alpha=args.alpha,
@@ -109,9 +110,9 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         seed=args.seed,
     )
     if domains is not None:
-        data, info = build_multidomain_federation(domains, spec, public_pool, public_labels)
+        data, info = build_multidomain_federation(domains, federation, public_pool, public_labels)
     else:
-        data, info = build_federation(dataset, spec, public_pool, public_labels)
+        data, info = build_federation(dataset, federation, public_pool, public_labels)
     data = replicate(data)  # once, on every device of the mesh (a no-op on one device)
     if args.algo == "dsfl":
         distill_batch = args.distill_batch_size or args.batch_size
@@ -126,7 +127,7 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
                 f"--public-per-round {args.public_per_round} is smaller than one distillation "
                 f"batch ({distill_batch}); raise it or lower --distill-batch-size"
             )
-    m = args.clients_per_round or (args.clients - args.unseen_clients)
+    m = args.clients_per_round or (args.clients - (args.unseen_clients or 0))
     model_groups = None
     if args.models:
         try:
@@ -160,11 +161,11 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
     privacy_record = calibrate_privacy(args, m)
     noise = {} if privacy_record is None else {"dp_noise": privacy_record["noise_multiplier"]}
     algo_config = config_from_args(
-        module.CONFIG, args, clients_per_round=m, client_chunk=chunk, **noise
+        spec.config, args, clients_per_round=m, client_chunk=chunk, **noise
     )
     fault_config = config_from_args(FaultConfig, args)
     extra = {}
-    if getattr(module, "NEEDS_LOCAL_BASELINE", False):
+    if spec.needs_local_baseline:
         baseline = local_only(args, val_fraction, build, dataset)
         extra["local_losses"] = baseline["val_loss" if val_fraction > 0 else "train_loss"]
     try:
@@ -239,7 +240,7 @@ def calibrate_privacy(args: argparse.Namespace, m: int) -> dict | None:
     ``--rounds``: the record config.json keeps. None without DP."""
     if getattr(args, "dp_clip", None) is None:
         return None
-    population = args.clients - getattr(args, "unseen_clients", 0)
+    population = args.clients - (getattr(args, "unseen_clients", None) or 0)
     delta = args.dp_delta if args.dp_delta is not None else accounting.default_delta(population)
     setting = privacy.DPFields(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(privacy.DPFields)}

@@ -230,9 +230,9 @@ def divergence_hint(name: str) -> str:
     """The divergence hint for algorithm ``name``, naming the learning-rate flags it has, e.g.
     "try a smaller --lr or --distill-lr" (a flag the algorithm ignores only misleads)."""
     try:
-        from jaxfl.algorithms import ALGORITHMS
+        from jaxfl.configs import SPECS
 
-        fields = [f.name for f in dataclasses.fields(ALGORITHMS[name].CONFIG)]
+        fields = [f.name for f in dataclasses.fields(SPECS[name].config)]
         rates = [f for f in fields if f == "lr" or (f.endswith("_lr") and f != "dp_clip_lr")]
     except (ImportError, KeyError, AttributeError):  # an algorithm of your own
         rates = []

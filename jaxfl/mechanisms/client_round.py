@@ -28,32 +28,12 @@ import jax
 import optax
 from flax import struct
 
+from jaxfl.configs.shared import LocalTrainingFields as LocalTrainingFields
+from jaxfl.configs.shared import ServerOptFields as ServerOptFields
 from jaxfl.core import train
 from jaxfl.core.algorithm import client_inputs, gather, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalTrainingFields:
-    """The client-side settings every algorithm on the standard client side shares; an
-    algorithm's config inherits them (flags of the same names)."""
-
-    clients_per_round: int | None = None  # m; None: all clients
-    local_epochs: int = 1
-    batch_size: int = 50
-    lr: float = 0.1  # the clients' SGD step
-    client_chunk: int | None = None  # clients vmapped at once (None: all of a device's)
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerOptFields:
-    """FedAvg's server optimizer settings (``--server-opt``, ``--server-lr``,
-    ``--server-momentum``), read by :func:`jaxfl.algorithms.fedavg.flag_server_optimizer`."""
-
-    server_opt: str = "sgd"
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
 
 
 @struct.dataclass

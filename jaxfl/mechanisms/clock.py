@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxfl.configs.shared import ClockFields as ClockFields  # the settings, defined without JAX
 from jaxfl.core.names import SPEED_KINDS as SPEED_KINDS  # defined without JAX, for --help
 
 CLOCK_STREAM = 0xC10C
@@ -143,23 +144,6 @@ def draw(dist: Distribution, key: jax.Array, num_clients: int) -> jax.Array:
     if values.size != num_clients:
         raise ClockSpecError(f"a speed file holds {values.size} values for {num_clients} clients")
     return jnp.asarray(values)
-
-
-@dataclasses.dataclass(frozen=True)
-class ClockFields:
-    """The clock flags, inherited by the config of every algorithm that keeps a clock.
-
-    Attributes:
-      client_speed: SPEC of each client's virtual seconds per local step.
-      client_latency: SPEC of each client's network latency per dispatch (virtual seconds).
-      round_deadline: T, a synchronous round's time budget (None: no deadline).
-      round_first: K, a synchronous round moves on after the first K arrivals (None: all).
-    """
-
-    client_speed: str = "constant:1"
-    client_latency: str = "0"
-    round_deadline: float | None = None
-    round_first: int | None = None
 
 
 def check_round(fields: ClockFields, clients_per_round: int) -> None:

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfl.configs.shared import FaultFields
 from jaxfl.core import hparams
 from jaxfl.core.names import ATTACKS as ATTACKS  # defined without JAX, for --help
 
@@ -35,16 +36,9 @@ FAULT_STREAM = 0x0FA17
 
 
 @dataclasses.dataclass(frozen=True)
-class FaultConfig:
-    """The fault flags of scripts/run.py, of the same names."""
-
-    dropout: float = 0.0
-    min_received: int = 1
-    straggler_fraction: float = 0.0
-    straggler_work: float = 0.5
-    adversary_fraction: float = 0.0
-    attack: str = "none"
-    attack_scale: float = 10.0
+class FaultConfig(FaultFields):
+    """The fault settings (:class:`jaxfl.configs.shared.FaultFields`) and their checks, which
+    depend on the algorithm (its attacks) and the cohort size."""
 
     def check(self, allowed_attacks: tuple[str, ...], clients_per_round: int) -> None:
         """Raise ValueError naming the flag if a setting cannot work for this algorithm."""

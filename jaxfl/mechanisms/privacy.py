@@ -33,38 +33,15 @@ noising the sum (:func:`noised_mean`). Epsilon is computed on the host
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxfl.configs.shared import DPFields as DPFields  # the settings, defined without JAX
 from jaxfl.core import aggregate, hparams
-from jaxfl.core.names import DP_ALGORITHMS as DP_ALGORITHMS  # defined without JAX, for --help
 
 DP_STREAM = 0xD9  # fold_in constant of the noise's key, apart from every other stream
-
-
-@dataclasses.dataclass(frozen=True)
-class DPFields:
-    """The DP flags, inherited by the config of every algorithm that supports DP.
-
-    Attributes:
-      dp_clip: S, the clip norm C_0 of each client's upload (None: no DP).
-      dp_noise: z, the round's total noise multiplier (noise std z_D * C_t on the sum).
-      dp_clip_quantile: gamma; set, the clip norm follows the gamma-quantile of the upload
-        norms (adaptive clipping); None keeps C_t = S.
-      dp_clip_lr: eta_C of the geometric clip update.
-      dp_clip_count_noise: sigma_b, the noise of the clipped-count query (None: m / 20, the
-        paper's recommendation).
-    """
-
-    dp_clip: float | None = None
-    dp_noise: float = 0.0
-    dp_clip_quantile: float | None = None
-    dp_clip_lr: float = 0.2
-    dp_clip_count_noise: float | None = None
 
 
 @struct.dataclass
