@@ -70,27 +70,6 @@ def add_scale_arguments(a) -> None:
     )
 
 
-def validate_scale_flags(args: argparse.Namespace, fail) -> None:
-    if args.devices is not None and args.devices < 1:
-        fail("--devices", args.devices, "an integer >= 1 (or leave it out: all devices)")
-    if args.rounds_per_call < 1:
-        fail("--rounds-per-call", args.rounds_per_call, "an integer >= 1")
-    if args.compute_dtype not in COMPUTE_DTYPES:
-        fail("--compute-dtype", args.compute_dtype, ", ".join(COMPUTE_DTYPES))
-    distributed = (args.coordinator_address, args.num_processes, args.process_id)
-    if any(v is not None for v in distributed):
-        if any(v is None for v in distributed):
-            fail(
-                "--coordinator-address/--num-processes/--process-id",
-                distributed,
-                "all three together, or none",
-            )
-        if args.num_processes < 1:
-            fail("--num-processes", args.num_processes, "an integer >= 1")
-        if not 0 <= args.process_id < args.num_processes:
-            fail("--process-id", args.process_id, f"0..{args.num_processes - 1}")
-
-
 def cpu_cores() -> int:
     """Cores this process may run on (its CPU affinity where the OS reports it)."""
     try:

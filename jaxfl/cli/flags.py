@@ -8,34 +8,31 @@ keys named like the flags); :func:`validate` checks the cheap things before any 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
 from pathlib import Path
 
-from jaxfl.cli.algorithm_checks import validate_algorithm_flags
 from jaxfl.cli.algorithm_flags import add_algorithm_arguments
-from jaxfl.cli.clock_flags import CLOCK_SETTINGS, validate_clock_flags
 from jaxfl.cli.config_flags import (
     FAULT_SETTINGS,
     add_setting_flags,
     check_capabilities,
-    check_settings,
     resolve,
     warn_foreign,
 )
-from jaxfl.cli.execution import EXECUTION_FLAGS, add_scale_arguments, validate_scale_flags
+from jaxfl.cli.execution import EXECUTION_FLAGS, add_scale_arguments
 from jaxfl.cli.flag_help import Grouped, help_algo
-from jaxfl.cli.privacy_flags import add_privacy_arguments, validate_privacy_flags
-from jaxfl.configs import ALGORITHMS, PERSONALIZATION, SPECS, with_capability
+from jaxfl.cli.privacy_flags import add_privacy_arguments
+from jaxfl.configs import ALGORITHMS, PERSONALIZATION, SPECS
+from jaxfl.configs.shared import ClockFields
 from jaxfl.core.errors import ConfigError as ConfigError  # noqa: E402  (raised by the library too)
 from jaxfl.core.names import (
     DATASETS,
-    EMBEDDED_DATASETS,
     LOWERING_CHOICES,
     MODEL_NAMES_HELP,
     PARTITIONS,
-    is_model_name,
 )
+from jaxfl.experiments.validation import validate as validate  # the checks the library runs too
 
 
 def add_arguments(
@@ -187,65 +184,9 @@ def add_arguments(
     add_algorithm_arguments(a, algo)
     add_setting_flags(a, tuple(FAULT_SETTINGS), algo)
     add_privacy_arguments(a, algo)
-    add_setting_flags(a, CLOCK_SETTINGS, algo)
+    add_setting_flags(a, tuple(f.name for f in dataclasses.fields(ClockFields)), algo)
     add_scale_arguments(a)
     return parser
-
-
-def _fail(flag: str, value, allowed) -> None:
-    raise ConfigError(f"{flag} {value!r} is not allowed; allowed: {allowed}")
-
-
-def validate(args: argparse.Namespace) -> None:
-    """Cheap checks, before any data is loaded. With one algorithm, ``args`` is first completed
-    in place with that algorithm's defaults (:func:`jaxfl.cli.config_flags.resolve`), then each
-    of its settings is checked against the allowed values its config field declares."""
-    for name, value in vars(args).items():  # NaN passes every comparison below: refuse it here
-        if isinstance(value, float) and not math.isfinite(value):
-            _fail("--" + name.replace("_", "-"), value, "a finite number")
-    if getattr(args, "data_dir", None) is not None and args.dataset not in EMBEDDED_DATASETS:
-        from jaxfl.data.sources import check_data_dir
-
-        check_data_dir(args.data_dir, args.dataset)
-    for algo in args.algo.split(","):
-        if algo.strip() not in ALGORITHMS:
-            _fail(
-                "--algo", args.algo, f"{', '.join(ALGORITHMS)}, or several of them, comma separated"
-            )
-    if "," in args.algo:  # each algorithm's own flags are checked as it is run
-        return
-    resolve(args)
-    check_settings(args)
-    if args.dataset not in DATASETS:
-        _fail("--dataset", args.dataset, ", ".join(DATASETS))
-    for name in (args.domains or "").split(","):
-        if name.strip() and name.partition(":")[0].strip() not in DATASETS:
-            _fail("--domains", args.domains, f"data sets from {', '.join(DATASETS)}")
-    if args.public_dataset is not None and args.public_dataset not in DATASETS:
-        _fail("--public-dataset", args.public_dataset, ", ".join(DATASETS))
-    if args.partition is not None and args.partition not in PARTITIONS:
-        _fail("--partition", args.partition, ", ".join(PARTITIONS))
-    if args.model is not None and not is_model_name(args.model):
-        _fail("--model", args.model, MODEL_NAMES_HELP)
-    if args.models is not None:
-        if not SPECS[args.algo].groups:
-            groups_algos = ", ".join(with_capability("groups"))
-            _fail("--models", args.models, f"only with --algo {groups_algos}")
-        if args.model is not None:
-            raise ConfigError("give --model (one architecture) or --models (groups), not both")
-    if args.conv_lowering is not None and args.conv_lowering not in LOWERING_CHOICES:
-        _fail("--conv-lowering", args.conv_lowering, ", ".join(LOWERING_CHOICES))
-    for flag in ("clients", "rounds", "eval_every"):
-        if getattr(args, flag) < 1:
-            _fail("--" + flag.replace("_", "-"), getattr(args, flag), "an integer >= 1")
-    if args.clients_per_round is not None and not 1 <= args.clients_per_round <= args.clients:
-        _fail("--clients-per-round", args.clients_per_round, f"1..--clients ({args.clients})")
-    if args.client_val_fraction is not None and not 0 <= args.client_val_fraction < 1:
-        _fail("--client-val-fraction", args.client_val_fraction, "0 <= fraction < 1")
-    validate_algorithm_flags(args, _fail)
-    validate_privacy_flags(args, _fail)
-    validate_clock_flags(args, _fail)
-    validate_scale_flags(args, _fail)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxfl.algorithms import ALGORITHMS
-from jaxfl.cli.flags import validate
 from jaxfl.configs import SPECS
 from jaxfl.core.client_axis import client_devices, cpu_chunk_size, device_memory_bytes, replicate
 from jaxfl.core.errors import ConfigError
@@ -24,6 +23,7 @@ from jaxfl.data import FederationSpec, PartitionError, build_federation, load_da
 from jaxfl.data.domains import build_multidomain_federation, parse_domains, transform_dataset
 from jaxfl.experiments.baseline import local_only
 from jaxfl.experiments.memory import choose_chunk
+from jaxfl.experiments.validation import validate
 from jaxfl.mechanisms import accounting, privacy
 from jaxfl.mechanisms.faults import FaultConfig
 from jaxfl.mechanisms.groups import describe, make_groups, parse_models

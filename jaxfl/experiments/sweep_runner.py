@@ -27,9 +27,9 @@ import jax
 import numpy as np
 
 from jaxfl.algorithms import ALGORITHMS
-from jaxfl.cli import flags
 from jaxfl.core.algorithm import traffic_totals
 from jaxfl.core.client_axis import cpu_chunk_size, device_memory_limit, to_host
+from jaxfl.core.errors import ConfigError
 from jaxfl.core.metrics import summarize_clients
 from jaxfl.experiments import builder, checkpoint
 from jaxfl.experiments.axis import (  # noqa: F401  (SweepError: run.py catches it from here)
@@ -42,6 +42,7 @@ from jaxfl.experiments.axis import (  # noqa: F401  (SweepError: run.py catches 
 from jaxfl.experiments.memory import choose_experiment_chunk
 from jaxfl.experiments.report import comparison_table, plot_curves, summarize
 from jaxfl.experiments.results import write_json
+from jaxfl.experiments.validation import validate
 from jaxfl.experiments.vectorized import CompiledSweep
 from jaxfl.mechanisms import accounting
 
@@ -68,7 +69,7 @@ def check_sweep_flags(args: argparse.Namespace) -> None:
     for name in NOT_IN_SWEEPS:
         value = getattr(args, name, None)
         if value not in (None, False, 0):
-            raise flags.ConfigError(
+            raise ConfigError(
                 f"--{name.replace('_', '-')} is not supported with --seeds/--sweep/several "
                 "--algo (it acts on one run); run it as a single experiment"
             )
@@ -101,7 +102,7 @@ def build_algorithm(args, algo: str, seeds, dataset_cache: dict, devices: int) -
     single run with that seed builds it), the grid, the compiled groups."""
     args = copy.copy(args)
     args.algo = algo
-    flags.validate(args)
+    validate(args)
     module = ALGORITHMS[algo]
     grid_values = parse_sweep(args.sweep, module, algo)
     experiments = grid(seeds, grid_values)
@@ -137,9 +138,9 @@ def build_algorithm(args, algo: str, seeds, dataset_cache: dict, devices: int) -
                 )
             )
         except ValueError as err:
-            if isinstance(err, SweepError | flags.ConfigError):
+            if isinstance(err, SweepError | ConfigError):
                 raise
-            raise flags.ConfigError(f"--algo {algo}: {err}") from err
+            raise ConfigError(f"--algo {algo}: {err}") from err
     fit_memory(groups, args.experiment_chunk)
     return AlgorithmSweep(algo, args, experiments, groups, built)
 

@@ -1,0 +1,219 @@
+"""The checks of a run's settings, before any data is loaded: each failure is a ConfigError that
+names the flag and the allowed values. The command line runs them on its flags, and the library
+(:func:`jaxfl.experiments.builder.build`, the sweep runner) on the settings it is given, so a
+bad value is refused the same way whichever door it came in by. Imports no JAX at import time
+(a speed file or a staleness spec is parsed by the modules that use them, when checked).
+
+A single setting's allowed values are its config field's (:mod:`jaxfl.configs`); what is checked
+here is what involves more than one value: a setting against ``--clients``, FedBuff's M and K,
+the DP and clock flags together, the multi-host flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+from jaxfl.configs import ALGORITHMS, SPECS, with_capability
+from jaxfl.configs.resolve import check_settings, resolve
+from jaxfl.configs.shared import ClockFields, DPFields
+from jaxfl.core.errors import ConfigError
+from jaxfl.core.names import (
+    COMPUTE_DTYPES,
+    DATASETS,
+    EMBEDDED_DATASETS,
+    LOWERING_CHOICES,
+    MODEL_NAMES_HELP,
+    PARTITIONS,
+    is_model_name,
+)
+
+# every --dp-* flag's dest and its default: the settings' and the accountant's two
+DP_FLAGS = {f.name: f.default for f in dataclasses.fields(DPFields)} | {
+    "dp_epsilon": None,
+    "dp_delta": None,
+}
+# the clock settings and their defaults
+CLOCK_FLAGS = {f.name: f.default for f in dataclasses.fields(ClockFields)}
+
+
+def _fail(flag: str, value, allowed) -> None:
+    raise ConfigError(f"{flag} {value!r} is not allowed; allowed: {allowed}")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Cheap checks, before any data is loaded. With one algorithm, ``args`` is first completed
+    in place with that algorithm's defaults (:func:`jaxfl.configs.resolve.resolve`), then each
+    of its settings is checked against the allowed values its config field declares."""
+    for name, value in vars(args).items():  # NaN passes every comparison below: refuse it here
+        if isinstance(value, float) and not math.isfinite(value):
+            _fail("--" + name.replace("_", "-"), value, "a finite number")
+    if getattr(args, "data_dir", None) is not None and args.dataset not in EMBEDDED_DATASETS:
+        from jaxfl.data.sources import check_data_dir
+
+        check_data_dir(args.data_dir, args.dataset)
+    for algo in args.algo.split(","):
+        if algo.strip() not in ALGORITHMS:
+            _fail(
+                "--algo", args.algo, f"{', '.join(ALGORITHMS)}, or several of them, comma separated"
+            )
+    if "," in args.algo:  # each algorithm's own flags are checked as it is run
+        return
+    resolve(args)
+    check_settings(args)
+    if args.dataset not in DATASETS:
+        _fail("--dataset", args.dataset, ", ".join(DATASETS))
+    for name in (args.domains or "").split(","):
+        if name.strip() and name.partition(":")[0].strip() not in DATASETS:
+            _fail("--domains", args.domains, f"data sets from {', '.join(DATASETS)}")
+    if args.public_dataset is not None and args.public_dataset not in DATASETS:
+        _fail("--public-dataset", args.public_dataset, ", ".join(DATASETS))
+    if args.partition is not None and args.partition not in PARTITIONS:
+        _fail("--partition", args.partition, ", ".join(PARTITIONS))
+    if args.model is not None and not is_model_name(args.model):
+        _fail("--model", args.model, MODEL_NAMES_HELP)
+    if args.models is not None:
+        if not SPECS[args.algo].groups:
+            groups_algos = ", ".join(with_capability("groups"))
+            _fail("--models", args.models, f"only with --algo {groups_algos}")
+        if args.model is not None:
+            raise ConfigError("give --model (one architecture) or --models (groups), not both")
+    if args.conv_lowering is not None and args.conv_lowering not in LOWERING_CHOICES:
+        _fail("--conv-lowering", args.conv_lowering, ", ".join(LOWERING_CHOICES))
+    for flag in ("clients", "rounds", "eval_every"):
+        if getattr(args, flag) < 1:
+            _fail("--" + flag.replace("_", "-"), getattr(args, flag), "an integer >= 1")
+    if args.clients_per_round is not None and not 1 <= args.clients_per_round <= args.clients:
+        _fail("--clients-per-round", args.clients_per_round, f"1..--clients ({args.clients})")
+    if args.client_val_fraction is not None and not 0 <= args.client_val_fraction < 1:
+        _fail("--client-val-fraction", args.client_val_fraction, "0 <= fraction < 1")
+    validate_algorithm_flags(args, _fail)
+    validate_privacy_flags(args, _fail)
+    validate_clock_flags(args, _fail)
+    validate_scale_flags(args, _fail)
+
+
+def validate_algorithm_flags(args, fail) -> None:
+    """Cross-setting checks of ``args`` (resolved for one algorithm); ``fail(flag, value,
+    allowed)`` raises."""
+    unseen = args.unseen_clients or 0
+    if not 0 <= unseen < args.clients:
+        fail("--unseen-clients", unseen, f"0..--clients - 1 ({args.clients - 1})")
+    if args.clients_per_round is not None and args.clients_per_round > args.clients - unseen:
+        fail(
+            "--clients-per-round",
+            args.clients_per_round,
+            f"1..--clients minus --unseen-clients ({args.clients - unseen})",
+        )
+    if args.algo == "fedbuff":
+        _validate_fedbuff(args, fail)
+
+
+def _validate_fedbuff(args, fail) -> None:
+    m = args.concurrency or args.clients_per_round or args.clients
+    if not 1 <= m <= args.clients:
+        fail("--concurrency", m, f"1..--clients ({args.clients}): a client trains one model at "
+             "a time")  # fmt: skip
+    if args.buffer is not None and not 1 <= args.buffer <= m:
+        fail("--buffer", args.buffer, f"1..--concurrency ({m}): a server step waits for K of "
+             "the M clients in flight")  # fmt: skip
+    from jaxfl.mechanisms.clock import ClockSpecError, parse_staleness
+
+    try:
+        parse_staleness(args.staleness)
+    except ClockSpecError as err:
+        from jaxfl.core.errors import ConfigError
+
+        raise ConfigError(str(err)) from None
+
+
+def dp_requested(args) -> list[str]:
+    """The --dp-* flags given a value other than their default (None: not given)."""
+    return [
+        "--" + dest.replace("_", "-")
+        for dest, default in DP_FLAGS.items()
+        if getattr(args, dest, None) not in (None, default)
+    ]
+
+
+def validate_privacy_flags(args, fail) -> None:
+    """Cheap checks of the --dp-* flags (``fail(flag, value, allowed)`` raises)."""
+    given = dp_requested(args)
+    if not given:
+        return
+    if args.dp_clip is None:
+        fail(given[0], getattr(args, given[0][2:].replace("-", "_")), "only with --dp-clip")
+    if args.dp_epsilon is not None:
+        if args.dp_noise != 0.0:
+            fail("--dp-epsilon", args.dp_epsilon, "--dp-epsilon or --dp-noise, not both")
+        if not args.dp_epsilon > 0:
+            fail("--dp-epsilon", args.dp_epsilon, "a target epsilon > 0")
+        if any(item.split("=")[0].strip().lstrip("-") in ("dp-noise", "dp_noise")
+               for item in getattr(args, "sweep", None) or ()):  # fmt: skip
+            fail("--dp-epsilon", args.dp_epsilon, "a fixed target; to compare noise levels, "
+                 "--sweep dp-noise=... without --dp-epsilon")  # fmt: skip
+    if args.dp_delta is not None and not 0 < args.dp_delta < 1:
+        fail("--dp-delta", args.dp_delta, "0 < delta < 1")
+    adaptive_only = ("--dp-clip-count-noise",) if args.dp_clip_count_noise is not None else ()
+    if adaptive_only and args.dp_clip_quantile is None:
+        fail(adaptive_only[0], args.dp_clip_count_noise, "only with --dp-clip-quantile")
+
+
+def clock_requested(args) -> list[str]:
+    """The clock flags given a non-default value."""
+    return [
+        "--" + dest.replace("_", "-")
+        for dest, default in CLOCK_FLAGS.items()
+        if getattr(args, dest, None) not in (None, default)
+    ]
+
+
+def validate_clock_flags(args, fail) -> None:
+    """Cheap checks of the clock flags (``fail(flag, value, allowed)`` raises); a speed file is
+    read here, so a bad value in it stops the run before any data is loaded."""
+    given = clock_requested(args)
+    if not given:
+        return
+    from jaxfl.mechanisms.clock import ClockSpecError, parse
+
+    try:
+        parse(args.client_speed, "--client-speed", args.clients)
+        parse(args.client_latency, "--client-latency", args.clients, positive=False)
+    except ClockSpecError as err:
+        from jaxfl.core.errors import ConfigError
+
+        raise ConfigError(str(err)) from None
+    if args.algo == "fedbuff":
+        for flag in ("round_deadline", "round_first"):
+            if getattr(args, flag) is not None:
+                fail(
+                    "--" + flag.replace("_", "-"),
+                    getattr(args, flag),
+                    "only with a synchronous --algo (fedavg); FedBuff moves on after --buffer "
+                    "arrivals",
+                )
+    m = args.clients_per_round or args.clients
+    if args.round_first is not None and not 1 <= args.round_first <= m:
+        fail("--round-first", args.round_first, f"1..--clients-per-round ({m})")
+
+
+def validate_scale_flags(args: argparse.Namespace, fail) -> None:
+    if args.devices is not None and args.devices < 1:
+        fail("--devices", args.devices, "an integer >= 1 (or leave it out: all devices)")
+    if args.rounds_per_call < 1:
+        fail("--rounds-per-call", args.rounds_per_call, "an integer >= 1")
+    if args.compute_dtype not in COMPUTE_DTYPES:
+        fail("--compute-dtype", args.compute_dtype, ", ".join(COMPUTE_DTYPES))
+    distributed = (args.coordinator_address, args.num_processes, args.process_id)
+    if any(v is not None for v in distributed):
+        if any(v is None for v in distributed):
+            fail(
+                "--coordinator-address/--num-processes/--process-id",
+                distributed,
+                "all three together, or none",
+            )
+        if args.num_processes < 1:
+            fail("--num-processes", args.num_processes, "an integer >= 1")
+        if not 0 <= args.process_id < args.num_processes:
+            fail("--process-id", args.process_id, f"0..{args.num_processes - 1}")
