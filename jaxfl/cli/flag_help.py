@@ -39,6 +39,8 @@ GROUPS = {
         "classes_per_client",
         "rare_labels",
         "rare_examples",
+        "min_client_examples",
+        "max_client_examples",
         "public_size",
         "public_dataset",
         "client_test_size",

@@ -81,7 +81,11 @@ def add_arguments(
         "--data-dir). Embedded, no download: 'blobs' (10 classes of Gaussian blobs in 60-d, one "
         "labelling function, split by --partition: learnable from non-IID clients), 'synthetic' "
         "(FedProx's Synthetic(1,1): every client its own labelling function, for "
-        "personalization) and 'synthetic_iid'",
+        "personalization), 'synthetic_iid' and 'leaf_synthetic' (LEAF's synthetic federation: "
+        "1000 clients of heavy-tailed sizes, 5 classes). Natural federations from their "
+        "published files in --data-dir: emnist62_federated (EMNIST-62 by writer; FedJAX's or "
+        "TFF's SQLite, or LEAF's JSON) and cifar100_federated (TFF's Pachinko split); --clients "
+        "N takes the first N of a fixed shuffled order of their clients",
     )
     a(
         "--domains",
@@ -95,6 +99,20 @@ def add_arguments(
         default=None,
         help="folder of MNIST-family IDX files (train-images-idx3-ubyte[.gz], ...) to read instead "
         "of downloading; otherwise passed to TFDS as its data_dir",
+    )
+    a(
+        "--min-client-examples",
+        type=int,
+        default=1,
+        help="natural federations: keep only the clients with at least this many train examples "
+        "(default 1)",
+    )
+    a(
+        "--max-client-examples",
+        type=int,
+        default=None,
+        help="natural federations: use at most each client's first M train examples, as TFF's "
+        "max_elements and Reddi et al.'s StackOverflow cap (default: all)",
     )
     a(
         "--partition",

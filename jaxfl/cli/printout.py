@@ -102,3 +102,15 @@ def course(history: list[dict], metric: str, shown: int = 8, digits: int = 2) ->
         picks = sorted({round(i * (len(points) - 1) / (shown - 1)) for i in range(shown)})
         points = [points[i] for i in picks]
     return "by round: " + ", ".join(f"{h['round']} {h[metric]:.{digits}f}" for h in points)
+
+
+def client_sizes(info: dict) -> str:
+    """The client-size line of a run's header: the distribution of train examples per client
+    and the padding efficiency (examples trained / example slots computed, every client
+    padded to the largest)."""
+    return (
+        f"client sizes: {info['client_size_min']}..{info['client_size_max']} train examples "
+        f"(median {info['client_size_median']:g}, p90 {info['client_size_p90']:g}); padding "
+        f"efficiency {info['padding_efficiency']:.2f} (examples trained / example slots "
+        "computed: every client is padded to the largest)"
+    )

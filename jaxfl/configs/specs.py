@@ -35,6 +35,9 @@ class AlgorithmSpec:
       static_hparams: float settings that fix an array shape or the program, so a sweep over
         them compiles one group per value (every other float is traced:
         :mod:`jaxfl.core.hparams`).
+      public_data: whether it uses the unlabeled public set (distillation on shared data); on
+        a natural federation the others get none by default, so no client's data is taken
+        for it.
     """
 
     name: str
@@ -50,6 +53,7 @@ class AlgorithmSpec:
     validation_fraction: float = 0.0
     needs_local_baseline: bool = False
     static_hparams: tuple[str, ...] = ()
+    public_data: bool = False
 
     def module(self):
         """The algorithm's module, ``jaxfl.algorithms.<name>`` (imports JAX)."""
@@ -80,6 +84,7 @@ SPECS = {
             attacks=("label_flip", "random_logits", "scaled_logits"),
             dp=True,
             groups=True,
+            public_data=True,
         ),
         AlgorithmSpec(
             "local",
@@ -144,6 +149,7 @@ SPECS = {
             family="distillation",
             groups=True,
             static_hparams=("distill_val_fraction",),
+            public_data=True,
         ),
         AlgorithmSpec(
             "fedmd",
@@ -153,6 +159,7 @@ SPECS = {
             dp=True,
             groups=True,
             global_model=False,
+            public_data=True,
         ),
         AlgorithmSpec(
             "fccl",
@@ -161,6 +168,7 @@ SPECS = {
             family="distillation",
             groups=True,
             global_model=False,
+            public_data=True,
         ),
         AlgorithmSpec(
             "fedbuff",

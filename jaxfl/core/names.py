@@ -18,8 +18,13 @@ TFDS_DATASETS = {
     "cifar10": ("cifar10", "image", 10),
     "cifar100": ("cifar100", "image", 100),
 }
-EMBEDDED_DATASETS = ("blobs", "synthetic", "synthetic_iid")
-DATASETS = tuple(TFDS_DATASETS) + EMBEDDED_DATASETS
+EMBEDDED_DATASETS = ("blobs", "synthetic", "synthetic_iid", "leaf_synthetic")
+# federated by construction, read from their published files (jaxfl.data.natural): --data-dir
+FILE_NATURAL_DATASETS = ("emnist62_federated", "cifar100_federated")
+NATURAL_DATASETS = ("leaf_synthetic", *FILE_NATURAL_DATASETS)
+DATASETS = tuple(TFDS_DATASETS) + EMBEDDED_DATASETS + FILE_NATURAL_DATASETS
+# generated from --seed: a different seed is different data
+SEEDED_DATASETS = ("synthetic", "synthetic_iid", "leaf_synthetic")
 
 PARTITIONS = ("iid", "dirichlet", "shards", "classes", "quantity", "rare", "natural")
 ATTACKS = ("none", "label_flip", "random_logits", "scaled_logits", "scaled_update")

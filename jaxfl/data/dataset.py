@@ -7,6 +7,10 @@ import dataclasses
 import numpy as np
 
 
+class DataUnavailableError(RuntimeError):
+    """The requested data set cannot be loaded here (offline, not cached, missing files)."""
+
+
 @dataclasses.dataclass
 class Dataset:
     """A labelled data set held on the host.

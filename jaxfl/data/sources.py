@@ -19,37 +19,17 @@ import numpy as np
 
 from jaxfl.core.names import DATASETS as DATASETS  # defined without JAX, for --help
 from jaxfl.core.names import EMBEDDED_DATASETS as EMBEDDED_DATASETS
+from jaxfl.core.names import NATURAL_DATASETS
 from jaxfl.core.names import TFDS_DATASETS as TFDS_DATASETS
 from jaxfl.data.dataset import Dataset as Dataset  # defined there; imported from here too
+from jaxfl.data.dataset import DataUnavailableError as DataUnavailableError
+from jaxfl.data.pixels import CHANNEL_STATS as CHANNEL_STATS
+from jaxfl.data.pixels import scale_images as _scale_images
 from jaxfl.data.synthetic import blobs, synthetic_federated
-
-
-class DataUnavailableError(RuntimeError):
-    """The requested data set cannot be loaded here (offline, not cached, missing files)."""
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("JAXFL_CACHE", Path.home() / ".cache" / "jaxfl"))
-
-
-# per-channel mean and standard deviation of the training split's [0, 1] pixels: the values the
-# CIFAR pipelines of the PyTorch FL code bases (FedDF's among them) normalize with
-CHANNEL_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
-
-
-def _scale_images(images: np.ndarray, name: str = "mnist") -> np.ndarray:
-    """uint8 (N, H, W[, C]) -> float32 (N, H, W, C): pixels / 255 in [0, 1] (MNIST, Fashion-
-    MNIST, EMNIST: the standard of FedAvg's, LEAF's and FedJAX's pipelines), then, for CIFAR,
-    (x - mean_c) / std_c per channel c (:data:`CHANNEL_STATS`)."""
-    x = images.astype(np.float32) / 255.0
-    x = x[..., None] if x.ndim == 3 else x
-    if name in CHANNEL_STATS:
-        mean, std = (np.asarray(v, np.float32) for v in CHANNEL_STATS[name])
-        x = (x - mean) / std
-    return x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,6 +201,8 @@ def load_dataset(
     seed: int = 0,
     synthetic_alpha: float = 1.0,
     synthetic_beta: float = 1.0,
+    min_client_examples: int = 1,
+    max_client_examples: int | None = None,
 ) -> Dataset:
     """Load data set ``name`` (one of :data:`DATASETS`).
 
@@ -230,11 +212,24 @@ def load_dataset(
         folder that is not IDX is passed on to TFDS as its ``data_dir``.
       num_clients, seed, synthetic_alpha, synthetic_beta: used by the embedded ``synthetic`` and
         ``synthetic_iid`` sets, which generate one natural client per simulated client.
+      min_client_examples, max_client_examples: the natural federations' client filter and cap
+        (:func:`jaxfl.data.natural.load_natural`, which also takes ``num_clients`` clients).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown --dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if name == "blobs":
         return blobs(seed=seed)
+    if name in NATURAL_DATASETS:
+        from jaxfl.data.natural import load_natural
+
+        return load_natural(
+            name,
+            data_dir,
+            num_clients,
+            seed=seed,
+            min_examples=min_client_examples,
+            max_examples=max_client_examples,
+        )
     if name in EMBEDDED_DATASETS:
         return synthetic_federated(
             num_clients, synthetic_alpha, synthetic_beta, seed=seed, iid=name == "synthetic_iid"

@@ -19,6 +19,7 @@ from jaxfl.algorithms import ALGORITHMS
 from jaxfl.configs import SPECS
 from jaxfl.core.client_axis import client_devices, cpu_chunk_size, device_memory_bytes, replicate
 from jaxfl.core.errors import ConfigError
+from jaxfl.core.names import NATURAL_DATASETS
 from jaxfl.data import FederationSpec, PartitionError, build_federation, load_dataset
 from jaxfl.data.domains import build_multidomain_federation, parse_domains, transform_dataset
 from jaxfl.experiments.baseline import local_only
@@ -66,6 +67,7 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
     """Load the data (unless ``dataset`` is given), partition it, build the model, bind the
     algorithm."""
     validate(args)
+    module, spec = ALGORITHMS[args.algo], SPECS[args.algo]
     domains = None
     if args.domains:
         try:
@@ -78,9 +80,17 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         dataset = domains[0]
     elif dataset is None:
         dataset = load_dataset(
-            args.dataset, args.data_dir, num_clients=args.clients, seed=args.seed
+            args.dataset,
+            args.data_dir,
+            num_clients=args.clients,
+            seed=args.seed,
+            min_client_examples=args.min_client_examples,
+            max_client_examples=args.max_client_examples,
         )
     partition = args.partition or ("natural" if dataset.train_groups is not None else "dirichlet")
+    public_size = args.public_size
+    if public_size is None and args.dataset in NATURAL_DATASETS and not spec.public_data:
+        public_size = 0  # a natural client's data stays its own unless the algorithm distils
     public_pool = public_labels = None
     if args.public_dataset is not None:
         public = load_dataset(
@@ -92,7 +102,6 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
                 f"--dataset {args.dataset} has {dataset.feature_shape}; they must match"
             )
         public_pool, public_labels = public.train_x, public.train_y
-    module, spec = ALGORITHMS[args.algo], SPECS[args.algo]
     val_fraction = args.client_val_fraction
     if val_fraction is None:
         val_fraction = spec.validation_fraction
@@ -104,7 +113,7 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         classes_per_client=args.classes_per_client,
         rare_labels=args.rare_labels,
         rare_examples=args.rare_examples,
-        public_size=args.public_size,
+        public_size=public_size,
         client_test_size=args.client_test_size,
         client_val_fraction=val_fraction,
         seed=args.seed,

@@ -31,6 +31,7 @@ from jaxfl.core.algorithm import traffic_totals
 from jaxfl.core.client_axis import cpu_chunk_size, device_memory_limit, to_host
 from jaxfl.core.errors import ConfigError
 from jaxfl.core.metrics import summarize_clients
+from jaxfl.core.names import SEEDED_DATASETS
 from jaxfl.experiments import builder, checkpoint
 from jaxfl.experiments.axis import (  # noqa: F401  (SweepError: run.py catches it from here)
     SweepError,
@@ -110,12 +111,18 @@ def build_algorithm(args, algo: str, seeds, dataset_cache: dict, devices: int) -
     for seed in seeds:
         seed_args = copy.copy(args)
         seed_args.seed = seed
-        key = (args.dataset, args.data_dir, args.clients, seed if _seeded_data(args) else None)
+        key = (args.dataset, args.data_dir, args.clients, args.min_client_examples,
+               args.max_client_examples, seed if _seeded_data(args) else None)  # fmt: skip
         if key not in dataset_cache and not args.domains:
             from jaxfl.data import load_dataset
 
             dataset_cache[key] = load_dataset(
-                args.dataset, args.data_dir, num_clients=args.clients, seed=seed
+                args.dataset,
+                args.data_dir,
+                num_clients=args.clients,
+                seed=seed,
+                min_client_examples=args.min_client_examples,
+                max_client_examples=args.max_client_examples,
             )
         built[seed] = builder.build(seed_args, dataset=dataset_cache.get(key))
     first = built[seeds[0]]
@@ -159,7 +166,7 @@ def fit_memory(groups: list, given_chunk: int | None) -> None:
 
 
 def _seeded_data(args) -> bool:
-    return args.dataset.startswith("synthetic")
+    return args.dataset in SEEDED_DATASETS
 
 
 class SweepStopped(Exception):

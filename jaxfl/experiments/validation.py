@@ -23,8 +23,10 @@ from jaxfl.core.names import (
     COMPUTE_DTYPES,
     DATASETS,
     EMBEDDED_DATASETS,
+    FILE_NATURAL_DATASETS,
     LOWERING_CHOICES,
     MODEL_NAMES_HELP,
+    NATURAL_DATASETS,
     PARTITIONS,
     is_model_name,
 )
@@ -49,7 +51,11 @@ def validate(args: argparse.Namespace) -> None:
     for name, value in vars(args).items():  # NaN passes every comparison below: refuse it here
         if isinstance(value, float) and not math.isfinite(value):
             _fail("--" + name.replace("_", "-"), value, "a finite number")
-    if getattr(args, "data_dir", None) is not None and args.dataset not in EMBEDDED_DATASETS:
+    if args.dataset in FILE_NATURAL_DATASETS:  # its files, before anything is loaded
+        from jaxfl.data.natural.datasets import find_files
+
+        find_files(args.dataset, getattr(args, "data_dir", None))
+    elif getattr(args, "data_dir", None) is not None and args.dataset not in EMBEDDED_DATASETS:
         from jaxfl.data.sources import check_data_dir
 
         check_data_dir(args.data_dir, args.dataset)
@@ -81,6 +87,18 @@ def validate(args: argparse.Namespace) -> None:
             raise ConfigError("give --model (one architecture) or --models (groups), not both")
     if args.conv_lowering is not None and args.conv_lowering not in LOWERING_CHOICES:
         _fail("--conv-lowering", args.conv_lowering, ", ".join(LOWERING_CHOICES))
+    natural_only = [f for f in ("min_client_examples", "max_client_examples")
+                    if getattr(args, f, None) not in (None, 1)]  # fmt: skip
+    if natural_only and args.dataset not in NATURAL_DATASETS:
+        flag = "--" + natural_only[0].replace("_", "-")
+        _fail(
+            flag,
+            getattr(args, natural_only[0]),
+            f"only with --dataset {', '.join(NATURAL_DATASETS)}",
+        )
+    for flag in ("min_client_examples", "max_client_examples"):
+        if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
+            _fail("--" + flag.replace("_", "-"), getattr(args, flag), "an integer >= 1")
     for flag in ("clients", "rounds", "eval_every"):
         if getattr(args, flag) < 1:
             _fail("--" + flag.replace("_", "-"), getattr(args, flag), "an integer >= 1")

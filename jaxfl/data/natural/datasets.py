@@ -1,0 +1,239 @@
+"""The natural federations by name: where their files are, how to read them, and the one
+:class:`jaxfl.data.Dataset` a run gets (clients as ``train_groups``/``test_groups``).
+
+- ``emnist62_federated``: EMNIST-62 split by writer (3,400 writers in FedJAX's and TFF's files,
+  3,550 in LEAF's FEMNIST). Read from FedJAX's ``federated_emnist_{train,test}.sqlite``, TFF's
+  ``emnist_all.sqlite`` or LEAF's ``train/`` and ``test/`` JSON folders; pixels as jaxfl reads
+  MNIST (ink 1 on a 0 background, in [0, 1]: these files store white as 1, so x = 1 - pixels,
+  as FedJAX's ``preprocess_batch`` does), shape (28, 28, 1); the test split holds each writer's
+  own test examples.
+- ``cifar100_federated``: TFF's Pachinko split (500 train clients of 100 images, 100 test
+  clients), from TFF's ``cifar100.sqlite`` or FedJAX's ``federated_cifar100_{train,test}.sqlite``;
+  pixels scaled and standardised per channel as jaxfl's ``cifar100``; the test clients form the
+  global test split, and each train client's own test split is drawn from it by its label
+  distribution (the clients share no writer-like identity with the test clients).
+- ``leaf_synthetic``: generated (:mod:`jaxfl.data.natural.leaf_synthetic`), no file.
+
+``--clients N`` takes the first N clients of a fixed shuffled order (a permutation seeded with
+:data:`ORDER_SEED`, the same for every ``--seed``, so runs with different seeds share their
+population), after ``--min-client-examples`` drops the smaller clients and
+``--max-client-examples`` caps each client's train examples at its first M (TFF's
+``max_elements``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from jaxfl.core import names
+from jaxfl.data.dataset import Dataset
+from jaxfl.data.natural import fedjax_sqlite, leaf_json, leaf_synthetic, tff_sqlite
+from jaxfl.data.natural.store import ClientColumns, NaturalDataError, size_summary
+from jaxfl.data.pixels import scale_images
+
+ORDER_SEED = 0  # the fixed shuffle from which --clients N takes the first N
+
+
+@dataclasses.dataclass(frozen=True)
+class NaturalSource:
+    """Where a natural federation's files are and what they hold.
+
+    Attributes:
+      num_classes: labels.
+      fedjax: FedJAX's (train, test) file names, and the (x, y) column names in them.
+      tff: TFF's file name, its (x, y) feature names, and x's shape.
+      leaf: whether LEAF's ``train/`` and ``test/`` JSON folders are a source.
+      shared_test_clients: whether the test split's clients are the train clients (writers),
+        so each client's own test split is its own test examples.
+      urls: where the files are published (shown when they are missing).
+    """
+
+    num_classes: int
+    fedjax: tuple[tuple[str, str], tuple[str, str]]
+    tff: tuple[str, tuple[str, str], tuple[int, ...]]
+    leaf: bool
+    shared_test_clients: bool
+    urls: tuple[str, ...]
+
+
+SOURCES = {
+    "emnist62_federated": NaturalSource(
+        num_classes=62,
+        fedjax=(("federated_emnist_train.sqlite", "federated_emnist_test.sqlite"),
+                ("pixels", "label")),
+        tff=("emnist_all.sqlite", ("pixels", "label"), (28, 28)),
+        leaf=True,
+        shared_test_clients=True,
+        urls=(
+            "https://storage.googleapis.com/gresearch/fedjax/emnist/federated_emnist_train.sqlite",
+            "https://storage.googleapis.com/gresearch/fedjax/emnist/federated_emnist_test.sqlite",
+            "https://storage.googleapis.com/tff-datasets-public/emnist_all.sqlite.lzma",
+        ),
+    ),
+    "cifar100_federated": NaturalSource(
+        num_classes=100,
+        fedjax=(("federated_cifar100_train.sqlite", "federated_cifar100_test.sqlite"),
+                ("image", "label")),
+        tff=("cifar100.sqlite", ("image", "label"), (32, 32, 3)),
+        leaf=False,
+        shared_test_clients=False,
+        urls=("https://storage.googleapis.com/tff-datasets-public/cifar100.sqlite.lzma",),
+    ),
+}  # fmt: skip
+NATURAL_DATASETS = ("leaf_synthetic", *SOURCES)
+assert NATURAL_DATASETS == names.NATURAL_DATASETS  # the JAX-free list --help shows
+
+
+def find_files(name: str, data_dir: str | Path | None) -> tuple[str, tuple[Path, ...]]:
+    """The format and files of ``name`` in ``data_dir``: ``("fedjax", (train, test))``,
+    ``("tff", (file,))`` or ``("leaf", (train_dir, test_dir))``; a NaturalDataError naming what
+    to download otherwise."""
+    source = SOURCES[name]
+    folder = Path(data_dir) if data_dir is not None else None
+    if folder is not None and folder.is_dir():
+        train, test = (folder / f for f in source.fedjax[0])
+        if train.is_file() and test.is_file():
+            return "fedjax", (train, test)
+        tff_file = folder / source.tff[0]
+        if tff_file.is_file():
+            return "tff", (tff_file,)
+        if source.leaf and (folder / "train").is_dir() and (folder / "test").is_dir():
+            return "leaf", (folder / "train", folder / "test")
+    where = f"--data-dir {folder}" if folder is not None else "no --data-dir"
+    leaf = ", or LEAF's train/ and test/ JSON folders" if source.leaf else ""
+    raise NaturalDataError(
+        f"--dataset {name}: {where} holds none of its files: FedJAX's "
+        f"{' and '.join(source.fedjax[0])}, TFF's {source.tff[0]}{leaf}. Download them from "
+        f"{' or '.join(source.urls)} (decompress a .lzma with `xz -d`) into a folder and give "
+        "it as --data-dir"
+    )
+
+
+def read_splits(name: str, data_dir: str | Path) -> tuple[ClientColumns, ClientColumns]:
+    """(train, test) clients of ``name`` with columns ``x`` and ``y``, as stored."""
+    source = SOURCES[name]
+    fmt, files = find_files(name, data_dir)
+    if fmt == "fedjax":
+        x_name, y_name = source.fedjax[1]
+        stores = [fedjax_sqlite.read(f, (x_name, y_name)) for f in files]
+    elif fmt == "tff":
+        x_name, y_name = source.tff[1]
+        shapes = {x_name: source.tff[2]}
+        stores = [
+            tff_sqlite.read(files[0], split, (x_name, y_name), shapes)
+            for split in ("train", "test")
+        ]
+    else:
+        x_name, y_name = "x", "y"
+        stores = [leaf_json.read(f) for f in files]
+    renamed = [
+        ClientColumns(s.client_ids, {"x": s.columns[x_name], "y": s.columns[y_name]}, s.offsets)
+        for s in stores
+    ]
+    return renamed[0], renamed[1]
+
+
+def _features(name: str, x: np.ndarray) -> np.ndarray:
+    """Stored inputs -> jaxfl's: EMNIST (N, 28, 28, 1) ink-1 floats; CIFAR standardised."""
+    if name == "emnist62_federated":
+        x = np.asarray(x, np.float32).reshape(len(x), 28, 28)
+        return (1.0 - x)[..., None]
+    return scale_images(np.asarray(x).reshape(len(x), 32, 32, 3).astype(np.uint8), "cifar100")
+
+
+def choose_clients(
+    store: ClientColumns,
+    num_clients: int,
+    name: str,
+    min_examples: int = 1,
+    max_examples: int | None = None,
+) -> ClientColumns:
+    """The first ``num_clients`` of the fixed shuffled order among the clients with at least
+    ``min_examples`` examples, each capped at ``max_examples``."""
+    eligible = np.flatnonzero(store.sizes >= min_examples)
+    if len(eligible) == 0:
+        raise NaturalDataError(
+            f"--dataset {name}: no client has --min-client-examples {min_examples} examples "
+            f"(the largest has {int(store.sizes.max(initial=0))}); lower it"
+        )
+    if num_clients > len(eligible):
+        raise NaturalDataError(
+            f"--clients {num_clients} is more than --dataset {name} has ({len(eligible)} "
+            f"clients with at least {min_examples} examples); give --clients {len(eligible)} "
+            "or fewer"
+        )
+    order = np.random.default_rng(ORDER_SEED).permutation(len(eligible))
+    chosen = store.select(eligible[order[:num_clients]])
+    return chosen.cap(max_examples) if max_examples is not None else chosen
+
+
+def load_natural(
+    name: str,
+    data_dir: str | Path | None,
+    num_clients: int,
+    *,
+    seed: int = 0,
+    min_examples: int = 1,
+    max_examples: int | None = None,
+) -> Dataset:
+    """The natural federation ``name`` with ``num_clients`` clients, as a :class:`Dataset`
+    (clients in ``train_groups``; ``test_groups`` too where the test clients are the train
+    clients). ``seed`` only matters to the generated ``leaf_synthetic``."""
+    if name == "leaf_synthetic":
+        generated = leaf_synthetic.generate(max(num_clients, leaf_synthetic.NUM_CLIENTS), seed=seed)
+        train = ClientColumns.from_clients(
+            [str(k) for k in range(len(generated.train_groups))],
+            [{"x": generated.train_x[g], "y": generated.train_y[g]}
+             for g in generated.train_groups],
+        )  # fmt: skip
+        test = ClientColumns.from_clients(
+            train.client_ids,
+            [{"x": generated.test_x[g], "y": generated.test_y[g]} for g in generated.test_groups],
+        )
+        num_classes, shared_test = generated.num_classes, True
+        to_x = lambda x: np.asarray(x, np.float32)  # noqa: E731
+    else:
+        train, test = read_splits(name, data_dir)
+        num_classes = SOURCES[name].num_classes
+        shared_test = SOURCES[name].shared_test_clients
+        to_x = lambda x: _features(name, x)  # noqa: E731
+    chosen = choose_clients(train, num_clients, name, min_examples, max_examples)
+    test_groups = None
+    if shared_test:
+        position = {cid: k for k, cid in enumerate(test.client_ids)}
+        missing = [cid for cid in chosen.client_ids if cid not in position]
+        if missing:
+            raise NaturalDataError(
+                f"--dataset {name}: client {missing[0]!r} has no test split; the files do not "
+                "belong together"
+            )
+        test = test.select([position[cid] for cid in chosen.client_ids])
+        if (test.sizes > 0).all():
+            test_groups = [test.rows(k) for k in range(test.num_clients)]
+    y_train = chosen.columns["y"].astype(np.int32)
+    y_test = test.columns["y"].astype(np.int32)
+    for split, y in (("train", y_train), ("test", y_test)):
+        if y.size and not 0 <= y.min() <= y.max() < num_classes:
+            raise NaturalDataError(
+                f"--dataset {name}: {split} labels outside 0..{num_classes - 1}; the file is "
+                "not this data set"
+            )
+    return Dataset(
+        name=name,
+        train_x=to_x(chosen.columns["x"]),
+        train_y=y_train,
+        test_x=to_x(test.columns["x"]),
+        test_y=y_test,
+        num_classes=num_classes,
+        train_groups=[chosen.rows(k) for k in range(chosen.num_clients)],
+        test_groups=test_groups,
+        source="embedded" if name == "leaf_synthetic" else f"natural:{data_dir}",
+    )
+
+
+def describe_sizes(dataset: Dataset) -> dict[str, float]:
+    """The client-size distribution (train examples per client) of a natural federation."""
+    return size_summary(np.array([len(g) for g in dataset.train_groups or []]))
