@@ -283,3 +283,43 @@ def test_moon_round_follows_the_equations(tiny_federation, mlp):
         for k, t in zip(sampled, runs, strict=True):
             assert_trees_close(jax.tree.map(lambda p, k=k: p[k], new_state.previous), t.params)
         state = new_state
+
+
+def test_the_cohort_sorted_by_size_keeps_each_clients_key_and_faults(tiny_federation):
+    """StandardClients orders a round's cohort by size: the same clients with the same keys,
+    work and arrival as unsorted, smallest first."""
+    import dataclasses as dc
+
+    from jaxfl.mechanisms import faults
+    from jaxfl.mechanisms.client_round import standard_clients
+
+    data = tiny_federation
+    config = faults.FaultConfig(dropout=0.3, straggler_fraction=0.5)
+    sorted_clients = standard_clients(data, 6, fault_config=config, seed=0)
+    plain = dc.replace(sorted_clients, by_size=False)
+    key = jax.random.key(5)
+    a, b = sorted_clients.sample(key, data), plain.sample(key, data)
+    counts = np.asarray(data.client_count)[np.asarray(a.sampled)]
+    assert (np.diff(counts) >= 0).all()
+
+    def rows(picked):
+        keys, _, count, work, _ = picked.client_args
+        return {
+            int(c): (tuple(np.asarray(jax.random.key_data(k))), float(w), bool(r), int(n))
+            for c, k, w, r, n in zip(picked.sampled, keys, work, picked.received, count,
+                                     strict=True)
+        }  # fmt: skip
+
+    assert rows(a) == rows(b)
+
+
+def test_padding_efficiency_by_hand():
+    from jaxfl.mechanisms.client_round import padding_efficiency
+
+    sizes = [1, 2, 3, 10]
+    # every client padded to capacity 10 (B = 1): 16 examples / 40 slots
+    assert padding_efficiency(sizes, 4, 1, 10, chunk=2) == 16 / 40
+    # sorted, chunks of 2: [1, 2] costs 2 x 2, [3, 10] costs 2 x 10: 16 / 24
+    assert padding_efficiency(sizes, 4, 1, 10, chunk=2, by_size=True, trials=3) == 16 / 24
+    # B = 4: steps 1, 1, 1, 3; chunks cost 2 x 1 x 4 and 2 x 3 x 4 slots
+    assert padding_efficiency(sizes, 4, 4, 10, chunk=2, by_size=True, trials=2) == 16 / 32

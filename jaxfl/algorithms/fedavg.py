@@ -264,4 +264,5 @@ def make(
         clients_per_round=m,
         client_chunk=config.client_chunk,
         communication=communication(floats, floats),
+        cohort_by_size=clients.by_size,
     )

@@ -160,4 +160,5 @@ def make(
         clients_per_round=m,
         client_chunk=config.client_chunk,
         communication=communication(2 * floats, 2 * floats),  # (Delta y, Delta c) / (x, c)
+        cohort_by_size=clients.by_size,
     )

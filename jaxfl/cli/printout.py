@@ -104,13 +104,18 @@ def course(history: list[dict], metric: str, shown: int = 8, digits: int = 2) ->
     return "by round: " + ", ".join(f"{h['round']} {h[metric]:.{digits}f}" for h in points)
 
 
-def client_sizes(info: dict) -> str:
+def client_sizes(info: dict, config: dict) -> str:
     """The client-size line of a run's header: the distribution of train examples per client
-    and the padding efficiency (examples trained / example slots computed, every client
-    padded to the largest)."""
+    (``info``, the data's record) and the padding efficiency (``config``, the run's record:
+    examples trained / example slots computed, expected over cohorts)."""
+    how = (
+        "each round's clients sorted by size, a chunk of them running its largest client's steps"
+        if config.get("padding") == "sorted chunks"
+        else "every client padded to the largest"
+    )
     return (
         f"client sizes: {info['client_size_min']}..{info['client_size_max']} train examples "
-        f"(median {info['client_size_median']:g}, p90 {info['client_size_p90']:g}); padding "
-        f"efficiency {info['padding_efficiency']:.2f} (examples trained / example slots "
-        "computed: every client is padded to the largest)"
+        f"(median {info['client_size_median']:g}, p90 {info['client_size_p90']:.0f}); padding "
+        f"efficiency {config['padding_efficiency']:.2f} (examples trained / example slots "
+        f"computed, expected over cohorts: {how})"
     )

@@ -312,7 +312,7 @@ def run(args, start: float) -> int:
         f"-> {out}" + (f" (resuming at round {start_round})" if start_round > 1 else "")
     )
     if info["client_size_max"] > info["client_size_min"]:
-        print(printout.client_sizes(info))
+        print(printout.client_sizes(info, exp.config))
     if jax.process_index() == 0 and start_round <= args.rounds:
         print(printout.round_time_estimate(exp, args.rounds - start_round + 1))
     if exp.config["privacy"] is not None:

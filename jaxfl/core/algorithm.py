@@ -74,6 +74,10 @@ class FederatedAlgorithm:
         the algorithm did not state them).
       clients_per_round: m, the static number of sampled clients.
       data: the bound Federation.
+      cohort_by_size: whether each round's cohort is ordered by client size and local training
+        runs only each client's own steps (:class:`jaxfl.mechanisms.client_round.
+        StandardClients`), so a chunk of clients costs its longest client's steps, not the
+        padded capacity's (what the run's padding efficiency is computed from).
     """
 
     name: str
@@ -88,6 +92,7 @@ class FederatedAlgorithm:
     communication: dict
     clients_per_round: int
     data: Federation
+    cohort_by_size: bool = False
 
 
 def communication(
@@ -211,6 +216,7 @@ def make_algorithm(
     clients_per_round: int | None = None,
     client_chunk: int | None = None,
     communication: dict | None = None,
+    cohort_by_size: bool = False,
 ) -> FederatedAlgorithm:
     """Compose round pieces into the jitted round, its loop reference and the evaluator.
 
@@ -306,4 +312,5 @@ def make_algorithm(
         communication=communication or {},
         clients_per_round=clients_per_round,
         data=data,
+        cohort_by_size=cohort_by_size,
     )

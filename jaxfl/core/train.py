@@ -111,6 +111,7 @@ def sgd_epochs(
     max_steps: jax.Array | None = None,
     penalty: Callable | None = None,
     batch_penalty: Callable | None = None,
+    dynamic_steps: bool = False,
 ) -> Trained:
     """Run ``epochs`` of minibatch training over one client's ``count`` examples.
 
@@ -129,6 +130,12 @@ def sgd_epochs(
       penalty: optional ``params -> scalar`` added to every batch loss (a proximal term).
       batch_penalty: optional ``(params, positions, mask) -> scalar`` added too, a term that
         depends on the batch (MOON's contrastive loss); ``Trained.penalty`` reports the sum.
+      dynamic_steps: run only the client's active steps (a ``lax.while_loop`` over them)
+        instead of a scan over every step the padded capacity allows. The same steps in the
+        same order, so the same result; under ``vmap`` the clients computed together run as
+        many steps as the longest of them, so clients of similar sizes computed together waste
+        nothing on padding (:func:`jaxfl.core.client_axis` chunks, sorted by size). Not
+        reverse-differentiable (a while loop), which no caller needs.
 
     Returns:
       :class:`Trained` (params, mean data loss, steps taken, mean penalty).
@@ -163,9 +170,41 @@ def sgd_epochs(
         )
         return carry, (jnp.where(active, loss, 0.0), jnp.where(active, term, 0.0))
 
+    if dynamic_steps:
+        return _active_steps(step, params, optimizer, positions, mask, count, capacity,
+                             batch_size, epochs, max_steps)  # fmt: skip
     (params, _, steps), (losses, terms) = jax.lax.scan(
         step, (params, optimizer.init(params), jnp.int32(0)), (positions, mask)
     )
+    denominator = jnp.maximum(steps, 1)
+    return Trained(params, jnp.sum(losses) / denominator, steps, jnp.sum(terms) / denominator)
+
+
+def _active_steps(step, params, optimizer, positions, mask, count, capacity, batch_size, epochs,
+                  max_steps):  # fmt: skip
+    """:func:`sgd_epochs`' scan, but over the active steps only: active step j of epoch
+    e = j // S_k is row e * S + j % S_k of the schedule (S = ceil(capacity / B) rows per
+    epoch, the first S_k = ceil(count / B) of them active). Losses land in the rows the scan
+    would write, so the reported means sum the same array."""
+    rows_per_epoch = -(-capacity // batch_size)
+    active_per_epoch = (count + batch_size - 1) // batch_size
+    n_active = active_per_epoch * epochs
+    if max_steps is not None:
+        n_active = jnp.minimum(n_active, max_steps)
+    zeros = jnp.zeros(positions.shape[0], jnp.float32)
+
+    def body(carry):
+        j, params, opt_state, done, losses, terms = carry
+        row = (j // jnp.maximum(active_per_epoch, 1)) * rows_per_epoch + j % jnp.maximum(
+            active_per_epoch, 1
+        )
+        (params, opt_state, done), (loss, term) = step(
+            (params, opt_state, done), (positions[row], mask[row])
+        )
+        return j + 1, params, opt_state, done, losses.at[row].set(loss), terms.at[row].set(term)
+
+    carry = (jnp.int32(0), params, optimizer.init(params), jnp.int32(0), zeros, zeros)
+    _, params, _, steps, losses, terms = jax.lax.while_loop(lambda c: c[0] < n_active, body, carry)
     denominator = jnp.maximum(steps, 1)
     return Trained(params, jnp.sum(losses) / denominator, steps, jnp.sum(terms) / denominator)
 
@@ -208,18 +247,19 @@ def local_sgd(
     penalty: Callable | None = None,
     max_steps: jax.Array | None = None,
     batch_penalty: Callable | None = None,
+    dynamic_steps: bool = False,
 ) -> Trained:
     """One client's local training on its private data (a Federation's ``train_x``/``train_y``).
 
     ``idx_row`` (n_max,) and ``count`` () are the client's index view; ``label_map`` is that of
-    :func:`client_data_loss`, ``penalty``, ``max_steps`` and ``batch_penalty`` those of
-    :func:`sgd_epochs`. Returns a :class:`Trained` (params, mean data loss, steps taken, mean
-    penalty).
+    :func:`client_data_loss`, ``penalty``, ``max_steps``, ``batch_penalty`` and
+    ``dynamic_steps`` those of :func:`sgd_epochs`. Returns a :class:`Trained` (params, mean
+    data loss, steps taken, mean penalty).
     """
     loss_fn = client_data_loss(apply, data.train_x, data.train_y, idx_row, label_map)
     return sgd_epochs(
         loss_fn, optimizer, params, key, count, data.capacity, batch_size, epochs, max_steps,
-        penalty, batch_penalty,
+        penalty, batch_penalty, dynamic_steps,
     )  # fmt: skip
 
 

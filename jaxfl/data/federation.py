@@ -255,9 +255,6 @@ def build_federation(
         "client_size_median": float(np.median(client_count)),
         "client_size_p90": float(np.percentile(client_count, 90)),
         "client_size_max": int(client_count.max()),
-        # examples a round trains on / example slots it computes, every client padded to the
-        # largest (the (C, n_max) index matrix): mean n_k / n_max
-        "padding_efficiency": float(client_count.mean() / max(1, client_idx.shape[1])),
         "classes_per_client_mean": float((hist > 0).sum(axis=1).mean()),
         "public_size": int(len(public_x)),
         "test_examples": int(len(dataset.test_y)),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxfl.algorithms import ALGORITHMS
 from jaxfl.configs import SPECS
@@ -26,6 +27,7 @@ from jaxfl.experiments.baseline import local_only
 from jaxfl.experiments.memory import choose_chunk
 from jaxfl.experiments.validation import validate
 from jaxfl.mechanisms import accounting, privacy
+from jaxfl.mechanisms.client_round import padding_efficiency
 from jaxfl.mechanisms.faults import FaultConfig
 from jaxfl.mechanisms.groups import describe, make_groups, parse_models
 from jaxfl.models import get_model
@@ -200,6 +202,15 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
                 seed=args.seed,
                 **extra,
             )
+    efficiency = padding_efficiency(
+        np.asarray(data.client_count),
+        algorithm.clients_per_round,
+        args.batch_size or 1,
+        data.capacity,
+        chunk=chunk,
+        devices=client_devices(),
+        by_size=algorithm.cohort_by_size,
+    )
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config = {
         **flags,
@@ -210,6 +221,9 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         "conv_lowering": args.conv_lowering or _resolved_lowering(),
         "clients_per_round": m,
         "client_chunk": chunk,
+        # examples a round trains on / example slots it computes (expected over cohorts)
+        "padding_efficiency": efficiency,
+        "padding": "sorted chunks" if algorithm.cohort_by_size else "padded capacity",
         "algorithm_config": dataclasses.asdict(algo_config),
         "faults": dataclasses.asdict(fault_config),
         "data": info,

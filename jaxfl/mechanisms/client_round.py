@@ -25,6 +25,8 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -62,6 +64,13 @@ class StandardClients:
       fault_config: the faults (:mod:`jaxfl.mechanisms.faults`), defaults filled in.
       adversary: (C,) bool, the fixed adversarial clients.
       select_clients: ``(key, population, m) -> (m,) int32``.
+      by_size: order each round's cohort by client size (smallest first) once every sampled
+        client has its key and faults, so the clients computed together (a chunk of the
+        client axis, :func:`jaxfl.core.client_axis.map_clients`) have similar sizes; with local
+        training that runs only a client's own steps (``dynamic_steps``), a chunk then costs
+        about what its clients need instead of the largest client's padding. A client's key,
+        faults and result do not change, only the order of the cohort (and so the order in
+        which sums over it are taken).
     """
 
     clients_per_round: int
@@ -69,6 +78,7 @@ class StandardClients:
     fault_config: faults.FaultConfig
     adversary: jax.Array
     select_clients: Callable
+    by_size: bool = True
 
     def sample(self, key: jax.Array, data: Federation, *client_trees) -> Picked:
         """Sample this round's clients and draw their faults from the round's ``key``.
@@ -80,8 +90,16 @@ class StandardClients:
         k_sample, k_clients = jax.random.split(key)
         sampled = self.select_clients(k_sample, self.population, m)
         received, work = faults.round_faults(key, m, self.fault_config)
-        rows = tuple(gather(tree, sampled) for tree in client_trees)
         keys = jax.random.split(k_clients, m)
+        if self.by_size:  # the same clients with the same keys and faults, smallest first
+            order = jnp.argsort(data.client_count[sampled], stable=True)
+            sampled, received, work, keys = (
+                sampled[order],
+                received[order],
+                work[order],
+                keys[order],
+            )
+        rows = tuple(gather(tree, sampled) for tree in client_trees)
         args = client_inputs(sampled, keys, work, data, self.adversary, *rows)
         return Picked(sampled, received, args)
 
@@ -121,6 +139,7 @@ class StandardClients:
             penalty=penalty,
             max_steps=max_steps,
             batch_penalty=batch_penalty,
+            dynamic_steps=True,  # only the client's own steps: the same result, less padding
         )
 
 
@@ -147,3 +166,46 @@ def standard_clients(
         adversary,
         select_clients,
     )
+
+
+def padding_efficiency(
+    sizes,
+    clients_per_round: int,
+    batch_size: int,
+    capacity: int,
+    *,
+    chunk: int | None,
+    devices: int = 1,
+    by_size: bool = False,
+    trials: int = 64,
+    seed: int = 0,
+) -> float:
+    """Examples a round trains on / example slots it computes, expected over uniform cohorts.
+
+    ``sizes`` (C,) are the clients' train examples. Without ``by_size`` every sampled client
+    runs the steps of the padded ``capacity`` (ceil(capacity / B) per epoch): the efficiency
+    is mean n_k / (ceil(capacity / B) B). With ``by_size`` (:class:`StandardClients`) the
+    cohort is sorted by size and split evenly over ``devices``, each device's share in chunks
+    of ``chunk`` clients (all of them when None), and a chunk runs its longest client's steps:
+    the slots are sum over chunks of (clients x that client's ceil(n / B) x B). Epochs scale
+    both sides alike and cancel."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    m, B = clients_per_round, batch_size
+    steps = -(-sizes // B)
+    if not by_size:
+        return float(sizes.mean() / (-(-capacity // B) * B))
+    rng = np.random.default_rng(seed)
+    per_device = -(-m // max(1, devices))
+    width = per_device if chunk is None else min(chunk, per_device)
+    used = slots = 0
+    for _ in range(trials):
+        cohort = np.sort(rng.choice(len(sizes), m, replace=False), kind="stable")
+        order = np.argsort(sizes[cohort], kind="stable")
+        cohort_steps, cohort_sizes = steps[cohort][order], sizes[cohort][order]
+        used += cohort_sizes.sum()
+        for start in range(0, m, per_device):
+            block = cohort_steps[start : start + per_device]
+            for c in range(0, len(block), width):
+                lanes = block[c : c + width]
+                slots += width * lanes.max() * B
+    return float(used / max(slots, 1))
