@@ -59,7 +59,7 @@ def help_text(name: str, algo: str | None = None) -> str:
         shown = _default_text(field, common)
         if others:
             shown = f"{', '.join(others)}, else {shown}"
-    return f"{text} (default {shown})".replace("%", "%%").replace("%%%%", "%%")
+    return f"{text} (default {shown})".replace("%", "%%")  # argparse formats help with %
 
 
 def add_setting_flags(a, names, algo: str | None = None) -> None:

@@ -63,7 +63,7 @@ _WHAT = {
 
 def check_capabilities(args: argparse.Namespace) -> None:
     """ConfigError when ``args`` asks one algorithm for a capability its spec does not declare
-    (``--dp-clip`` with ``--algo fedmd``, ``--round-deadline`` with ``--algo dsfl``, ...)."""
+    (``--dp-clip`` with ``--algo fccl``, ``--round-deadline`` with ``--algo dsfl``, ...)."""
     spec = SPECS[args.algo]
     for capability, names in CAPABILITY_SETTINGS.items():
         if getattr(spec, capability):

@@ -48,7 +48,7 @@ def client_chunk():
         "process sampled clients K at a time (per device) inside the jitted round to bound memory",
         check=">= 1",
         default_help="cache-sized chunks on a CPU; on accelerators the largest chunk whose round "
-        "fits in 80%% of device memory, measured from the compiled round",
+        "fits in 80% of device memory, measured from the compiled round",
     )
 
 

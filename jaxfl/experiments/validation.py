@@ -87,8 +87,10 @@ def validate(args: argparse.Namespace) -> None:
             raise ConfigError("give --model (one architecture) or --models (groups), not both")
     if args.conv_lowering is not None and args.conv_lowering not in LOWERING_CHOICES:
         _fail("--conv-lowering", args.conv_lowering, ", ".join(LOWERING_CHOICES))
-    natural_only = [f for f in ("min_client_examples", "max_client_examples")
-                    if getattr(args, f, None) not in (None, 1)]  # fmt: skip
+    natural_only = [  # given a value other than "no filter"
+        f for f, off in (("min_client_examples", 1), ("max_client_examples", None))
+        if getattr(args, f, None) not in (None, off)
+    ]  # fmt: skip
     if natural_only and args.dataset not in NATURAL_DATASETS:
         flag = "--" + natural_only[0].replace("_", "-")
         _fail(
