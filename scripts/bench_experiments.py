@@ -65,7 +65,7 @@ def time_sweep(argv: list[str], seeds: int, rounds: int, dataset, devices: int) 
     """``--seeds S`` on the same flags: build every seed, compile once, run every round."""
     args = flags.parse([*argv, "--seeds", str(seeds)])
     start = time.perf_counter()
-    cache = {(args.dataset, args.data_dir, args.clients, None): dataset}
+    cache = {sweep_runner.dataset_key(args, args.seed): dataset}
     algo_sweep = sweep_runner.build_algorithm(
         args, args.algo, parse_seeds(args.seeds, args.seed), cache, devices
     )

@@ -98,6 +98,13 @@ def _chunk_default(exp, per_device: int) -> int | None:
     return max(1, cpu_chunk_size(per_device * clients, step) // clients)
 
 
+def dataset_key(args, seed: int) -> tuple:
+    """What a sweep's loaded data depends on: its key in ``build_algorithm``'s cache (the seed
+    only for data generated from it)."""
+    return (args.dataset, args.data_dir, args.clients, args.min_client_examples,
+            args.max_client_examples, seed if _seeded_data(args) else None)  # fmt: skip
+
+
 def build_algorithm(args, algo: str, seeds, dataset_cache: dict, devices: int) -> AlgorithmSweep:
     """Every experiment of ``algo``: the flags with ``--algo algo``, one build per seed (as a
     single run with that seed builds it), the grid, the compiled groups."""
@@ -111,8 +118,7 @@ def build_algorithm(args, algo: str, seeds, dataset_cache: dict, devices: int) -
     for seed in seeds:
         seed_args = copy.copy(args)
         seed_args.seed = seed
-        key = (args.dataset, args.data_dir, args.clients, args.min_client_examples,
-               args.max_client_examples, seed if _seeded_data(args) else None)  # fmt: skip
+        key = dataset_key(args, seed)
         if key not in dataset_cache and not args.domains:
             from jaxfl.data import load_dataset
 
