@@ -148,18 +148,19 @@ def _validate_fedbuff(args, fail) -> None:
         raise ConfigError(str(err)) from None
 
 
-def dp_requested(args) -> list[str]:
-    """The --dp-* flags given a value other than their default (None: not given)."""
+def requested(args, defaults: dict) -> list[str]:
+    """The flags among ``defaults`` ({dest: default}) given a value other than their default
+    (None: not given)."""
     return [
         "--" + dest.replace("_", "-")
-        for dest, default in DP_FLAGS.items()
+        for dest, default in defaults.items()
         if getattr(args, dest, None) not in (None, default)
     ]
 
 
 def validate_privacy_flags(args, fail) -> None:
     """Cheap checks of the --dp-* flags (``fail(flag, value, allowed)`` raises)."""
-    given = dp_requested(args)
+    given = requested(args, DP_FLAGS)
     if not given:
         return
     if args.dp_clip is None:
@@ -180,19 +181,10 @@ def validate_privacy_flags(args, fail) -> None:
         fail(adaptive_only[0], args.dp_clip_count_noise, "only with --dp-clip-quantile")
 
 
-def clock_requested(args) -> list[str]:
-    """The clock flags given a non-default value."""
-    return [
-        "--" + dest.replace("_", "-")
-        for dest, default in CLOCK_FLAGS.items()
-        if getattr(args, dest, None) not in (None, default)
-    ]
-
-
 def validate_clock_flags(args, fail) -> None:
     """Cheap checks of the clock flags (``fail(flag, value, allowed)`` raises); a speed file is
     read here, so a bad value in it stops the run before any data is loaded."""
-    given = clock_requested(args)
+    given = requested(args, CLOCK_FLAGS)
     if not given:
         return
     from jaxfl.mechanisms.clock import ClockSpecError, parse

@@ -24,7 +24,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from jaxfl.data.natural.store import ClientColumns, NaturalDataError
+from jaxfl.data.natural.store import ClientColumns, NaturalDataError, sqlite_tables
 
 EXT_NDARRAY, EXT_SCALAR, EXT_BYTES_NDARRAY = 1, 3, 4
 
@@ -64,12 +64,7 @@ def encode_client(examples: dict[str, np.ndarray]) -> bytes:
 
 def is_fedjax_sqlite(path: str | Path) -> bool:
     """Whether ``path`` is an SQLite file with FedJAX's ``federated_data`` table."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError:
-        return False
-    return "federated_data" in names
+    return "federated_data" in sqlite_tables(path)
 
 
 def read(path: str | Path, columns: tuple[str, ...] | None = None) -> ClientColumns:

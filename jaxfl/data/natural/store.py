@@ -9,8 +9,11 @@ with 3 examples and one with 400 take 3 and 400 rows.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -107,3 +110,12 @@ def size_summary(sizes: np.ndarray) -> dict[str, float]:
         "max": int(sizes.max()),
         "mean": float(sizes.mean()),
     }
+
+
+def sqlite_tables(path: str | Path) -> set[str]:
+    """The table names of an SQLite file, opened read-only; empty when it is not one."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError:
+        return set()

@@ -24,17 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from jaxfl.data.natural import tf_example
-from jaxfl.data.natural.store import ClientColumns, NaturalDataError
+from jaxfl.data.natural.store import ClientColumns, NaturalDataError, sqlite_tables
 
 
 def is_tff_sqlite(path: str | Path) -> bool:
     """Whether ``path`` is an SQLite file with TFF's ``examples`` and ``client_metadata``."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError:
-        return False
-    return {"examples", "client_metadata"} <= names
+    return {"examples", "client_metadata"} <= sqlite_tables(path)
 
 
 def splits(path: str | Path) -> list[str]:
