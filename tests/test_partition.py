@@ -131,3 +131,14 @@ def test_a_client_left_without_data_is_a_clear_error():
     spec = FederationSpec(num_clients=3, partition="natural", public_size=0)
     with pytest.raises(PartitionError, match="left 1 client"):
         build_federation(ds, spec)
+
+
+def test_a_client_whose_labels_the_test_set_lacks_draws_by_the_test_sets_labels():
+    from jaxfl.data.partition import sample_by_priors
+
+    labels = np.array([0, 0, 1, 1, 1])
+    priors = np.array([[0.0, 0.0, 1.0], [0.5, 0.5, 0.0]])  # client 0 holds only label 2
+    rng = np.random.default_rng(0)
+    first, second = sample_by_priors(labels, np.array([4, 4]), priors, rng)
+    assert len(first) == 4 and set(labels[first]) <= {0, 1}
+    assert len(second) == 4

@@ -74,12 +74,18 @@ def sample_by_priors(
 
     Used for per-client *test* splits: each client's draw is without replacement (with
     replacement only if a class has fewer examples than asked), clients draw independently, so
-    test splits may overlap but always follow the client's own label distribution exactly.
+    test splits may overlap but always follow the client's own label distribution exactly, over
+    the labels the test set has. A client none of whose labels the test set has (a natural
+    federation whose test clients are other people, e.g. CIFAR-100's Pachinko split on a small
+    test set) draws by the test set's own label distribution instead.
     """
     pools = [np.flatnonzero(labels == c) for c in range(priors.shape[1])]
+    available = np.array([len(pool) > 0 for pool in pools])
     out = []
     for k, size in enumerate(sizes):
-        p = priors[k] * np.array([len(pool) > 0 for pool in pools])
+        p = priors[k] * available
+        if p.sum() == 0:
+            p = np.array([len(pool) for pool in pools], dtype=np.float64)
         counts = rng.multinomial(int(size), p / p.sum())
         idx = [
             rng.choice(pools[c], counts[c], replace=counts[c] > len(pools[c]))
