@@ -6,7 +6,7 @@ for both algorithms at each alpha and seed. Measured: the global model's test ac
 FedAvg per alpha (paired over seeds), and whether the gain at alpha 0.1 exceeds the gain at 1.0
 (the difference of the paired differences, over seeds). At cpu scale also: the gain against
 alpha (10, 1, 0.3, 0.1, 0.03) as one figure, and the independent reference
-(reproductions/references/feddf.py) at the paper's two alphas, same setting and seeds.
+(reproductions/references/feddf.py) at the paper's two alphas, same setting, its first 3 seeds.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ SETTINGS = {
 ALPHAS = ("1.0", "0.1")  # the paper's
 # 5 seeds at cpu scale: with 3, FedDF - FedAvg at both paper alphas was undecided (issue 30)
 SEEDS = {"ci": 2, "cpu": 5, "paper": 5}
+# the independent reference keeps 3 seeds at cpu scale (its per-client LeNet-5 loop is 45 of the
+# entry's minutes at 3): the agreement check is Welch's test, which takes unequal seed counts
+REFERENCE_SEEDS = {"ci": 2, "cpu": 3, "paper": 3}
 DEPENDENCE_ALPHAS = ("10.0", "1.0", "0.3", "0.1", "0.03")  # the gain's figure, at cpu scale
 
 # the cpu scale's setting, shared by jaxfl's runs and the independent reference
@@ -95,7 +98,7 @@ def reference(ctx: common.Context) -> dict[str, list[float]]:
         return ref.run(data, algorithm=name, alpha=float(alpha), seed=seed, **setting)
 
     names = [f"{a}-alpha{alpha}" for alpha in ALPHAS for a in ("feddf", "fedavg")]
-    found = common.reference_runs(ctx, run, names, SEEDS[ctx.scale], **REFERENCE)
+    found = common.reference_runs(ctx, run, names, REFERENCE_SEEDS[ctx.scale], **REFERENCE)
     return {k: [history[-1] for history in found[k]] for k in found}
 
 
