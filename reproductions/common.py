@@ -90,10 +90,10 @@ class Context:
 
     def run(self, name: str, argv: list[str]) -> Path:
         """``scripts/run.py argv --out OUT/name`` in this process; a folder that already holds
-        a finished run (its ``summary.json``) is reused, so a stopped reproduction continues
-        (an unfinished one is run again)."""
+        a finished run (:func:`finished`) is reused, so a stopped reproduction continues (an
+        unfinished or interrupted one is run again)."""
         folder = self.out / name
-        if (folder / "summary.json").exists():
+        if finished(folder):
             return folder
         if folder.exists():  # a run stopped part-way: it starts again
             import shutil
@@ -105,6 +105,16 @@ class Context:
         if code != 0:
             raise ReproductionError(f"run {name!r} exited with {code}: run.py {' '.join(argv)}")
         return folder
+
+
+def finished(folder: Path) -> bool:
+    """Whether ``folder`` holds a run.py results folder whose run completed (or stopped early by
+    its own rule): a ``summary.json`` whose status is neither "interrupted" (Ctrl-C or SIGTERM:
+    it wrote a summary too) nor "failed"."""
+    path = folder / "summary.json"
+    if not path.exists():
+        return False
+    return json.loads(path.read_text()).get("status") not in ("interrupted", "failed")
 
 
 def reference_runs(ctx: Context, run, algorithms, seeds: int, **setting) -> dict[str, list]:

@@ -156,3 +156,25 @@ def test_accuracy_bands_stay_inside_zero_and_one():
     assert near_zero["ci95"][0] < 0 and lower == 0.0 and 0 < upper <= 1
     unclipped, _ = band(near_zero["mean"], near_zero["ci95_half"], None)
     assert unclipped == near_zero["ci95"][0]
+
+
+def test_a_stopped_reproduction_reuses_finished_runs_only(tmp_path):
+    """An interrupted run writes summary.json too (status "interrupted"): a reproduction that
+    continues in the same folder must run it again, not read its partial numbers."""
+    import json
+
+    from reproductions import common
+
+    for name, summary in (
+        ("done", {"status": "completed"}),
+        ("sweep", {"seeds": [0, 1]}),  # a finished sweep's summary
+        ("early", {"status": "stopped early"}),
+        ("stopped", {"status": "interrupted", "stopped_at": {"round": 1}}),
+        ("failed", {"status": "failed"}),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "partial").mkdir()
+    found = {p.name: common.finished(p) for p in tmp_path.iterdir()}
+    assert found == {"done": True, "sweep": True, "early": True, "stopped": False,
+                     "failed": False, "partial": False}  # fmt: skip
