@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfl.algorithms import fedavg, fedbuff
+from jaxfl.algorithms import fedavg, fedbuff, finetune
 from jaxfl.cli import flags
 from jaxfl.data import FederationSpec, build_federation
 from jaxfl.experiments import checkpoint
@@ -18,6 +18,7 @@ from jaxfl.mechanisms import clock, faults
 from jaxfl.models import get_model
 
 from .conftest import tiny_image_dataset
+from .tolerance import ULPS, assert_trees_close
 
 
 def _federation(clients=12, partition="quantity"):
@@ -61,7 +62,7 @@ def test_arrivals_staleness_and_versions_equal_a_heapq_discrete_event_simulation
     for slot, client in enumerate(np.asarray(state.flight.client)):
         heapq.heappush(queue, (np.float32(0) + duration(client), slot, int(client), 0))
     by_slot = [e[0] for e in sorted(queue, key=lambda e: e[1])]
-    np.testing.assert_allclose(state.flight.arrival, by_slot, rtol=1e-6)
+    np.testing.assert_allclose(state.flight.arrival, by_slot, rtol=ULPS)
     hist = np.zeros(fedbuff.STALENESS_BINS, int)
     key = jax.random.key(9)
     for t in range(steps):
@@ -76,15 +77,15 @@ def test_arrivals_staleness_and_versions_equal_a_heapq_discrete_event_simulation
         popped_slots = sorted(e[1] for e in popped)
         changed = np.flatnonzero(after.version != before.version)
         assert list(changed) == popped_slots, t  # exactly the popped slots were refilled
-        np.testing.assert_allclose(float(metrics["sim_time"]), now, rtol=1e-6)
-        assert float(metrics["staleness_mean"]) == pytest.approx(np.mean(staleness), rel=1e-6)
+        np.testing.assert_allclose(float(metrics["sim_time"]), now, rtol=ULPS)
+        assert float(metrics["staleness_mean"]) == pytest.approx(np.mean(staleness), rel=ULPS)
         assert int(metrics["staleness_max"]) == max(staleness)
         assert np.array_equal(np.asarray(state.staleness_hist), hist)
         for slot in popped_slots:  # the new client, from version t + 1, arrives after d_c
             client = int(after.client[slot])
             assert after.version[slot] == t + 1
             heapq.heappush(queue, (np.float32(now + duration(client)), slot, client, t + 1))
-            np.testing.assert_allclose(after.arrival[slot], now + duration(client), rtol=1e-6)
+            np.testing.assert_allclose(after.arrival[slot], now + duration(client), rtol=ULPS)
         assert len(set(after.client)) == m  # a client trains one model at a time
     assert hist[1:].sum() > 0 and max(np.flatnonzero(hist)) >= 3  # real staleness was exercised
 
@@ -136,7 +137,7 @@ def test_vectorized_server_step_equals_the_per_client_loop_and_resume_is_bit_ide
             jax.tree.leaves((state_l, metrics_l)),
             strict=True,
         ):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+            assert_trees_close(np.asarray(a), np.asarray(b))
     # resume: 2 steps, save, restore, 2 more == 4 steps in one scan (in-flight models and clock)
     fresh = algo.init(jax.random.key(0))
     whole, _ = algo.run_rounds(jax.tree.map(jnp.copy, fresh), key, 1, 4)
@@ -165,6 +166,25 @@ def test_move_on_waits_for_all_the_first_k_or_a_deadline():
     assert kept.tolist() == [True, True, False]  # ties: lower position first
 
 
+def test_finetune_keeps_fedavgs_clock():
+    """FedAvg + fine-tuning runs FedAvg's rounds (fine-tuning happens at evaluation), so the
+    clock's settings reach them: the same arrivals, deadline and time as FedAvg's round."""
+    data = _federation()
+    model = get_model("logreg", data.feature_shape, data.num_classes)
+    timing = {"clients_per_round": 4, "batch_size": 8, "client_speed": "uniform:1:2"}
+    timing["round_deadline"] = 3.0
+    plain = fedavg.make(fedavg.FedAvgConfig(**timing), data, model)
+    tuned = finetune.make(finetune.SPEC.config(**timing, finetune_epochs="1"), data, model)
+    key = jax.random.key(4)
+    (a, got), (b, expected) = (
+        algo.round(algo.init(jax.random.key(0)), key) for algo in (tuned, plain)
+    )
+    for name in ("sim_time", "received", "applied"):
+        assert float(got[name]) == float(expected[name]), name
+    assert 0 < int(expected["received"]) < 4  # the deadline dropped someone, not everyone
+    assert float(a.clock.time) == float(b.clock.time) > 0
+
+
 def test_fedavg_rounds_keep_the_clock_and_a_deadline_drops_the_late_clients():
     data = _federation()
     model = get_model("logreg", data.feature_shape, data.num_classes)
@@ -176,7 +196,7 @@ def test_fedavg_rounds_keep_the_clock_and_a_deadline_drops_the_late_clients():
     sampled = np.asarray(jax.random.permutation(jax.random.split(key)[0], 12)[:4])
     steps = -(-np.asarray(data.client_count)[sampled] // 8)
     slowest = np.max(steps * np.asarray(state.clock.step_time)[sampled])
-    assert float(metrics["sim_time"]) == pytest.approx(slowest, rel=1e-6)
+    assert float(metrics["sim_time"]) == pytest.approx(slowest, rel=ULPS)
     missed = fedavg.make(
         fedavg.FedAvgConfig(**{**vars(config), "round_deadline": 0.5}), data, model
     )  # nobody finishes a step in 0.5 s: nothing is applied, the round lasts the deadline
@@ -189,7 +209,7 @@ def test_fedavg_rounds_keep_the_clock_and_a_deadline_drops_the_late_clients():
     _, metrics = first.round(state, key)
     arrivals = np.sort(steps * np.asarray(state.clock.step_time)[sampled])
     assert int(metrics["received"]) == 2
-    assert float(metrics["sim_time"]) == pytest.approx(arrivals[1], rel=1e-6)
+    assert float(metrics["sim_time"]) == pytest.approx(arrivals[1], rel=ULPS)
 
 
 def test_speed_distributions_parse_and_draw(tmp_path):
@@ -199,6 +219,8 @@ def test_speed_distributions_parse_and_draw(tmp_path):
     uni = np.asarray(clock.draw(clock.parse("uniform:2:3", "--client-speed"), key, 50))
     assert uni.min() >= 2 and uni.max() <= 3
     logn = np.asarray(clock.draw(clock.parse("lognormal:0.5", "--client-speed"), key, 4000))
+    # tol: the median of 4,000 lognormal(0, 0.5) draws has a standard error of 1.25 * 0.5 /
+    # sqrt(4000) = 0.01 on the log scale; 0.05 is 5 of them.
     assert np.median(logn) == pytest.approx(1.0, abs=0.05) and np.std(np.log(logn)) > 0.45
     assert clock.parse("2.5", "--client-latency", positive=False).params == (2.5,)
     path = tmp_path / "speeds.txt"
@@ -227,7 +249,7 @@ BAD = [
     (["--algo", "fedavg", "--round-first", "9", "--clients-per-round", "5"], "--round-first 9 "
      "is not allowed; allowed: 1..--clients-per-round (5)"),
     (["--algo", "dsfl", "--client-speed", "lognormal:1"], "allowed: only with --algo fedavg, "
-     "fedbuff"),
+     "finetune, fedbuff, fedprox"),
 ]  # fmt: skip
 
 
@@ -281,6 +303,9 @@ def test_a_stale_update_is_scaled_by_its_staleness_weight():
     for w, a, b in zip(
         *(jax.tree.leaves(s.params) for s in (state, moved_const, moved_poly)), strict=True
     ):
+        # tol: b - w and a - w are differences of order-1 float32 weights (their cancellation
+        # leaves about 2^-24 = 6e-8 absolute: atol) divided by 1 + tau in float32; 1e-4 relative
+        # covers the rounding of these small deltas.
         np.testing.assert_allclose(
             np.asarray(b) - w, (np.asarray(a) - w) / (1 + tau), rtol=1e-4, atol=1e-7
         )

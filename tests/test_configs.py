@@ -122,7 +122,7 @@ def test_a_capability_flag_for_an_algorithm_without_it_is_an_error():
     for argv, needle in [
         (["--algo", "fccl", "--dp-clip", "1"], "--dp-clip 1.0 is not allowed; allowed: only"),
         (["--algo", "dsfl", "--round-deadline", "3"], "keeps no virtual clock"),
-        (["--algo", "finetune", "--client-speed", "lognormal:1"], "keeps no virtual clock"),
+        (["--algo", "incfl", "--client-speed", "lognormal:1"], "keeps no virtual clock"),
         (["--algo", "ditto", "--unseen-clients", "2"], "trains every client"),
     ]:
         with pytest.raises(ConfigError, match=needle):

@@ -14,7 +14,10 @@ from jaxfl.core.names import INCFL_RULES
 
 
 @dataclasses.dataclass(frozen=True)
-class FedAvgConfig(DPFields, ClockFields):
+class FedAvgFields(DPFields):
+    """FedAvg's settings without the virtual clock: the base of an algorithm that reuses
+    FedAvg's client and server steps but composes its own round without the clock (IncFL)."""
+
     clients_per_round: int | None = shared.clients_per_round()
     local_epochs: int = shared.local_epochs(1)
     batch_size: int = shared.batch_size()
@@ -24,6 +27,12 @@ class FedAvgConfig(DPFields, ClockFields):
     server_momentum: float = shared.server_momentum()
     client_chunk: int | None = shared.client_chunk()
     unseen_clients: int = shared.unseen_clients()
+
+
+@dataclasses.dataclass(frozen=True)
+class FedAvgConfig(FedAvgFields, ClockFields):
+    """FedAvg's settings and the virtual clock's (its round waits for, or moves on from, the
+    clients' simulated arrivals: :mod:`jaxfl.mechanisms.clock`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +105,7 @@ class MoonConfig(LocalTrainingFields, ServerOptFields):
 
 
 @dataclasses.dataclass(frozen=True)
-class IncFLConfig(FedAvgConfig):
+class IncFLConfig(FedAvgFields):
     incfl_rule: str = setting(
         INCFL_RULES[0],
         "the aggregation rule. maxfl: MaxFL's q_k = s(1 - s), s = sigmoid(c x_k), x_k = "

@@ -100,6 +100,7 @@ SPECS = {
             "FedAvg + local fine-tuning (Motley)",
             attacks=MODEL_ATTACKS,
             dp=True,
+            clock=True,  # FedAvg's rounds: fine-tuning happens at evaluation
             unseen=True,
             **_PERSONAL,
         ),
