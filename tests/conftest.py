@@ -12,6 +12,9 @@ from pathlib import Path
 # compile of the same program into a load (measured: tests/test_rounds.py 153 s -> 126 s).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxfl-xla-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+# no test touches the network: a natural data set's download is refused (tests/test_download.py
+# serves its files from a local HTTP server and lifts this for itself)
+os.environ.setdefault("JAXFL_OFFLINE", "1")
 
 import numpy as np
 import pytest

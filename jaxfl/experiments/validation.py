@@ -51,10 +51,10 @@ def validate(args: argparse.Namespace) -> None:
     for name, value in vars(args).items():  # NaN passes every comparison below: refuse it here
         if isinstance(value, float) and not math.isfinite(value):
             _fail("--" + name.replace("_", "-"), value, "a finite number")
-    if args.dataset in FILE_NATURAL_DATASETS:  # its files, before anything is loaded
-        from jaxfl.data.natural.datasets import find_files
+    if args.dataset in FILE_NATURAL_DATASETS:  # its files (downloaded), before any other work
+        from jaxfl.data.natural.datasets import locate
 
-        find_files(args.dataset, getattr(args, "data_dir", None))
+        locate(args.dataset, getattr(args, "data_dir", None))
     elif getattr(args, "data_dir", None) is not None and args.dataset not in EMBEDDED_DATASETS:
         from jaxfl.data.sources import check_data_dir
 

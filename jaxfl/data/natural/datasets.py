@@ -24,13 +24,14 @@ population), after ``--min-client-examples`` drops the smaller clients and
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
 
 from jaxfl.core import names
 from jaxfl.data.dataset import Dataset
-from jaxfl.data.natural import fedjax_sqlite, leaf_json, leaf_synthetic, tff_sqlite
+from jaxfl.data.natural import download, fedjax_sqlite, leaf_json, leaf_synthetic, tff_sqlite
 from jaxfl.data.natural.store import ClientColumns, NaturalDataError, size_summary
 from jaxfl.data.pixels import scale_images
 
@@ -48,7 +49,9 @@ class NaturalSource:
       leaf: whether LEAF's ``train/`` and ``test/`` JSON folders are a source.
       shared_test_clients: whether the test split's clients are the train clients (writers),
         so each client's own test split is its own test examples.
-      urls: where the files are published (shown when they are missing).
+      downloads: the published files fetched when none is found (:mod:`.download`): one
+        format's complete set.
+      urls: where every format is published (named when the files are missing).
     """
 
     num_classes: int
@@ -56,9 +59,15 @@ class NaturalSource:
     tff: tuple[str, tuple[str, str], tuple[int, ...]]
     leaf: bool
     shared_test_clients: bool
+    downloads: tuple[download.RemoteFile, ...]
     urls: tuple[str, ...]
 
 
+_TFF = "https://storage.googleapis.com/tff-datasets-public"
+_FEDJAX_EMNIST = tuple(
+    f"https://storage.googleapis.com/gresearch/fedjax/emnist/federated_emnist_{split}.sqlite"
+    for split in ("train", "test")
+)
 SOURCES = {
     "emnist62_federated": NaturalSource(
         num_classes=62,
@@ -67,11 +76,8 @@ SOURCES = {
         tff=("emnist_all.sqlite", ("pixels", "label"), (28, 28)),
         leaf=True,
         shared_test_clients=True,
-        urls=(
-            "https://storage.googleapis.com/gresearch/fedjax/emnist/federated_emnist_train.sqlite",
-            "https://storage.googleapis.com/gresearch/fedjax/emnist/federated_emnist_test.sqlite",
-            "https://storage.googleapis.com/tff-datasets-public/emnist_all.sqlite.lzma",
-        ),
+        downloads=tuple(download.RemoteFile(u) for u in _FEDJAX_EMNIST),
+        urls=(*_FEDJAX_EMNIST, f"{_TFF}/emnist_all.sqlite.lzma"),
     ),
     "cifar100_federated": NaturalSource(
         num_classes=100,
@@ -80,20 +86,33 @@ SOURCES = {
         tff=("cifar100.sqlite", ("image", "label"), (32, 32, 3)),
         leaf=False,
         shared_test_clients=False,
-        urls=("https://storage.googleapis.com/tff-datasets-public/cifar100.sqlite.lzma",),
+        # the digest and size FedJAX's cifar100 loader checks TFF's file against
+        downloads=(download.RemoteFile(
+            f"{_TFF}/cifar100.sqlite.lzma",
+            sha256="23d3916c9caa33395737ee560cc7cb77bbd05fc7b73647ee7be3a7e764172939",
+            size=153_019_920,
+        ),),
+        urls=(f"{_TFF}/cifar100.sqlite.lzma",),
     ),
 }  # fmt: skip
 NATURAL_DATASETS = ("leaf_synthetic", *SOURCES)
 assert NATURAL_DATASETS == names.NATURAL_DATASETS  # the JAX-free list --help shows
 
 
+def default_dir(name: str) -> Path:
+    """Where ``name``'s files are downloaded without ``--data-dir``:
+    ``$JAXFL_DATA_DIR/NAME``, default ``~/.cache/jaxfl/data/NAME``."""
+    root = os.environ.get("JAXFL_DATA_DIR") or Path.home() / ".cache" / "jaxfl" / "data"
+    return Path(root) / name
+
+
 def find_files(name: str, data_dir: str | Path | None) -> tuple[str, tuple[Path, ...]]:
-    """The format and files of ``name`` in ``data_dir``: ``("fedjax", (train, test))``,
-    ``("tff", (file,))`` or ``("leaf", (train_dir, test_dir))``; a NaturalDataError naming what
-    to download otherwise."""
+    """The format and files of ``name`` in ``data_dir`` (None: :func:`default_dir`):
+    ``("fedjax", (train, test))``, ``("tff", (file,))`` or ``("leaf", (train_dir, test_dir))``;
+    a NaturalDataError naming what to download otherwise."""
     source = SOURCES[name]
-    folder = Path(data_dir) if data_dir is not None else None
-    if folder is not None and folder.is_dir():
+    folder = Path(data_dir) if data_dir is not None else default_dir(name)
+    if folder.is_dir():
         train, test = (folder / f for f in source.fedjax[0])
         if train.is_file() and test.is_file():
             return "fedjax", (train, test)
@@ -102,7 +121,7 @@ def find_files(name: str, data_dir: str | Path | None) -> tuple[str, tuple[Path,
             return "tff", (tff_file,)
         if source.leaf and (folder / "train").is_dir() and (folder / "test").is_dir():
             return "leaf", (folder / "train", folder / "test")
-    where = f"--data-dir {folder}" if folder is not None else "no --data-dir"
+    where = f"--data-dir {data_dir}" if data_dir is not None else f"{folder} (no --data-dir)"
     leaf = ", or LEAF's train/ and test/ JSON folders" if source.leaf else ""
     raise NaturalDataError(
         f"--dataset {name}: {where} holds none of its files: FedJAX's "
@@ -112,10 +131,31 @@ def find_files(name: str, data_dir: str | Path | None) -> tuple[str, tuple[Path,
     )
 
 
-def read_splits(name: str, data_dir: str | Path) -> tuple[ClientColumns, ClientColumns]:
-    """(train, test) clients of ``name`` with columns ``x`` and ``y``, as stored."""
+def locate(
+    name: str, data_dir: str | Path | None, *, progress: bool = True
+) -> tuple[str, tuple[Path, ...]]:
+    """:func:`find_files`, downloading ``name``'s published files into ``data_dir`` (None:
+    :func:`default_dir`) when none are there (:mod:`jaxfl.data.natural.download`: a progress
+    bar, resumption, a checksum). Offline or unreachable: a NaturalDataError naming the file."""
+    try:
+        return find_files(name, data_dir)
+    except NaturalDataError as missing:
+        folder = Path(data_dir) if data_dir is not None else default_dir(name)
+        if download.offline():
+            raise missing from None
+        for remote in SOURCES[name].downloads:
+            try:
+                download.fetch(remote, folder, progress=progress)
+            except NaturalDataError as err:
+                raise NaturalDataError(f"--dataset {name}: {err}") from None
+        return find_files(name, folder)
+
+
+def read_splits(name: str, data_dir: str | Path | None) -> tuple[ClientColumns, ClientColumns]:
+    """(train, test) clients of ``name`` with columns ``x`` and ``y``, as stored (downloaded
+    first when ``data_dir`` holds none of its files: :func:`locate`)."""
     source = SOURCES[name]
-    fmt, files = find_files(name, data_dir)
+    fmt, files = locate(name, data_dir)
     if fmt == "fedjax":
         x_name, y_name = source.fedjax[1]
         stores = [fedjax_sqlite.read(f, (x_name, y_name)) for f in files]
