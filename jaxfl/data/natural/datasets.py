@@ -270,7 +270,9 @@ def load_natural(
         num_classes=num_classes,
         train_groups=[chosen.rows(k) for k in range(chosen.num_clients)],
         test_groups=test_groups,
-        source="embedded" if name == "leaf_synthetic" else f"natural:{data_dir}",
+        source="embedded"
+        if name == "leaf_synthetic"
+        else f"natural:{data_dir or default_dir(name)}",
     )
 
 
