@@ -32,7 +32,7 @@ from flax import struct
 
 from jaxfl.configs.shared import LocalTrainingFields as LocalTrainingFields
 from jaxfl.configs.shared import ServerOptFields as ServerOptFields
-from jaxfl.core import train
+from jaxfl.core import hparams, train
 from jaxfl.core.algorithm import client_inputs, gather, sample_clients
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
@@ -139,7 +139,9 @@ class StandardClients:
             penalty=penalty,
             max_steps=max_steps,
             batch_penalty=batch_penalty,
-            dynamic_steps=True,  # only the client's own steps: the same result, less padding
+            # uneven clients: only the client's own steps (the same result, less padding);
+            # even ones: the plain scan over the capacity's steps, cheaper when nothing is padded
+            dynamic_steps=self.by_size,
         )
 
 
@@ -155,7 +157,9 @@ def standard_clients(
 ) -> StandardClients:
     """The standard clients of an algorithm bound to ``data``: checks ``fault_config`` against
     the ``attacks`` the algorithm supports and draws the adversarial set from ``seed``
-    (:func:`jaxfl.mechanisms.faults.setup`); ``population`` defaults to every client."""
+    (:func:`jaxfl.mechanisms.faults.setup`); ``population`` defaults to every client. Cohorts
+    are ordered by size and train only their own steps (``by_size``) when the clients are
+    uneven (:func:`uneven`); on even clients that would cost a while loop and buy nothing."""
     fault_config, adversary = faults.setup(
         fault_config, attacks, clients_per_round, data.num_clients, seed
     )
@@ -165,7 +169,24 @@ def standard_clients(
         fault_config,
         adversary,
         select_clients,
+        by_size=uneven(data),
     )
+
+
+UNEVEN_BELOW = 0.9  # padded efficiency (mean size / capacity) under which cohorts are sorted
+
+
+def uneven(data: Federation) -> bool:
+    """Whether ``data``'s clients are uneven enough for sorted cohorts and per-client step
+    counts to pay: their mean size is below :data:`UNEVEN_BELOW` of the padded capacity (the
+    padded path's efficiency). Measured (CPU, MLP, 1000 clients): on equal sizes the while loop
+    made a FedProx round 0.29 -> 0.37 s; on leaf_synthetic's heavy tail sorting made FedAvg's
+    0.31 -> 0.13 s. Decided on the host from one experiment's data (:func:`jaxfl.core.hparams.
+    concrete`): a sweep's experiments share it, as they share every structural choice."""
+    concrete = hparams.concrete(data)
+    sizes = np.asarray(jax.device_get(concrete.client_count), np.float64)
+    capacity = concrete.client_idx.shape[1]
+    return bool(sizes.size and sizes.mean() < UNEVEN_BELOW * capacity)
 
 
 def padding_efficiency(
