@@ -6,8 +6,7 @@ FedAvg, IncFL with the MaxFL rule and IncFL with this repository's earlier bump 
 (jaxfl/algorithms/incfl.py), one run per algorithm and seed on the same split, the last 20% of the
 clients never trained (``--unseen-clients``), each with ``--compare-local`` (every client's
 local-only model on the same split, the IPR reference). Measured: IPR over all, seen and unseen
-clients, and the global model's test accuracy; differences paired by seed. At cpu scale also
-MaxFL at c = 0.3, 3 and 10 besides 1 (MaxFL - FedAvg in IPR against c, one figure).
+clients, and the global model's test accuracy; differences paired by seed.
 """
 
 from __future__ import annotations
@@ -30,8 +29,7 @@ HPARAMS = (
 )
 SETTINGS = {
     "ci": "blobs, 20 clients (4 unseen), 8 per round, Dirichlet 0.3, MLP 32, 3 rounds, 2 seeds",
-    "cpu": "MNIST, 100 clients (20 unseen), 20 per round, Dirichlet 0.3, 2NN, 30 rounds, 3 seeds; "
-    "MaxFL also at c = 0.3, 3, 10",
+    "cpu": "MNIST, 100 clients (20 unseen), 20 per round, Dirichlet 0.3, 2NN, 30 rounds, 3 seeds",
     "paper": "MNIST (TFDS), 100 clients (20 unseen), 20 per round, Dirichlet 0.3, 2NN, "
     "100 rounds, 5 seeds",
 }
@@ -39,10 +37,6 @@ RUNS = {"fedavg": ["--algo", "fedavg"], "maxfl": ["--algo", "incfl", "--incfl-ru
         "bump": ["--algo", "incfl", "--incfl-rule", "bump"]}  # fmt: skip
 LABELS = {"fedavg": "FedAvg", "maxfl": "IncFL (MaxFL rule)", "bump": "IncFL (bump rule)"}
 SEEDS = {"ci": 2, "cpu": 3, "paper": 5}
-# MaxFL's sigmoid sharpness c besides the entry's c = 1, at cpu scale: where the claim hinges on
-# c (issue 30, item 4). Small c makes q_k near-uniform (FedAvg on near-equal clients); large c
-# makes q_k = s(1 - s) vanish for every client far from its margin.
-C_VALUES = ("0.3", "1", "3", "10")
 
 # the cpu scale's setting, shared by jaxfl's runs and the independent reference
 REFERENCE = {
@@ -91,29 +85,11 @@ def _base(ctx: common.Context) -> list[str]:
 
 def runs(ctx: common.Context) -> dict[str, list[str]]:
     base = _base(ctx)
-    found = {
+    return {
         f"{key}-seed{seed}": [*argv, *base, "--seed", str(seed)]
         for key, argv in RUNS.items()
         for seed in range(SEEDS[ctx.scale])
     }
-    if ctx.scale == "cpu":  # MaxFL at other c (c = 1 is the "maxfl" runs above)
-        for c in C_VALUES:
-            if c != "1":
-                for seed in range(SEEDS[ctx.scale]):
-                    argv = [*RUNS["maxfl"], "--incfl-c", c, *base, "--seed", str(seed)]
-                    found[f"maxfl-c{c}-seed{seed}"] = argv
-    return found
-
-
-def _by_c(dirs: dict, seeds) -> dict[str, dict[str, list[float]]]:
-    """MaxFL's final IPR seen / unseen and test accuracy per seed, for each c in C_VALUES."""
-    out = {}
-    for c in C_VALUES:
-        key = "maxfl" if c == "1" else f"maxfl-c{c}"
-        finals = [json.loads((dirs[f"{key}-seed{s}"] / "summary.json").read_text())["final"]
-                  for s in seeds]  # fmt: skip
-        out[c] = {m: [f[m] for f in finals] for m in ("ipr_seen", "ipr_unseen", "test_acc")}
-    return out
 
 
 def analyze(ctx: common.Context, dirs: dict) -> common.Finding:
@@ -183,27 +159,6 @@ def analyze(ctx: common.Context, dirs: dict) -> common.Finding:
         ". The paper's setting (its data sets, rho_k and c) is not fully specified in what I "
         "had; c = 1 and the validation-loss rho_k are this entry's choices."
     )
-    by_c = _by_c(dirs, seeds) if ctx.scale == "cpu" else None
-    if by_c is not None:
-        above = []  # the c whose MaxFL beats FedAvg's IPR (seen or unseen) beyond the noise
-        parts = []
-        for c, values in by_c.items():
-            seen, unseen = (common.difference(values[m], metric["fedavg"][m])
-                            for m in ("ipr_seen", "ipr_unseen"))  # fmt: skip
-            rows.append((f"MaxFL c = {c} - FedAvg: IPR seen; unseen (paired)", "",
-                         f"{common.paired(seen)}; {common.paired(unseen)}"))  # fmt: skip
-            rows.append((f"MaxFL c = {c}: test accuracy", "", common.fmt(values["test_acc"])))
-            if any(d.get("n", 0) > 1 and d["ci95"][0] > 0 for d in (seen, unseen)):
-                above.append(c)
-            accuracy = common.stats(values["test_acc"])["mean"]
-            parts.append(f"c = {c}: IPR seen {seen['mean']:+.3f}, test accuracy {accuracy:.3f}")
-        fedavg_acc = common.stats(metric["fedavg"]["test_acc"])["mean"]
-        why += f" Against c (figure; FedAvg's test accuracy {fedavg_acc:.3f}): " + "; ".join(parts)
-        why += (
-            f". MaxFL beats FedAvg's IPR beyond the noise at c = {', '.join(above)}."
-            if above
-            else ". At no c tried does MaxFL beat FedAvg's IPR beyond the noise."
-        )
     if ref is not None:
         ref_gains = [
             f"{m.split('_')[1]} {common.paired(common.difference(rm['maxfl'][m], rm['fedavg'][m]))}"
@@ -225,8 +180,8 @@ def analyze(ctx: common.Context, dirs: dict) -> common.Finding:
         learned=all(common.learned(metric[k]["test_acc"], 0.1) for k in RUNS),
         headline=f"IPR seen / unseen: FedAvg {_m(metric, 'fedavg')}, MaxFL {_m(metric, 'maxfl')}, "
         f"bump {_m(metric, 'bump')}",
-        plots=[_plot(ctx, metric)] + ([_plot_c(ctx, metric, by_c)] if by_c else []),
-        data={**{k: metric[k] for k in RUNS}, "reference": ref, "by_c": by_c},
+        plots=[_plot(ctx, metric)],
+        data={**{k: metric[k] for k in RUNS}, "reference": ref},
     )
 
 
@@ -253,27 +208,3 @@ def _plot(ctx, metric) -> str:
     ax.set_title("incentivized participation rate (mean, 95% CI over seeds)")
     ax.legend()
     return common.save(plt, fig, ctx.out / "incfl.png")
-
-
-def _plot_c(ctx, metric, by_c) -> str:
-    """MaxFL - FedAvg in IPR (seen, unseen; paired, 95% CI over seeds) against c, log scale,
-    with each c's test accuracy on a second axis."""
-    plt, fig, (ax,) = common.figure(1)
-    cs = [float(c) for c in by_c]
-    for m, label in (("ipr_seen", "IPR, seen clients"), ("ipr_unseen", "IPR, unseen clients")):
-        stats = [common.difference(v[m], metric["fedavg"][m]) for v in by_c.values()]
-        mean = [d["mean"] for d in stats]
-        err = [[d["mean"] - d["ci95"][0] for d in stats], [d["ci95"][1] - d["mean"] for d in stats]]
-        ax.errorbar(cs, mean, yerr=err, marker="o", capsize=3, label=f"MaxFL - FedAvg, {label}")
-    ax.axhline(0.0, color="black", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("MaxFL's sigmoid sharpness c")
-    ax.set_ylabel("MaxFL - FedAvg, IPR")
-    acc = ax.twinx()
-    acc.plot(cs, [common.stats(v["test_acc"])["mean"] for v in by_c.values()], "s--",
-             color="grey", label="MaxFL test accuracy")  # fmt: skip
-    acc.set_ylim(0, 1)
-    acc.set_ylabel("MaxFL test accuracy (grey)")
-    ax.set_title("MaxFL against c (mean, 95% CI over seeds)")
-    ax.legend(loc="lower left")
-    return common.save(plt, fig, ctx.out / "incfl_c.png")
