@@ -13,6 +13,8 @@ from jaxfl.data.domains import build_multidomain_federation, parse_domains, tran
 from jaxfl.mechanisms import groups
 from tests.conftest import MNIST_DIR, mnist_available, tiny_image_dataset
 
+from .tolerance import ULPS
+
 
 def _domains():
     base = tiny_image_dataset(n_train=120, n_test=40)
@@ -22,7 +24,7 @@ def _domains():
 def test_transforms():
     (plain, inverted, rotated), base = _domains()
     hi, lo = base.train_x.max(), base.train_x.min()
-    np.testing.assert_allclose(inverted.train_x, hi + lo - base.train_x, rtol=1e-6)
+    np.testing.assert_allclose(inverted.train_x, hi + lo - base.train_x, rtol=ULPS)
     np.testing.assert_array_equal(rotated.test_x[3, :, :, 0], np.rot90(base.test_x[3, :, :, 0]))
     assert parse_domains("mnist,mnist:invert") == [("mnist", "none"), ("mnist", "invert")]
     with pytest.raises(PartitionError, match="unknown transform 'blur'"):

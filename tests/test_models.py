@@ -37,9 +37,12 @@ def test_conv_lowerings_agree_in_value_and_gradient_in_a_whole_model():
     out = outputs(params)
     ref_out, ref_grad = out["xla"]
     for lo in ("rows", "im2col", "patches"):
+        # tol: conv lowerings against XLA's: the same k * k * c products summed in another order
+        # (1e-4 of the output's values); the kernel gradient also sums over the batch and
+        # positions (1e-3); 1e-5 absolute for values near 0.
         np.testing.assert_allclose(out[lo][0], ref_out, rtol=1e-4, atol=1e-5)
         for a, b in zip(jax.tree.leaves(out[lo][1]), jax.tree.leaves(ref_grad), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)  # tol: as above
 
 
 def test_im2col_matches_definition_with_stride_and_same_padding():
@@ -58,6 +61,8 @@ def test_vmapped_client_models_equal_per_client_loop():
     apply_one = jax.jit(model.apply)
     for k in range(4):
         one = jax.tree.map(lambda p, k=k: p[k], params)
+        # tol: a vmapped apply against one client's (another blocking of the same matmuls): 1e-5
+        # relative (as SUMS) and 1e-5 absolute for logits near 0.
         np.testing.assert_allclose(batched[k], apply_one(one, x[k]), rtol=1e-5, atol=1e-5)
 
 
@@ -78,6 +83,8 @@ def test_rows_lowering_with_stride_and_same_padding_matches_xla():
             ref = jax.lax.conv_general_dilated(
                 x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
+            # tol: conv_rows against XLA's convolution: reordered sums of up to 3 * 3 * 16
+            # products of order-1 values, 1e-4 relative and absolute.
             np.testing.assert_allclose(
                 conv_rows(x, kernel, stride, padding), ref, rtol=1e-4, atol=1e-4
             )

@@ -16,7 +16,7 @@ from jaxfl.mechanisms import groups, personalization
 from jaxfl.models import get_model
 from tests.conftest import tiny_image_dataset
 
-from .tolerance import assert_trees_close
+from .tolerance import NEAR_ZERO, SUMS, ULPS, assert_trees_close
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +98,13 @@ def test_ditto_and_mrmtl_personal_update_follow_the_formula():
     v = np.asarray(v0["w"], np.float64)
     for _ in range(epochs):
         v = v - eta * ((v - np.asarray(a[0])) + lam * (v - np.asarray(w["w"])))
-    np.testing.assert_allclose(np.asarray(got["w"]), v, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(got["w"]), v, rtol=SUMS)
     # lambda = 0 is plain local training: v -> a geometrically
     free, *_ = ditto.personal_update(
         _quadratic(a), optax.sgd(eta), v0, w, 0.0, jax.random.key(0), 1, 1, 1, epochs
     )
     expected = np.asarray(a[0]) + (1 - eta) ** epochs * (np.asarray(v0["w"]) - np.asarray(a[0]))
-    np.testing.assert_allclose(np.asarray(free["w"]), expected, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(free["w"]), expected, rtol=SUMS)
 
 
 def test_mrmtl_server_keeps_the_count_weighted_mean_of_personal_models(val_federation):
@@ -117,7 +117,7 @@ def test_mrmtl_server_keeps_the_count_weighted_mean_of_personal_models(val_feder
         jax.tree.leaves(state.mean_params), jax.tree.leaves(state.personal_params), strict=True
     ):
         expected = np.tensordot(counts / counts.sum(), np.asarray(personal_leaf), axes=1)
-        np.testing.assert_allclose(np.asarray(mean), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(mean), expected, rtol=SUMS, atol=NEAR_ZERO)
 
 
 def test_ditto_round_anchors_personal_models_to_the_round_start_global_model(val_federation):
@@ -158,7 +158,7 @@ def test_perfedavg_meta_gradient_is_first_order_maml():
     inner = w - alpha * (w - np.asarray(targets[:2]).mean(0))  # grad of f on D: w - mean(D)
     np.testing.assert_allclose(np.asarray(grads["w"]), inner - np.asarray(targets[2:]).mean(0))
     expected_value = np.mean(0.5 * np.sum((inner - np.asarray(targets[2:])) ** 2, -1))
-    np.testing.assert_allclose(float(value), expected_value, rtol=1e-6)
+    np.testing.assert_allclose(float(value), expected_value, rtol=ULPS)
 
 
 def two_populations(num_clients=10, n=60, t=40, d=10, num_classes=3, seed=0) -> Federation:
@@ -270,8 +270,10 @@ def test_finetune_curves_equal_a_per_client_loop(val_federation):
     one = jax.jit(personalization.finetune_client, static_argnums=(0, 5, 6, 7))
     for k in range(val_federation.num_clients):
         v, t = one(model.apply, params, val_federation, key, k, opt, 2, 8)
+        # tol: an accuracy is a count over at most 100 examples in float32; 1e-6 is far below one
+        # example (0.01), so this asks for the same predictions.
         np.testing.assert_allclose(val_acc[k], v, atol=1e-6)
-        np.testing.assert_allclose(test_acc[k], t, atol=1e-6)
+        np.testing.assert_allclose(test_acc[k], t, atol=1e-6)  # tol: as above
 
 
 def test_finetune_last_layer_only_freezes_the_rest():
@@ -336,6 +338,7 @@ def test_evaluation_paths_equal_a_per_client_python_loop(val_federation):
             model.apply, p, data.test_x, data.test_y, data.client_test_idx[k],
             data.client_test_count[k],
         )  # fmt: skip
+        # tol: as above: the same predictions, counted in float32.
         assert float(got[k]) == pytest.approx(float(acc), abs=1e-6)
 
     clusters = jax.vmap(model.init)(jax.random.split(jax.random.key(1), 3))
@@ -380,7 +383,9 @@ def test_evaluation_paths_equal_a_per_client_python_loop(val_federation):
                 )  # fmt: skip
             )
             others.append(train.accuracy(g.model.apply, p, data.test_x[rows], data.test_y[rows]))
+    # tol: as above: the same predictions, counted in float32.
     np.testing.assert_allclose(got["client_acc"], own, atol=1e-6)
+    # tol: as above: a mean of float32 accuracies
     assert float(got["others_acc_mean"]) == pytest.approx(float(np.mean(others)), abs=1e-6)
 
 

@@ -16,6 +16,7 @@ from reproductions.references import dsfl as ref_dsfl
 from reproductions.references import fd as ref_fd
 
 from .conftest import jaxfl_finals, mnist_available
+from .tolerance import NEAR_ZERO, SUMS, ULPS
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCES = ROOT / "reproductions" / "references"
@@ -43,6 +44,7 @@ def test_era_is_softmax_of_the_mean_over_the_temperature():
     mean = np.array([[0.6, 0.4], [0.5, 0.5]])
     expected = np.array([[np.exp(6), np.exp(4)], [1, 1]])
     expected /= expected.sum(1, keepdims=True)
+    # tol: float64 on both sides: 1e-12 is a few float64 roundings.
     np.testing.assert_allclose(ref_dsfl.era(mean, 0.1), expected, rtol=1e-12)
 
 
@@ -82,8 +84,8 @@ def test_one_full_batch_epoch_is_one_gradient_step_of_the_cross_entropy():
     z = x @ w + b
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    np.testing.assert_allclose(new[0][0], w - 0.5 * x.T @ (p - y) / 8, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(new[0][1], b - 0.5 * (p - y).mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new[0][0], w - 0.5 * x.T @ (p - y) / 8, rtol=SUMS, atol=NEAR_ZERO)
+    np.testing.assert_allclose(new[0][1], b - 0.5 * (p - y).mean(0), rtol=SUMS, atol=NEAR_ZERO)
 
 
 TINY = {
@@ -140,7 +142,7 @@ def test_dsfl_reference_and_jaxfl_agree_at_a_tiny_size(tmp_path, mnist12k):
 def test_probabilities_are_softmax_rows():
     params = base.init_mlp(jax.random.key(0), (4, 6, 3))
     p = base.probabilities(params, jnp.ones((2, 4)))
-    np.testing.assert_allclose(np.asarray(p).sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(p).sum(1), 1.0, rtol=ULPS)
 
 
 def test_fd_targets_average_the_other_holders_vectors():
@@ -193,10 +195,10 @@ def test_fd_epoch_is_the_papers_step_and_its_table_holds_the_steps_logits():
     t /= t.sum(1, keepdims=True)
     onehot = np.eye(3)[y]
     dz = (p - onehot) + 0.7 * has[y][:, None] * (p - t[y])  # d/dz of each example's loss
-    np.testing.assert_allclose(new[0][0], w - 0.5 * x.T @ dz / 6, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(new[0][1], b - 0.5 * dz.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new[0][0], w - 0.5 * x.T @ dz / 6, rtol=SUMS, atol=NEAR_ZERO)
+    np.testing.assert_allclose(new[0][1], b - 0.5 * dz.mean(0), rtol=SUMS, atol=NEAR_ZERO)
     expected = np.stack([z[y == label].mean(0) for label in range(3)])
-    np.testing.assert_allclose(table, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(table, expected, rtol=SUMS, atol=NEAR_ZERO)
     assert np.asarray(holds).all()
 
 

@@ -23,6 +23,7 @@ from jaxfl.experiments.simulation import Simulation
 from jaxfl.models import get_model
 
 from .test_cli import SMALL, run
+from .tolerance import NEAR_ZERO, SUMS, assert_trees_close
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +71,7 @@ def test_sum_clients_is_the_loop_sum_for_every_chunking(m):
             lambda xs, c=chunk: sum_clients(lambda x: one_client(w, x), xs, chunk_size=c)
         )(xs)
         assert float(summed["n"]) == m  # padding clients are not counted
-        np.testing.assert_allclose(summed["h"], expected["h"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(summed["h"], expected["h"], rtol=SUMS, atol=NEAR_ZERO)
 
 
 def test_streamed_fedavg_equals_the_stacked_mean_and_its_memory_does_not_grow_with_m():
@@ -86,7 +87,7 @@ def test_streamed_fedavg_equals_the_stacked_mean_and_its_memory_does_not_grow_wi
         jax.tree.leaves(stacked.round(state, jax.random.key(4))),
         strict=True,
     ):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        assert_trees_close(np.asarray(a), np.asarray(b))
     temps = {}
     for c in (8, 64):
         big = builder.build(flags.parse([*argv, "--clients", str(c)]))
@@ -139,6 +140,9 @@ def test_two_processes_compute_the_single_process_run(tmp_path):
     assert [r["round"] for r in two] == [1, 2]
     for a, b in zip(one, two, strict=True):
         for key in ("train_loss", "test_acc", "client_acc_mean"):
+            # tol: two runs of the same rounds, one of them resumed from a checkpoint: metrics are
+            # float32 means over the test set; 1e-5 absolute bounds their reordering in another
+            # compiled program.
             assert b[key] == pytest.approx(a[key], abs=1e-5), key
     assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["1", "2"]
 
@@ -166,6 +170,8 @@ def test_rounds_per_call_gives_the_same_run_and_ends_blocks_where_state_is_neede
     assert [h["round"] for h in history] == [3, 6, 7]
     for a, b in zip(plain_history, history, strict=True):
         for key in ("train_loss", "test_acc", "client_acc_mean"):
+            # tol: the same rounds, evaluated on a schedule against every round: the same float32
+            # metrics, within rounding.
             assert b[key] == pytest.approx(a[key], abs=1e-6), key
 
 
@@ -179,9 +185,9 @@ def test_run_rounds_donates_the_state_and_equals_single_rounds():
     first_leaf = jax.tree.leaves(state)[0]
     scanned, scanned_metrics = algo.run_rounds(state, jax.random.key(3), 5, 3)
     assert first_leaf.is_deleted()  # donated: the buffers now hold the new state
-    np.testing.assert_allclose(scanned_metrics["train_loss"], np.array(metrics), atol=1e-6)
+    assert_trees_close(scanned_metrics["train_loss"], np.array(metrics))
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(scanned), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+        assert_trees_close(np.asarray(a), np.asarray(b))
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_logits():
@@ -193,6 +199,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
     assert "bf16" in jaxpr and "dot_general" in jaxpr
     logits = jax.jit(bf16.apply)(params, x)
     assert logits.dtype == jnp.float32
+    # tol: bfloat16 keeps 8 bits of mantissa (0.4% per rounding); a two-layer MLP's logits
+    # accumulate a few such roundings, bounded by 5% relative plus 0.05 absolute.
     np.testing.assert_allclose(logits, jax.jit(f32.apply)(params, x), atol=0.05, rtol=0.05)
     grads = jax.jit(jax.grad(lambda p: bf16.apply(p, x).sum()))(params)
     assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
@@ -284,6 +292,8 @@ def test_resume_may_change_how_but_not_what_is_computed(tmp_path):
     whole = read_metrics(tmp_path / "whole" / "metrics.jsonl")
     part = read_metrics(tmp_path / "part" / "metrics.jsonl")
     for a, b in zip(whole, part, strict=True):
+        # tol: the same predictions counted in float32 by two programs (whole test set against its
+        # parts): within rounding.
         assert b["test_acc"] == pytest.approx(a["test_acc"], abs=1e-6)
 
 

@@ -8,6 +8,8 @@ import optax
 from jaxfl.core import train
 from jaxfl.models import get_model
 
+from .tolerance import NEAR_ZERO, SUMS, ULPS
+
 
 def test_schedule_visits_each_valid_slot_once_per_epoch():
     positions, mask = train.batch_schedule(jax.random.key(3), jnp.int32(7), 12, 3, epochs=2)
@@ -66,8 +68,8 @@ def test_padded_client_equals_unpadded_reference():
             params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
     leaves = zip(jax.tree.leaves(got), jax.tree.leaves(tight), jax.tree.leaves(params), strict=True)
     for a, b, c in leaves:
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=SUMS, atol=NEAR_ZERO)
+        np.testing.assert_allclose(a, c, rtol=SUMS, atol=NEAR_ZERO)
 
 
 def test_kl_to_target_matches_definition():
@@ -75,9 +77,9 @@ def test_kl_to_target_matches_definition():
     target = jnp.array([[0.2, 0.7, 0.1]])
     p = jax.nn.softmax(logits)[0]
     expected = float(jnp.sum(target[0] * (jnp.log(target[0]) - jnp.log(p))))
-    np.testing.assert_allclose(train.kl_to_target(logits, target)[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(train.kl_to_target(logits, target)[0], expected, rtol=ULPS)
     one_hot = jnp.array([[0.0, 1.0, 0.0]])  # zero targets contribute 0, not NaN
-    np.testing.assert_allclose(train.kl_to_target(logits, one_hot)[0], -jnp.log(p[1]), rtol=1e-6)
+    np.testing.assert_allclose(train.kl_to_target(logits, one_hot)[0], -jnp.log(p[1]), rtol=ULPS)
 
 
 def test_batched_apply_and_accuracy():
@@ -85,7 +87,10 @@ def test_batched_apply_and_accuracy():
     params = model.init(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (23, 6))
     np.testing.assert_allclose(
-        train.batched_apply(model.apply, params, x, 5), model.apply(params, x), rtol=1e-5, atol=1e-6
+        train.batched_apply(model.apply, params, x, 5),
+        model.apply(params, x),
+        rtol=SUMS,
+        atol=NEAR_ZERO,
     )
     y = jnp.argmax(model.apply(params, x), -1)
     assert float(train.accuracy(model.apply, params, x, y, batch_size=4)) == 1.0
@@ -118,9 +123,9 @@ def test_penalty_is_minimised_with_the_data_loss_and_reported_apart():
             prox_terms.append(float(prox(params)))
             grads = jax.grad(summed)(params, pos, m)
             params = jax.tree.map(lambda p, g: p - 0.3 * g, params, grads)
-    np.testing.assert_allclose(split.loss, np.mean(data_terms), rtol=1e-5)
-    np.testing.assert_allclose(split.penalty, np.mean(prox_terms), rtol=1e-5)
-    np.testing.assert_allclose(together.loss, np.mean(data_terms) + np.mean(prox_terms), rtol=1e-5)
+    np.testing.assert_allclose(split.loss, np.mean(data_terms), rtol=SUMS)
+    np.testing.assert_allclose(split.penalty, np.mean(prox_terms), rtol=SUMS)
+    np.testing.assert_allclose(together.loss, np.mean(data_terms) + np.mean(prox_terms), rtol=SUMS)
     assert float(together.penalty) == 0.0 and float(split.penalty) > 0.0
 
 

@@ -22,6 +22,26 @@ import numpy as np
 
 REL_PER_ROUND = 1e-4
 
+# Named bounds for one computation checked against the same math written out (an equation by
+# hand, numpy, a per-client loop of the same function). Every literal tolerance elsewhere in the
+# tests carries a "# tol:" comment instead (tests/test_tolerances.py checks both).
+ULPS = 1e-6
+"""Relative: a few float32 operations (a softmax, a KL of a few classes, a mean of a handful of
+terms) against the same arithmetic by hand. Each float32 operation rounds by at most 2^-24
+(6e-8) of its result, so a handful stays below 1e-6; no summation order of any CPU reaches it."""
+
+SUMS = 1e-5
+"""Relative: the same math as a reference whose reductions (up to a few hundred terms: a batch's
+mean loss, a small matmul, a weighted mean over clients) run in another order or precision
+(float32 against numpy's float64, vmapped against looped): n * 2^-24 is at most 1e-5 of the
+values' scale for n <= 168, and reordered sums err by about sqrt(n) * 2^-24, far less."""
+
+NEAR_ZERO = 1e-6
+"""Absolute floor beside ``ULPS`` / ``SUMS`` for values that may be near 0 (a weight that barely
+moved, a fraction of 0), whose relative error is unbounded: 2^-20 of the order-1 values these
+tests hold, so a real difference (a wrong row, key or step moves a value by its own scale) is
+still far outside."""
+
 
 def scale_of(reference) -> float:
     """The largest magnitude in a pytree (at least 1)."""
