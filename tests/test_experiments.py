@@ -17,7 +17,7 @@ from jaxfl.experiments.axis import GridPoint, SweepError, parse_seeds, parse_swe
 from jaxfl.experiments.vectorized import CompiledSweep
 
 from .test_cli import run
-from .tolerance import between_programs
+from .tolerance import ULPS, between_programs
 
 BASE = [
     "--dataset", "synthetic", "--clients", "6", "--model", "mlp", "--local-epochs", "1",
@@ -231,8 +231,9 @@ def sweep_args(tmp_path, *more):
 def test_run_py_sweep_writes_the_comparison_and_uses_the_same_partitions(tmp_path):
     """`run.py --algo fedavg,dsfl --seeds 2`: one folder; every metrics line names its
     algorithm, seed and setting; the two algorithms ran on identical partitions per seed;
-    comparison.md and summary.json give mean and CI over the two seeds."""
-    assert run.main(sweep_args(tmp_path)) == 0
+    comparison.md and summary.json give mean and CI over the two seeds; --tensorboard logs
+    one TensorBoard run per experiment with the metrics lines' numbers."""
+    assert run.main([*sweep_args(tmp_path), "--tensorboard"]) == 0
     out = tmp_path / "out"
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {(h["algo"], h["seed"], h["round"]) for h in lines} == {
@@ -255,6 +256,28 @@ def test_run_py_sweep_writes_the_comparison_and_uses_the_same_partitions(tmp_pat
     table = (out / "comparison.md").read_text()
     assert "| fedavg | default | 2 | 2 |" in table and "±" in table
     assert (out / "accuracy.png").stat().st_size > 0
+    for h in lines:  # each experiment's TensorBoard run holds its line's test accuracy
+        logged = tensorboard_scalars(out / "tensorboard" / h["algo"] / f"default-seed{h['seed']}")
+        assert logged[("test_acc", h["round"])] == pytest.approx(h["test_acc"], rel=ULPS)
+
+
+def tensorboard_scalars(logdir) -> dict:
+    """{(tag, step): value} of every scalar in ``logdir``'s event files: TFRecords (length,
+    its CRC, the serialized Event, its CRC) read with tensorboardX's Event proto."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    found = {}
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                found[(value.tag, event.step)] = value.simple_value
+    return found
 
 
 def test_a_resumed_sweep_equals_an_uninterrupted_one(tmp_path):

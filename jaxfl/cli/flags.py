@@ -276,7 +276,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     a(
         "--tensorboard",
         action="store_true",
-        help="also log evaluated metrics to OUT/tensorboard (pip install 'jaxfl[tensorboard]')",
+        help="also log evaluated metrics to OUT/tensorboard (a sweep: one TensorBoard run per "
+        "experiment, OUT/tensorboard/ALGO/SETTING-seedS; pip install 'jaxfl[tensorboard]')",
     )
     return parser
 

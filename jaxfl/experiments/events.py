@@ -150,21 +150,57 @@ def progress_bar(sim, metric: str = "test_acc"):
     sim.on("run_end", lambda **_: bar.close())
 
 
-def tensorboard(sim, logdir: str):
-    """Log every evaluated record's scalars to TensorBoard under ``logdir`` (tensorboardX)."""
+def _writer_class():
     try:
         from tensorboardX import SummaryWriter
     except ImportError as err:
         raise ImportError(
             "--tensorboard needs tensorboardX: pip install 'jaxfl[tensorboard]'"
         ) from err
-    writer = SummaryWriter(logdir)
+    return SummaryWriter
 
-    def on_evaluate(record, **_):
-        for name, value in record.items():
-            if name != "round" and isinstance(value, int | float):
-                writer.add_scalar(name, value, record["round"])
-        writer.flush()
 
-    sim.on("evaluate", on_evaluate)
+def _summary_writer(logdir: str):
+    return _writer_class()(logdir)
+
+
+def _add_scalars(writer, record: dict) -> None:
+    """A metrics record's numbers (not its round, bools or labels) at its round."""
+    for name, value in record.items():
+        if name != "round" and isinstance(value, int | float) and not isinstance(value, bool):
+            writer.add_scalar(name, value, record["round"])
+    writer.flush()
+
+
+def tensorboard(sim, logdir: str):
+    """Log every evaluated record's scalars to TensorBoard under ``logdir`` (tensorboardX)."""
+    writer = _summary_writer(logdir)
+    sim.on("evaluate", lambda record, **_: _add_scalars(writer, record))
     sim.on("run_end", lambda **_: writer.close())
+
+
+class SweepTensorBoard:
+    """A sweep's TensorBoard log: one run per experiment, ``logdir/ALGO/SETTING-seedS`` (so
+    TensorBoard overlays the experiments as it overlays separate runs), fed the sweep's metric
+    records as each evaluated block ends (:mod:`jaxfl.experiments.sweep_runner`)."""
+
+    def __init__(self, logdir: str):
+        _writer_class()  # tensorboardX is optional: missing, say so before any round runs
+        self.logdir = logdir
+        self.writers: dict[str, object] = {}
+
+    @staticmethod
+    def run_name(record: dict) -> str:
+        setting = record.get("setting") or "default"
+        return f"{record['algo']}/{setting}-seed{record['seed']}".replace(" ", ",")
+
+    def log(self, records: list[dict]) -> None:
+        for record in records:
+            name = self.run_name(record)
+            if name not in self.writers:
+                self.writers[name] = _summary_writer(f"{self.logdir}/{name}")
+            _add_scalars(self.writers[name], record)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()

@@ -32,7 +32,7 @@ from jaxfl.core.client_axis import cpu_chunk_size, device_memory_limit, to_host
 from jaxfl.core.errors import ConfigError
 from jaxfl.core.metrics import summarize_clients
 from jaxfl.core.names import SEEDED_DATASETS
-from jaxfl.experiments import builder, checkpoint
+from jaxfl.experiments import builder, checkpoint, events
 from jaxfl.experiments.axis import (  # noqa: F401  (SweepError: run.py catches it from here)
     SweepError,
     grid,
@@ -54,7 +54,6 @@ NOT_IN_SWEEPS = (
     "target",
     "time_budget",
     "compare_local",
-    "tensorboard",
     "coordinator_address",
 )
 SHOWN = ("test_acc", "client_acc_mean", "train_loss")
@@ -210,15 +209,19 @@ def run_sweep(
     write_json(out / "config.json", config)
     start = time.perf_counter()
     stopped = None
+    board = events.SweepTensorBoard(str(out / "tensorboard")) if args.tensorboard else None
     try:
         for sweep in sweeps:
             for g, group in enumerate(sweep.groups):
                 history = _run_group(
-                    args, out, sweep, g, group, history, metrics_path, progress, stop
+                    args, out, sweep, g, group, history, metrics_path, progress, stop, board
                 )
     except SweepStopped as err:
         stopped = err
         history = _read_lines(metrics_path)
+    finally:
+        if board is not None:
+            board.close()
     summary = summarize(history, seeds)
     summary["wall_time_s"] = time.perf_counter() - start
     if stopped is not None:
@@ -232,7 +235,7 @@ def run_sweep(
     return summary
 
 
-def _run_group(args, out, sweep, g, group, history, metrics_path, progress, stop=None):
+def _run_group(args, out, sweep, g, group, history, metrics_path, progress, stop=None, board=None):
     ckpt_dir = out / checkpoint.CHECKPOINT_DIR / f"{sweep.algo}-{g}"
     start_round = 1
     state = group.init()
@@ -261,6 +264,8 @@ def _run_group(args, out, sweep, g, group, history, metrics_path, progress, stop
             _add_communication(records, first_built.algorithm)
             history += records
             _append_lines(metrics_path, records)
+            if board is not None:  # one TensorBoard run per experiment
+                board.log(records)
             if bar is not None:
                 shown = [r.get("test_acc", r.get("client_acc_mean")) for r in records]
                 bar.set_postfix_str(
