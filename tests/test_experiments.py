@@ -338,9 +338,44 @@ def test_a_sweep_whose_one_experiment_exceeds_device_memory_is_refused(monkeypat
 
 
 def test_sweep_flags_that_act_on_one_run_are_refused():
-    args = argparse.Namespace(**vars(flags.parse(["--seeds", "2", "--target", "0.9"])))
-    with pytest.raises(flags.ConfigError, match="--target is not supported with --seeds"):
+    args = argparse.Namespace(**vars(flags.parse(["--seeds", "2", "--time-budget", "9"])))
+    with pytest.raises(flags.ConfigError, match="--time-budget is not supported with --seeds"):
         sweep_runner.check_sweep_flags(copy.copy(args))
+
+
+def test_each_experiment_of_a_sweep_stops_early_on_its_own_lines():
+    """--early-stop-patience and --target per experiment: experiment 1 stalls for 2
+    evaluations and stops at round 3, experiment 0 reaches the target at round 4; each keeps
+    the line it stopped on (marked), none after it, and the group ends when both stopped."""
+    args = flags.parse(["--seeds", "2", "--early-stop-patience", "2", "--target", "0.9"])
+    stops = sweep_runner.ExperimentStops(args, lambda algo: "test_acc")
+    experiments = [axis.GridPoint(i, i, {}) for i in (0, 1)]
+    values = {0: [0.5, 0.6, 0.7, 0.95, 0.96], 1: [0.5, 0.4, 0.45, 0.6, 0.7]}
+    kept = []
+    for r in range(5):
+        records = [{"algo": "a", "experiment": e, "round": r + 1, "test_acc": values[e][r]}
+                   for e in (0, 1)]  # fmt: skip
+        kept += stops.keep(records)
+        assert stops.all_stopped("a", experiments) == (r + 1 >= 4)
+    assert [(k["experiment"], k["round"]) for k in kept] == [
+        (0, 1), (1, 1), (0, 2), (1, 2), (0, 3), (1, 3), (0, 4)
+    ]  # fmt: skip
+    assert kept[5]["stopped"] == "no better test_acc in 2 evaluations"
+    assert kept[6]["stopped"] == "test_acc >= 0.9"
+    replayed = sweep_runner.ExperimentStops(args, lambda algo: "test_acc")
+    replayed.keep([dict(k) for k in kept])  # a resumed sweep replays its lines
+    assert replayed.stopped == stops.stopped
+
+
+def test_a_sweep_with_a_reached_target_ends_at_that_round(tmp_path):
+    argv = ["--algo", "fedavg", "--seeds", "2", "--rounds", "4", "--eval-every", "1",
+            "--target", "0.0", "--out", str(tmp_path / "out"), *BASE]  # fmt: skip
+    assert run.main(argv) == 0
+    lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [(h["seed"], h["round"]) for h in lines] == [(0, 1), (1, 1)]
+    assert all(h["stopped"] == "test_acc >= 0.0" for h in lines)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["settings"][0]["rounds"] == 1
 
 
 def test_bench_experiments_times_the_sweep_against_separate_runs(capsys):

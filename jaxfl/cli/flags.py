@@ -246,7 +246,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         type=int,
         default=0,
         help="stop after this many evaluations without a better --early-stop-metric (default 0: "
-        "off)",
+        "off; in a sweep each experiment stops on its own)",
     )
     a(
         "--early-stop-metric",

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from jaxfl.algorithms import ALGORITHMS
+from jaxfl.configs.specs import SPECS
 from jaxfl.core.algorithm import traffic_totals
 from jaxfl.core.client_axis import cpu_chunk_size, device_memory_limit, to_host
 from jaxfl.core.errors import ConfigError
@@ -50,8 +51,6 @@ from jaxfl.mechanisms import accounting
 SWEEP_FLAGS = ("seeds", "sweep")
 # single-run flags a sweep does not take (each would need its own per-experiment host logic)
 NOT_IN_SWEEPS = (
-    "early_stop_patience",
-    "target",
     "time_budget",
     "compare_local",
     "coordinator_address",
@@ -95,6 +94,68 @@ def _chunk_default(exp, per_device: int) -> int | None:
     step = max(builder.estimate_step_bytes(m, exp.args.batch_size) for m in models)
     clients = exp.config["client_chunk"] or exp.algorithm.clients_per_round
     return max(1, cpu_chunk_size(per_device * clients, step) // clients)
+
+
+class ExperimentStops:
+    """``--early-stop-patience`` and ``--target`` for each experiment of a sweep.
+
+    Each experiment's metric lines feed its own triggers (:func:`jaxfl.experiments.events.
+    no_improvement` and :func:`~jaxfl.experiments.events.metric_crosses`, a single run's). An
+    experiment that stops keeps computing inside the vectorized call (its lanes cannot leave
+    it) but its lines end at its stop round, the last one saying why (``"stopped"``), as its
+    separate run's would end; a group ends once all its experiments have stopped.
+    """
+
+    def __init__(self, args: argparse.Namespace, metric_of):
+        self.patience = args.early_stop_patience
+        self.target = args.target
+        self.metric_of = metric_of  # algo -> the metric watched (run.py's default per algo)
+        self.triggers: dict[tuple, list] = {}
+        self.stopped: dict[tuple, tuple[int, str]] = {}  # (algo, experiment) -> (round, why)
+
+    @property
+    def active(self) -> bool:
+        return self.patience > 0 or self.target is not None
+
+    def _triggers(self, algo: str, key: tuple) -> list:
+        if key not in self.triggers:
+            metric, found = self.metric_of(algo), []
+            if self.patience > 0:
+                why = f"no better {metric} in {self.patience} evaluations"
+                found.append((events.no_improvement(metric, self.patience), why))
+            if self.target is not None:
+                why = f"{metric} >= {self.target}"
+                found.append((events.metric_crosses(metric, self.target), why))
+            self.triggers[key] = found
+        return self.triggers[key]
+
+    def keep(self, records: list[dict]) -> list[dict]:
+        """The records of experiments still running, each fed to its triggers; an experiment
+        whose trigger fires keeps this record (marked ``"stopped"``) and no later one."""
+        if not self.active:
+            return records
+        kept = []
+        for record in records:
+            key = (record["algo"], record["experiment"])
+            if key in self.stopped:
+                continue
+            kept.append(record)
+            fired = [why for trigger, why in self._triggers(record["algo"], key)
+                     if trigger(None, record=record)]  # fmt: skip
+            if fired:
+                self.stopped[key] = (record["round"], fired[0])
+                record["stopped"] = fired[0]
+        return kept
+
+    def all_stopped(self, algo: str, experiments) -> bool:
+        return self.active and all((algo, e.index) in self.stopped for e in experiments)
+
+
+def watched_metric(args, algo: str) -> str:
+    """``--early-stop-metric``, default test_acc, or client_acc_mean without a global model."""
+    if args.early_stop_metric is not None:
+        return args.early_stop_metric
+    return "test_acc" if SPECS[algo].global_model else "client_acc_mean"
 
 
 def dataset_key(args, seed: int) -> tuple:
@@ -210,11 +271,22 @@ def run_sweep(
     start = time.perf_counter()
     stopped = None
     board = events.SweepTensorBoard(str(out / "tensorboard")) if args.tensorboard else None
+    stops = ExperimentStops(args, lambda algo: watched_metric(args, algo))
     try:
         for sweep in sweeps:
             for g, group in enumerate(sweep.groups):
                 history = _run_group(
-                    args, out, sweep, g, group, history, metrics_path, progress, stop, board
+                    args,
+                    out,
+                    sweep,
+                    g,
+                    group,
+                    history,
+                    metrics_path,
+                    progress,
+                    stop,
+                    board,
+                    stops,
                 )
     except SweepStopped as err:
         stopped = err
@@ -235,7 +307,19 @@ def run_sweep(
     return summary
 
 
-def _run_group(args, out, sweep, g, group, history, metrics_path, progress, stop=None, board=None):
+def _run_group(
+    args,
+    out,
+    sweep,
+    g,
+    group,
+    history,
+    metrics_path,
+    progress,
+    stop=None,
+    board=None,
+    stops=None,
+):
     ckpt_dir = out / checkpoint.CHECKPOINT_DIR / f"{sweep.algo}-{g}"
     start_round = 1
     state = group.init()
@@ -249,6 +333,8 @@ def _run_group(args, out, sweep, g, group, history, metrics_path, progress, stop
         if not (h["algo"] == sweep.algo and h["experiment"] in names and h["round"] >= start_round)
     ]
     _rewrite_lines(metrics_path, history)
+    if stops is not None:  # a resumed group: its lines so far replayed through the triggers
+        stops.keep([h for h in history if h["algo"] == sweep.algo and h["experiment"] in names])
     if stop is not None and stop.is_set():  # stopped between groups: this one has not started
         raise SweepStopped(sweep.algo, g, start_round - 1)
     bar = _progress(progress, args.rounds, start_round, sweep.algo, group.num)
@@ -262,11 +348,13 @@ def _run_group(args, out, sweep, g, group, history, metrics_path, progress, stop
             first_built = next(iter(sweep.built.values()))
             _add_epsilon(records, group, first_built.config)
             _add_communication(records, first_built.algorithm)
+            if stops is not None:  # early stopping / --target, per experiment
+                records = stops.keep(records)
             history += records
             _append_lines(metrics_path, records)
             if board is not None:  # one TensorBoard run per experiment
                 board.log(records)
-            if bar is not None:
+            if bar is not None and records:
                 shown = [r.get("test_acc", r.get("client_acc_mean")) for r in records]
                 bar.set_postfix_str(
                     f"mean acc {np.nanmean(shown):.4f} over {group.num} experiments"
@@ -289,6 +377,8 @@ def _run_group(args, out, sweep, g, group, history, metrics_path, progress, stop
                 bar.close()
             raise SweepStopped(sweep.algo, g, last)
         first = last + 1
+        if stops is not None and stops.all_stopped(sweep.algo, group.experiments):
+            break  # every experiment of the group has stopped
     if bar is not None:
         bar.close()
     return history
