@@ -338,8 +338,8 @@ def test_a_sweep_whose_one_experiment_exceeds_device_memory_is_refused(monkeypat
 
 
 def test_sweep_flags_that_act_on_one_run_are_refused():
-    args = argparse.Namespace(**vars(flags.parse(["--seeds", "2", "--time-budget", "9"])))
-    with pytest.raises(flags.ConfigError, match="--time-budget is not supported with --seeds"):
+    args = argparse.Namespace(**vars(flags.parse(["--seeds", "2", "--compare-local"])))
+    with pytest.raises(flags.ConfigError, match="--compare-local is not supported with --seeds"):
         sweep_runner.check_sweep_flags(copy.copy(args))
 
 
@@ -365,6 +365,22 @@ def test_each_experiment_of_a_sweep_stops_early_on_its_own_lines():
     replayed = sweep_runner.ExperimentStops(args, lambda algo: "test_acc")
     replayed.keep([dict(k) for k in kept])  # a resumed sweep replays its lines
     assert replayed.stopped == stops.stopped
+
+
+def test_a_sweep_past_its_time_budget_stops_with_a_checkpoint(tmp_path):
+    """--time-budget in a sweep: the block past the budget ends it (at least one block runs),
+    checkpointed; the summary says "stopped early" and why, and --resume can continue."""
+    out = tmp_path / "out"
+    argv = ["--algo", "fedavg", "--seeds", "2", "--rounds", "4", "--eval-every", "1",
+            "--rounds-per-call", "1", "--time-budget", "0", "--out", str(out), *BASE]  # fmt: skip
+    assert run.main(argv) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(h["seed"], h["round"]) for h in lines] == [(0, 1), (1, 1)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped early"
+    assert summary["stop_reason"] == "time budget of 0 s used"
+    assert summary["stopped_at"] == {"algo": "fedavg", "group": 0, "round": 1}
+    assert (out / "checkpoints" / "fedavg-0" / "1").is_dir()
 
 
 def test_a_sweep_with_a_reached_target_ends_at_that_round(tmp_path):

@@ -265,7 +265,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "--time-budget",
         type=float,
         default=None,
-        help="stop after the first round that ends past this many seconds (default: off)",
+        help="stop after the first round that ends past this many seconds (a sweep: after the "
+        "first compiled block past it, checkpointed; default: off)",
     )
     a(
         "--compare-local",

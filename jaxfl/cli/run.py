@@ -197,6 +197,13 @@ def run_sweep(args) -> int:
         return signals.exit_status
     print(report.comparison_table(summary))
     print(f"results in {out} (comparison.md, summary.json, metrics.jsonl, accuracy.png)")
+    if summary.get("status") == "stopped early":
+        at = summary["stopped_at"]
+        print(
+            f"stopped after round {at['round']} of {at['algo']} (group {at['group']}): "
+            f"{summary['stop_reason']}; checkpointed, continue with: python scripts/run.py "
+            f"--resume {out}"
+        )
     if summary.get("status") == "interrupted":
         at = summary["stopped_at"]
         print(

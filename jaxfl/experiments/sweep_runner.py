@@ -51,7 +51,6 @@ from jaxfl.mechanisms import accounting
 SWEEP_FLAGS = ("seeds", "sweep")
 # single-run flags a sweep does not take (each would need its own per-experiment host logic)
 NOT_IN_SWEEPS = (
-    "time_budget",
     "compare_local",
     "coordinator_address",
 )
@@ -236,11 +235,12 @@ def _seeded_data(args) -> bool:
 
 
 class SweepStopped(Exception):
-    """The sweep stopped on request (``stop`` set) after checkpointing ``round`` of a group."""
+    """The sweep stopped after checkpointing ``round`` of a group: on request (``stop`` set,
+    ``reason`` None) or by its own rule (``reason``: the time budget used)."""
 
-    def __init__(self, algo: str, group: int, round_index: int):
+    def __init__(self, algo: str, group: int, round_index: int, reason: str | None = None):
         super().__init__(f"{algo} group {group} stopped after round {round_index}")
-        self.algo, self.group, self.round = algo, group, round_index
+        self.algo, self.group, self.round, self.reason = algo, group, round_index, reason
 
 
 def run_sweep(
@@ -276,18 +276,10 @@ def run_sweep(
         for sweep in sweeps:
             for g, group in enumerate(sweep.groups):
                 history = _run_group(
-                    args,
-                    out,
-                    sweep,
-                    g,
-                    group,
-                    history,
-                    metrics_path,
-                    progress,
-                    stop,
-                    board,
-                    stops,
-                )
+                    args, out, sweep, g, group, history, metrics_path, progress,
+                    stop=stop, board=board, stops=stops, started=start,
+                    first=sweep is sweeps[0] and g == 0,
+                )  # fmt: skip
     except SweepStopped as err:
         stopped = err
         history = _read_lines(metrics_path)
@@ -298,9 +290,11 @@ def run_sweep(
     summary["wall_time_s"] = time.perf_counter() - start
     if stopped is not None:
         summary |= {
-            "status": "interrupted",
+            "status": "interrupted" if stopped.reason is None else "stopped early",
             "stopped_at": {"algo": stopped.algo, "group": stopped.group, "round": stopped.round},
         }
+        if stopped.reason is not None:
+            summary["stop_reason"] = stopped.reason
     write_json(out / "summary.json", summary)
     (out / "comparison.md").write_text(comparison_table(summary))
     plot_curves(history, out / "accuracy.png")
@@ -308,18 +302,9 @@ def run_sweep(
 
 
 def _run_group(
-    args,
-    out,
-    sweep,
-    g,
-    group,
-    history,
-    metrics_path,
-    progress,
-    stop=None,
-    board=None,
-    stops=None,
-):
+    args, out, sweep, g, group, history, metrics_path, progress, *,
+    stop=None, board=None, stops=None, started=None, first=True,
+):  # fmt: skip
     ckpt_dir = out / checkpoint.CHECKPOINT_DIR / f"{sweep.algo}-{g}"
     start_round = 1
     state = group.init()
@@ -337,6 +322,10 @@ def _run_group(
         stops.keep([h for h in history if h["algo"] == sweep.algo and h["experiment"] in names])
     if stop is not None and stop.is_set():  # stopped between groups: this one has not started
         raise SweepStopped(sweep.algo, g, start_round - 1)
+    budget = getattr(args, "time_budget", None)  # wall-clock seconds for the whole sweep
+    started = time.perf_counter() if started is None else started
+    if budget is not None and not first and time.perf_counter() - started >= budget:
+        raise SweepStopped(sweep.algo, g, start_round - 1, f"time budget of {budget:g} s used")
     bar = _progress(progress, args.rounds, start_round, sweep.algo, group.num)
     first = start_round
     while first <= args.rounds:
@@ -359,7 +348,8 @@ def _run_group(
                 bar.set_postfix_str(
                     f"mean acc {np.nanmean(shown):.4f} over {group.num} experiments"
                 )
-        stopping = stop is not None and stop.is_set() and last < args.rounds
+        over_budget = budget is not None and time.perf_counter() - started >= budget
+        stopping = (stop is not None and stop.is_set() or over_budget) and last < args.rounds
         periodic = args.checkpoint_every and (
             last % args.checkpoint_every == 0 or last == args.rounds
         )
@@ -375,7 +365,8 @@ def _run_group(
         if stopping:
             if bar is not None:
                 bar.close()
-            raise SweepStopped(sweep.algo, g, last)
+            why = f"time budget of {budget:g} s used" if over_budget else None
+            raise SweepStopped(sweep.algo, g, last, why)
         first = last + 1
         if stops is not None and stops.all_stopped(sweep.algo, group.experiments):
             break  # every experiment of the group has stopped
