@@ -35,6 +35,12 @@ RUNS: dict[str, list[str]] = {algo: ["--algo", algo] for algo in ALGORITHMS}
 RUNS |= {
     "fedavg_dp": ["--algo", "fedavg", "--dp-clip", "1.0", "--dp-noise", "0.5"],
     "dsfl_dp": ["--algo", "dsfl", "--dp-clip", "1.0", "--dp-noise", "0.5"],
+    "fd_dp": ["--algo", "fd", "--dp-clip", "1.0", "--dp-noise", "0.5"],
+    "fedmd_dp": ["--algo", "fedmd", "--dp-clip", "1.0", "--dp-noise", "0.5"],
+    "ditto_dp": ["--algo", "ditto", "--dp-clip", "1.0", "--dp-noise", "0.5"],
+    "perfedavg_dp": ["--algo", "perfedavg", "--dp-clip", "1.0", "--dp-noise", "0.5"],
+    "incfl_dp": ["--algo", "incfl", "--dp-clip", "1.0", "--dp-noise", "0.5"],
+    "moon_dp": ["--algo", "moon", "--dp-clip", "1.0", "--dp-noise", "0.5"],  # DP from uploads.py
     "fedavg_faults": ["--algo", "fedavg", *FAULTS, "--attack", "scaled_update"],
     "dsfl_faults": ["--algo", "dsfl", *FAULTS, "--attack", "label_flip"],
     "fedavg_seeds": ["--algo", "fedavg", "--seeds", "2"],

@@ -14,6 +14,7 @@ import pytest
 from jaxfl.algorithms import ALGORITHMS
 from jaxfl.cli import flags
 from jaxfl.configs import SPECS, with_capability
+from jaxfl.core import aggregate
 from jaxfl.experiments import axis
 from jaxfl.mechanisms import accounting, privacy
 
@@ -127,30 +128,30 @@ def test_dp_fedavg_without_noise_or_clipping_is_fedavg_and_the_round_equals_its_
     loop, loop_metrics = algo.round_loop(algo.init(key), key)
     assert max_diff(vec, loop) < between_programs(loop)
     assert float(vec_metrics["dp_clip_norm"]) == pytest.approx(0.05)
-    assert float(vec.dp.clip) != pytest.approx(0.05)  # the clip moved
+    assert float(vec.upload_state.clip) != pytest.approx(0.05)  # the clip moved
     for k, v in loop_metrics.items():
         # tol: metrics of the vectorized round against its per-client loop: float32 means over a
         # few clients, within 1e-6 absolute.
         assert float(vec_metrics[k]) == pytest.approx(float(v), abs=1e-6), k
 
 
-@pytest.mark.parametrize("algo", ["dsfl", "fd", "ditto"])
+@pytest.mark.parametrize("algo", ["dsfl", "fd", "ditto", "moon"])
 def test_private_uploads_without_noise_or_clipping_equal_the_plain_aggregate(algo):
-    """DS-FL's soft labels, FD's tables, Ditto's shared model: with z = 0 and a clip nothing
-    reaches, round 1 of the private path equals the plain one (every client received, equal
-    sizes: the plain mean is then the private one). FedMD and Per-FedAvg are traced below."""
+    """DS-FL's soft labels, FD's tables, Ditto's and MOON's shared model: with z = 0 and a clip
+    nothing reaches, round 1 of the private path equals the plain one (every client received,
+    equal sizes: the plain mean is then the private one). FedMD and Per-FedAvg are traced below."""
     plain = build(algo, 0, *EQUAL)
     private = build(algo, 0, *EQUAL, "--dp-clip", "1e9")
     a, _, _ = one_run(plain, 1)
     b, metrics, _ = one_run(private, 1)
-    assert max_diff(dataclasses.replace(b, dp=None), a) < between_programs(a)
+    assert max_diff(dataclasses.replace(b, upload_state=None), a) < between_programs(a)
     assert float(metrics[0]["dp_unclipped_frac"]) == 1.0
 
 
 @pytest.mark.parametrize("algo", ["fedmd", "perfedavg", "incfl"])
 def test_private_rounds_trace_with_the_dp_state_and_metrics(algo):
     """FedMD's private consensus (its exchange phase), Per-FedAvg's shared model (the same
-    privacy.mean_update as Ditto's) and IncFL's bump-weighted updates traced, not compiled
+    the same upload mean as Ditto's) and IncFL's bump-weighted updates traced, not compiled
     (FedMD's init's transfer learning makes a numeric round cost 40 s here); the mechanism is
     private_mean, tested above."""
     if algo == "incfl":  # bound directly: run.py's build would train the local baseline
@@ -164,7 +165,9 @@ def test_private_rounds_trace_with_the_dp_state_and_metrics(algo):
         algorithm, data = exp.algorithm, exp.data
     state = jax.eval_shape(algorithm.init, jax.random.key(0))
     new, metrics = jax.eval_shape(algorithm.round_fn, state, jax.random.key(1), data)
-    assert new.dp.clip.shape == () and {"dp_clip_norm", "dp_unclipped_frac"} <= set(metrics)
+    assert new.upload_state.clip.shape == () and {"dp_clip_norm", "dp_unclipped_frac"} <= set(
+        metrics
+    )
 
 
 def test_private_maxfl_without_noise_is_maxfl_and_stays_finite_with_noise():
@@ -207,7 +210,7 @@ def test_noised_sa_soft_labels_go_back_on_the_simplex():
     """SA's private mean may have negative entries: negatives to 0, rows renormalised, a row
     noised to all-negative becomes uniform (post-processing only)."""
     noised = jnp.array([[0.7, -0.1, 0.5], [-0.2, -0.3, -0.1], [0.2, 0.2, 0.6]])
-    labels = np.asarray(privacy.simplex(noised))
+    labels = np.asarray(aggregate.onto_simplex(noised))
     np.testing.assert_allclose(labels[0], [0.7 / 1.2, 0.0, 0.5 / 1.2], rtol=ULPS)
     np.testing.assert_allclose(labels[1], [1 / 3] * 3, rtol=ULPS)
     np.testing.assert_allclose(labels[2], [0.2, 0.2, 0.6], rtol=ULPS)
@@ -309,3 +312,53 @@ def test_dp_algorithms_are_the_ones_that_implement_it():
     for name in ALGORITHMS:
         dp = name in with_capability("dp")
         assert issubclass(SPECS[name].config, privacy.DPFields) == dp, name
+
+
+def test_moon_is_private_without_a_line_of_dp_code_and_its_round_equals_its_loop():
+    """MOON got DP from the upload mean alone (its config's DP fields, its spec's dp=True): with
+    noise, adaptive clipping and dropout its vectorized round equals the per-client loop
+    reference (same key, same noise), the clip moves, and the update differs from the plain
+    round's."""
+    noisy = build(
+        "moon", 0, *EQUAL, "--dp-clip", "0.05", "--dp-noise", "0.8", "--dp-clip-quantile",
+        "0.5", "--dp-clip-count-noise", "1", "--dropout", "0.3",
+    )  # fmt: skip
+    algo, key = noisy.algorithm, jax.random.key(3)
+    vec, vec_metrics = algo.round(algo.init(key), key)
+    loop, _ = algo.round_loop(algo.init(key), key)
+    assert max_diff(vec, loop) < between_programs(loop)
+    assert float(vec_metrics["dp_clip_norm"]) == pytest.approx(0.05)
+    assert float(vec.upload_state.clip) != pytest.approx(0.05)  # the clip moved
+    plain = build("moon", 0, *EQUAL, "--dropout", "0.3").algorithm
+    plain_state, _ = plain.round(plain.init(key), key)
+    assert max_diff(vec.params, plain_state.params) > 1e-4
+
+
+# the algorithms that read UploadMean.private: privacy changes WHAT their clients upload
+CHANGES_THE_UPLOAD = {
+    "fd": "the holder counts are released as a noised sum beside the tables",
+    "incfl": "the client weighs its own update, so its loss gap never leaves it",
+}
+
+
+def test_no_algorithm_module_holds_dp_code():
+    """DP enters every algorithm through jaxfl.mechanisms.uploads: no algorithm module imports
+    the privacy module, and only the listed ones ask whether the mean is private (each says
+    why). Checked on the syntax tree, so a new algorithm is held to it too."""
+    import ast
+    import pathlib
+
+    folder = pathlib.Path(__file__).parents[1] / "jaxfl" / "algorithms"
+    readers = set()
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = {a.name for a in node.names}
+                assert not (
+                    node.module == "jaxfl.mechanisms.privacy"
+                    or (node.module == "jaxfl.mechanisms" and "privacy" in names)
+                ), path.name
+            if isinstance(node, ast.Attribute) and node.attr == "private":
+                readers.add(path.stem)
+    assert readers == set(CHANGES_THE_UPLOAD)

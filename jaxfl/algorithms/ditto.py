@@ -13,7 +13,7 @@ personal model on its own test split (``client_acc``), the global model on the s
 (``global_client_acc``) and on the global test set (``test_acc``). Faults: dropout (a dropped
 client's w_k is lost, its v_k kept), stragglers (both updates take fewer steps), label flipping.
 With ``--dp-clip``/``--dp-noise`` step 1's mean is DP-FedAvg's private mean
-(:func:`jaxfl.mechanisms.privacy.private_mean`): only w_k - w_t leaves a client; v_k never does.
+(:mod:`jaxfl.mechanisms.uploads`): only w_k - w_t leaves a client; v_k never does.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from jaxfl.core.algorithm import (
     scatter,
 )
 from jaxfl.data.federation import Federation
-from jaxfl.mechanisms import faults, privacy
+from jaxfl.mechanisms import faults
 from jaxfl.mechanisms.personalization import broadcast_clients
+from jaxfl.mechanisms.uploads import upload_mean
 from jaxfl.models import Model
 
 SPEC = SPECS["ditto"]  # its config and capabilities (jaxfl.configs.specs)
@@ -52,7 +53,7 @@ class DittoState:
     opt_state: Any  # server optimizer state
     personal_params: Any  # (C, ...) personal models v
     round: jax.Array
-    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
+    upload_state: Any = None  # the upload mean's (jaxfl.mechanisms.uploads): C_t with --dp-clip
 
 
 def personal_update(
@@ -109,7 +110,7 @@ def make(
     """
     m = config.clients_per_round or data.num_clients
     fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
-    privacy.check(config, m)
+    uploads = upload_mean(config, m)  # the updates' weighted mean, or the private one
     server_opt = hooks.optimizer(server_optimizer, config, lambda: flag_server_optimizer(config))
     opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     personal_opt = hooks.optimizer(
@@ -127,7 +128,7 @@ def make(
             server_opt.init(params),
             broadcast_clients(params, data.num_clients),
             jnp.zeros((), jnp.int32),
-            privacy.init(config),
+            uploads.init(),
         )
 
     def prepare(state, key, data):
@@ -188,8 +189,8 @@ def make(
         sampled, counts, received, hook_key = ctx
         deltas, personal, losses, personal_losses, personal_penalties = outputs
         applied = faults.applied(received, fault_config.min_received)
-        mean_delta, dp_state, dp_metrics = privacy.mean_update(
-            deltas, counts, received, state.dp, hook_key, config
+        mean_delta, upload_state, upload_metrics = uploads.mean(
+            deltas, counts * received, received, state.upload_state, hook_key, applied
         )
         params, opt_state = server_update(
             server_opt, state.params, state.opt_state, mean_delta, applied
@@ -199,7 +200,7 @@ def make(
             opt_state,
             scatter(state.personal_params, sampled, personal),
             state.round + 1,
-            faults.select(applied, dp_state, state.dp),
+            upload_state,
         )
         weights = counts / jnp.sum(counts)
         return new_state, {
@@ -208,7 +209,7 @@ def make(
             "personal_penalty": jnp.sum(personal_penalties * weights),  # (lam/2)||v_k - w_t||^2
             "received": jnp.sum(received),
             "applied": applied,
-            **dp_metrics,
+            **upload_metrics,
         }
 
     def evaluate(state, data):

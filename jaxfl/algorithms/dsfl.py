@@ -11,7 +11,7 @@ network. Round t, with O_t the open subset drawn this round and S_t the sampled 
    Aggregation: y_hat_t(x) = softmax(p_bar(x) / T), T = 0.1 (``aggregation="sa"``: y_hat_t = p_bar)
 5. the server model distills on (O_t, y_hat_t) as in step 1; it is the "global" model evaluated.
 
-Private soft labels (``--dp-clip S --dp-noise z``, :mod:`jaxfl.mechanisms.privacy`): step 4 becomes
+Private soft labels (``--dp-clip S --dp-noise z``, :mod:`jaxfl.mechanisms.uploads`): step 4 becomes
 p_bar = (sum_k clip_S(p_k) + N(0, (z S)^2 I)) / m, each client's whole (P, L) upload clipped to
 L2 norm S, then ERA as above (SA: p_bar put back on the simplex). A probability upload has norm
 at most sqrt(P) (each row's L2 norm is at most its L1 norm, 1), so S >= sqrt(P) never clips.
@@ -50,7 +50,8 @@ from jaxfl.configs.specs import SPECS
 from jaxfl.core import aggregate, hooks, hparams, metrics, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
-from jaxfl.mechanisms import faults, groups, privacy
+from jaxfl.mechanisms import faults, groups
+from jaxfl.mechanisms.uploads import upload_mean
 
 SPEC = SPECS["dsfl"]  # its config and capabilities (jaxfl.configs.specs)
 
@@ -62,7 +63,7 @@ class DSFLState:
     soft_labels: jax.Array  # (P_r, L) global soft labels of the previous round
     open_idx: jax.Array  # (P_r,) int32 rows of public_x those labels belong to
     round: jax.Array  # () int32
-    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
+    upload_state: Any = None  # the upload mean's (jaxfl.mechanisms.uploads): C_t with --dp-clip
 
 
 def make(
@@ -92,21 +93,8 @@ def make(
     attack = fault_config.attack
     local = (config.batch_size, config.local_epochs)
     custom_aggregation = aggregate_soft_labels is not None
-    if aggregate_soft_labels is None:
-
-        def aggregate_soft_labels(client_probs, weights):
-            return aggregate.aggregate_soft_labels(
-                client_probs, config.aggregation, config.temperature, weights
-            )
-
-    dp = privacy.enabled(config)
-    privacy.check(config, m)
-    if dp and custom_aggregation:
-        raise ValueError(
-            "--dp-clip replaces the soft labels' mean with the private mean "
-            "(jaxfl.mechanisms.privacy); "
-            "give make() either aggregate_soft_labels or a DP setting, not both"
-        )
+    # the soft labels' mean, or with --dp-clip the private mean (jaxfl.mechanisms.uploads)
+    uploads = upload_mean(config, m, custom="aggregate_soft_labels" if custom_aggregation else None)
     aggregate_hook = hooks.bind(aggregate_soft_labels, config)
     loss_term = hooks.bind(client_loss_term, config)
 
@@ -137,7 +125,7 @@ def make(
             soft_labels=jnp.zeros((n_open, data.num_classes), jnp.float32),
             open_idx=jnp.zeros((n_open,), jnp.int32),
             round=jnp.zeros((), jnp.int32),
-            dp=privacy.init(config),
+            upload_state=uploads.init(),
         )
 
     def prepare(state, key, data):
@@ -207,21 +195,27 @@ def make(
         client_probs, train_loss, kd_loss, penalty = (
             jnp.concatenate([out[i] for out in outputs]) for i in (1, 2, 3, 4)
         )
-        dp_state, dp_metrics = state.dp, {}
-        if dp:  # Y = ERA(private mean), or for SA the private mean back on the simplex
-            mean_probs, dp_state, dp_metrics = privacy.private_mean(
-                client_probs, received, state.dp, privacy.key_of(hook_key), config
-            )
-            if config.aggregation == "era":
-                soft_labels = aggregate.entropy_reduction(mean_probs, config.temperature)
-            else:
-                soft_labels = privacy.simplex(mean_probs)
-        else:
+        applied = faults.applied(received, fault_config.min_received)
+        upload_state, upload_metrics = state.upload_state, {}
+        if custom_aggregation:
             soft_labels = aggregate_hook(client_probs, received.astype(jnp.float32), key=hook_key)
+        else:  # step 4: p_bar over the received clients (a noised one on the simplex for SA)
+            era = config.aggregation == "era"
+            mean_probs, upload_state, upload_metrics = uploads.mean(
+                client_probs,
+                received.astype(jnp.float32),
+                received,
+                state.upload_state,
+                hook_key,
+                applied,
+                domain=None if era else aggregate.onto_simplex,
+            )
+            soft_labels = (
+                aggregate.entropy_reduction(mean_probs, config.temperature) if era else mean_probs
+            )
         server_params, server_loss = distill(
             server_model.apply, state.server_params, data.public_x[next_open], soft_labels, k_server
         )
-        applied = faults.applied(received, fault_config.min_received)
         server = faults.select(
             applied,
             (server_params, soft_labels, next_open),
@@ -235,7 +229,7 @@ def make(
             soft_labels=server[1],
             open_idx=server[2],
             round=state.round + 1,
-            dp=faults.select(applied, dp_state, state.dp),
+            upload_state=upload_state,
         )
         return new_state, {
             "received": jnp.sum(received),
@@ -245,7 +239,7 @@ def make(
             "client_distill_loss": jnp.mean(kd_loss),
             "server_distill_loss": server_loss,
             "soft_label_entropy": jnp.mean(aggregate.entropy(soft_labels)),
-            **dp_metrics,
+            **upload_metrics,
         }
 
     def evaluate(state, data):

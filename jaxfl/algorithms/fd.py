@@ -14,7 +14,7 @@ mean logits; no public data. Round t, S_t the m sampled clients, L labels:
        G_t+1[l] = sum_{k holds l} T_k[l] / #{k holds l};
    a label nobody in S_t holds keeps its previous row (or stays without one).
 
-Private tables (``--dp-clip S --dp-noise z``, :mod:`jaxfl.mechanisms.privacy`): step 2 uses the
+Private tables (``--dp-clip S --dp-noise z``, :mod:`jaxfl.mechanisms.uploads`): step 2 uses the
 noised sums and noised holder counts of :func:`private_tables` (logits are unbounded: the clip S
 bounds what one client can move).
 
@@ -24,6 +24,8 @@ dropout (a lost table is not averaged), stragglers (fewer local steps), label fl
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +37,8 @@ from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
-from jaxfl.mechanisms import faults, groups, privacy
+from jaxfl.mechanisms import faults, groups
+from jaxfl.mechanisms.uploads import UploadMean, upload_mean
 
 SPEC = SPECS["fd"]  # its config and capabilities (jaxfl.configs.specs)
 
@@ -46,7 +49,7 @@ class FDState:
     global_logits: jax.Array  # (L, L) G_t: row l is the mean logit vector of label l
     has_row: jax.Array  # (L,) bool: G_t[l] has been set
     round: jax.Array
-    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
+    upload_state: Any = None  # the upload mean's (jaxfl.mechanisms.uploads): C_t with --dp-clip
 
 
 def aggregate_tables(tables, holds, received, previous, previous_has_row):
@@ -68,26 +71,30 @@ def aggregate_tables(tables, holds, received, previous, previous_has_row):
     return jnp.where(fresh[:, None], mean, previous), previous_has_row | fresh
 
 
-def private_tables(tables, holds, received, previous, previous_has_row, dp_state, key, config):
-    """G_t+1 from the clients' tables under DP (:mod:`jaxfl.mechanisms.privacy`).
+def private_tables(
+    tables, holds, received, previous, previous_has_row, uploads: UploadMean, state, hook_key,
+    applied,
+):  # fmt: skip
+    """G_t+1 from the clients' tables under DP (:mod:`jaxfl.mechanisms.uploads`).
 
     Each client's upload is the pair (T_k with the rows of labels it does not hold zeroed,
     holds_k as 0/1), clipped to norm C_t as ONE vector and summed over the received clients with
     Gaussian noise: the per-label sums and holder counts are both released privately, and
     G_t+1[l] = noised sum[l] / noised count[l] where the noised count is at least 1/2.
-    Arguments as :func:`aggregate_tables`, plus the DP state, key and config; returns
-    (G_t+1, has_row, new DP state, DP metrics).
+    Arguments as :func:`aggregate_tables`, plus the private upload mean, its state, the
+    round's hook key and whether the round is applied; returns (G_t+1, has_row, new upload-mean
+    state, its metrics).
     """
     m = holds.shape[0]
     w = holds.astype(jnp.float32)
-    (sums, counts), dp_state, dp_metrics = privacy.private_mean(
-        (tables * w[..., None], w), received, dp_state, key, config
+    (sums, counts), upload_state, upload_metrics = uploads.mean(
+        (tables * w[..., None], w), received, received, state, hook_key, applied
     )
     n = counts * m  # noised holders per label
     fresh = n >= 0.5
     mean = sums * m / jnp.maximum(n, 1.0)[:, None]
     new = jnp.where(fresh[:, None], mean, previous)
-    return new, previous_has_row | fresh, dp_state, dp_metrics
+    return new, previous_has_row | fresh, upload_state, upload_metrics
 
 
 def local_training(
@@ -154,8 +161,7 @@ def make(
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
     fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
-    dp = privacy.enabled(config)
-    privacy.check(config, m)
+    uploads = upload_mean(config, m)  # with --dp-clip the private mean of the tables
     opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     L = data.num_classes
 
@@ -165,7 +171,7 @@ def make(
             jnp.zeros((L, L), jnp.float32),
             jnp.zeros((L,), bool),
             jnp.zeros((), jnp.int32),
-            privacy.init(config),
+            uploads.init(),
         )
 
     def prepare(state, key, data):
@@ -200,29 +206,27 @@ def make(
         losses = jnp.concatenate([out[1] for out in outputs])
         tables = jnp.concatenate([out[2] for out in outputs])
         holds = jnp.concatenate([out[3] for out in outputs])
-        dp_state, dp_metrics = state.dp, {}
-        if dp:
-            global_logits, has_row, dp_state, dp_metrics = private_tables(
-                tables, holds, received, state.global_logits, state.has_row, state.dp,
-                privacy.key_of(hook_key), config,
+        applied = faults.applied(received, fault_config.min_received)
+        upload_state, upload_metrics = state.upload_state, {}
+        if uploads.private:  # a private mean needs the holder counts released too
+            global_logits, has_row, upload_state, upload_metrics = private_tables(
+                tables, holds, received, state.global_logits, state.has_row, uploads,
+                state.upload_state, hook_key, applied,
             )  # fmt: skip
         else:
             global_logits, has_row = aggregate_tables(
                 tables, holds, received, state.global_logits, state.has_row
             )
-        applied = faults.applied(received, fault_config.min_received)
-        global_logits, has_row, dp_state = faults.select(
-            applied,
-            (global_logits, has_row, dp_state),
-            (state.global_logits, state.has_row, state.dp),
+        global_logits, has_row = faults.select(
+            applied, (global_logits, has_row), (state.global_logits, state.has_row)
         )
-        new_state = FDState(client_params, global_logits, has_row, state.round + 1, dp_state)
+        new_state = FDState(client_params, global_logits, has_row, state.round + 1, upload_state)
         return new_state, {
             "train_loss": jnp.mean(losses),
             "labels_with_global_logits": jnp.sum(has_row),
             "received": jnp.sum(received),
             "applied": applied,
-            **dp_metrics,
+            **upload_metrics,
         }
 
     def evaluate(state, data):

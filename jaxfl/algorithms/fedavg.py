@@ -43,8 +43,9 @@ from jaxfl.core import aggregate, hooks, metrics
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.core.names import SERVER_OPTS as SERVER_OPTS  # defined without JAX, for --help
 from jaxfl.data.federation import Federation
-from jaxfl.mechanisms import clock, faults, privacy
+from jaxfl.mechanisms import clock, faults
 from jaxfl.mechanisms.client_round import standard_clients
+from jaxfl.mechanisms.uploads import upload_mean
 from jaxfl.models import Model
 
 SPEC = SPECS["fedavg"]  # its config and capabilities (jaxfl.configs.specs)
@@ -55,7 +56,7 @@ class FedAvgState:
     params: Any  # global model
     opt_state: Any  # server optimizer state
     round: jax.Array  # () int32
-    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
+    upload_state: Any = None  # the upload mean's (jaxfl.mechanisms.uploads): C_t with --dp-clip
     clock: clock.ClockState | None = None  # virtual time and client speeds (jaxfl.mechanisms.clock)
 
 
@@ -143,15 +144,12 @@ def make(
     # the plain weighted mean streams: each client returns its weighted update and finish gets
     # their sum (memory for one chunk of updates, not m); other aggregators see every update
     streamed = stream and aggregate_updates is aggregate.weighted_mean
-    dp = privacy.enabled(config)
-    privacy.check(config, m)
+    uploads = upload_mean(  # the weighted mean of the updates, or with --dp-clip the private one
+        config,
+        m,
+        custom=None if aggregate_updates is aggregate.weighted_mean else "aggregate_updates",
+    )
     clock.check_round(config, m)
-    if dp and aggregate_updates is not aggregate.weighted_mean:
-        raise ValueError(
-            "--dp-clip replaces the weighted mean with the private mean "
-            "(jaxfl.mechanisms.privacy); "
-            "give make() either aggregate_updates or a DP setting, not both"
-        )
     aggregate_hook = hooks.bind(aggregate_updates, config)
     loss_term = hooks.bind(client_loss_term, config)
 
@@ -159,7 +157,7 @@ def make(
         params = model.init(key)
         state = FedAvgState(params, server_opt.init(params), jnp.zeros((), jnp.int32))
         return state.replace(
-            dp=privacy.init(config), clock=clock.init(config, key, data.num_clients)
+            upload_state=uploads.init(), clock=clock.init(config, key, data.num_clients)
         )
 
     def prepare(state, key, data):
@@ -174,19 +172,15 @@ def make(
             config.round_deadline,
             config.round_first,
         )
-        if streamed:  # normalised weights, as aggregate.weighted_mean computes them
-            weights = counts * received
-            mean_weights = weights.astype(jnp.float32) / jnp.maximum(jnp.sum(weights), 1e-30)
-            if dp:  # 1/m each: the fixed denominator of the private mean (noised_mean)
-                mean_weights = received.astype(jnp.float32) / m
+        if streamed:  # each client's weight in the mean, and in the mean train loss
+            mean_weights = uploads.client_weights(counts * received, received)
             loss_weights = counts / jnp.sum(counts)
             client_args = (*client_args, mean_weights, loss_weights)
-        clip = state.dp.clip if dp else None
-        shared = (data, state.params, clip)
+        shared = (data, state.params, state.upload_state)
         return shared, client_args, (counts, received, round_time, hooks.round_key(key))
 
     def client_update(shared, key, idx_row, count, work, is_adversary, *weights):
-        data, global_params, clip = shared
+        data, global_params, upload_state = shared
         trained = clients.train(
             model.apply,
             data,
@@ -205,43 +199,40 @@ def make(
         if attack == "scaled_update":
             scale = jnp.where(is_adversary, fault_config.attack_scale, 1.0)
             delta = jax.tree.map(lambda d: scale * d, delta)
-        unclipped = ()  # with DP a third output: the bit ||delta|| <= C_t (adaptive clipping)
-        if dp:  # clipped after any attack: DP bounds an adversary's update too
-            delta, bit = privacy.clip_upload(delta, clip)
-            unclipped = (bit,)
-        if streamed:  # this client's terms of the weighted means
-            mean_weight, loss_weight = weights
-            weighted = tuple(loss_weight * x for x in losses)
-            bits = tuple(mean_weight * b for b in unclipped)
-            return jax.tree.map(lambda d: mean_weight * d, delta), weighted, *bits
-        return delta, losses, *unclipped
+        if not streamed:  # the stacked mean (uploads.mean) takes the raw updates
+            return delta, losses
+        delta, stats = uploads.client(delta, upload_state)  # with DP: clipped, and its bit
+        mean_weight, loss_weight = weights  # this client's terms of the weighted means
+        weighted = tuple(loss_weight * x for x in losses)
+        stats = tuple(mean_weight * b for b in stats)
+        return jax.tree.map(lambda d: mean_weight * d, delta), weighted, *stats
 
     def finish(state, ctx, outputs, data):
         counts, received, round_time, hook_key = ctx
-        if streamed:  # sums over the clients, accumulated chunk by chunk
-            mean_delta, mean_losses, *unclipped = outputs
-        else:
-            deltas, losses, *unclipped = outputs
-            if dp:  # sum_k u~_k / m over the received clipped updates
-                weights = received.astype(jnp.float32) / m
-                mean_delta = aggregate.weighted_sum(deltas, weights)
-                unclipped = (jnp.sum(weights * unclipped[0]),)
-            else:
-                mean_delta = aggregate_hook(deltas, counts * received, key=hook_key)
-            mean_losses = tuple(jnp.sum(x * counts) / jnp.sum(counts) for x in losses)
-        dp_state, dp_metrics = state.dp, {}
-        if dp:
-            mean_delta, dp_state, dp_metrics = privacy.noised_mean(
-                mean_delta, unclipped[0], state.dp, privacy.key_of(hook_key), config, m
-            )
         applied = faults.applied(received, fault_config.min_received)
+        if streamed:  # sums over the clients, accumulated chunk by chunk
+            total, mean_losses, *stats = outputs
+            mean_delta, upload_state, upload_metrics = uploads.finish(
+                total, stats, state.upload_state, hook_key, applied
+            )
+        else:
+            deltas, losses = outputs
+            mean_delta, upload_state, upload_metrics = uploads.mean(
+                deltas,
+                counts * received,
+                received,
+                state.upload_state,
+                hook_key,
+                applied,
+                plain=lambda u, w: aggregate_hook(u, w, key=hook_key),
+            )
+            mean_losses = tuple(jnp.sum(x * counts) / jnp.sum(counts) for x in losses)
         params, opt_state = server_update(
             server_opt, state.params, state.opt_state, mean_delta, applied
         )
-        dp_state = faults.select(applied, dp_state, state.dp)
         sim_time = state.clock.time + round_time
         new_state = FedAvgState(
-            params, opt_state, state.round + 1, dp_state, state.clock.replace(time=sim_time)
+            params, opt_state, state.round + 1, upload_state, state.clock.replace(time=sim_time)
         )
         penalty = {"train_penalty": mean_losses[1]} if loss_term else {}
         return new_state, {
@@ -250,7 +241,7 @@ def make(
             "received": jnp.sum(received),
             "applied": applied,
             "sim_time": sim_time,
-            **dp_metrics,
+            **upload_metrics,
         }
 
     evaluate = metrics.global_model_evaluator(model.apply, config.client_chunk)

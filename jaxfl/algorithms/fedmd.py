@@ -21,12 +21,14 @@ The public labels are used only by the transfer learning at init. Evaluation: ea
 model on its own test split (``client_acc``). Faults: dropout (a lost upload is left out of the
 consensus; the client still digests it), stragglers (fewer revisit steps), label flipping.
 
-Private logits (``--dp-clip S --dp-noise z``, :mod:`jaxfl.mechanisms.privacy`): step 3 becomes
+Private logits (``--dp-clip S --dp-noise z``, :mod:`jaxfl.mechanisms.uploads`): step 3 becomes
 c = (sum_k clip_S(f_k(X)) + N(0, (z S)^2 I)) / m, each client's whole (P, L) logit upload
 clipped to L2 norm S (logits are unbounded: without the clip one client could move c anywhere).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,11 +37,12 @@ from flax import struct
 
 from jaxfl.configs.distillation import FedMDConfig
 from jaxfl.configs.specs import SPECS
-from jaxfl.core import aggregate, hooks, hparams, train
+from jaxfl.core import hooks, hparams, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.core.client_axis import map_clients, on_client_mesh
 from jaxfl.data.federation import Federation
-from jaxfl.mechanisms import faults, groups, privacy
+from jaxfl.mechanisms import faults, groups
+from jaxfl.mechanisms.uploads import upload_mean
 
 SPEC = SPECS["fedmd"]  # its config and capabilities (jaxfl.configs.specs)
 
@@ -48,7 +51,7 @@ SPEC = SPECS["fedmd"]  # its config and capabilities (jaxfl.configs.specs)
 class FedMDState:
     client_params: tuple  # per model group, (C_g, ...) every client's own model
     round: jax.Array
-    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
+    upload_state: Any = None  # the upload mean's (jaxfl.mechanisms.uploads): C_t with --dp-clip
 
 
 def l1_to_consensus(apply, inputs, consensus):
@@ -82,8 +85,7 @@ def make(
     model_groups = groups.as_groups(model, data.num_clients, m_total)
     m = sum(g.per_round for g in model_groups)
     fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
-    dp = privacy.enabled(config)
-    privacy.check(config, m)
+    uploads = upload_mean(config, m)  # the logits' mean, or with --dp-clip the private one
     n = config.public_per_round
     if not 0 < n <= data.public_size:
         raise ValueError(
@@ -134,7 +136,7 @@ def make(
                     chunk_size=config.client_chunk,
                 )
             )
-        return FedMDState(tuple(trained), jnp.zeros((), jnp.int32), privacy.init(config))
+        return FedMDState(tuple(trained), jnp.zeros((), jnp.int32), uploads.init())
 
     def init(key):
         return init_with(key, data)
@@ -160,15 +162,11 @@ def make(
     def exchange(state, ctx, outputs, data):
         sampled, received, public_inputs, phase2, hook_key = ctx
         logits = jnp.concatenate(outputs)
-        dp_state, dp_metrics = state.dp, {}
-        if dp:  # the private mean of the clipped logit uploads
-            consensus, dp_state, dp_metrics = privacy.private_mean(
-                logits, received, state.dp, privacy.key_of(hook_key), config
-            )
-        else:
-            consensus = aggregate.weighted_mean(logits, received)
+        consensus, upload_state, upload_metrics = uploads.mean(  # step 3, over the received
+            logits, received, received, state.upload_state, hook_key
+        )
         shared = (data, public_inputs, consensus)
-        return shared, phase2, (sampled, received, dp_state, dp_metrics)
+        return shared, phase2, (sampled, received, upload_state, upload_metrics)
 
     def digest_and_revisit_for(g):
         def update(shared, params, key, idx_row, count, work, is_adversary):
@@ -192,15 +190,15 @@ def make(
         return update
 
     def finish(state, ctx, outputs, data):
-        sampled, received, dp_state, dp_metrics = ctx
+        sampled, received, upload_state, upload_metrics = ctx
         client_params = groups.scatter_rows(
             state.client_params, model_groups, sampled, [out[0] for out in outputs]
         )
-        return FedMDState(client_params, state.round + 1, dp_state), {
+        return FedMDState(client_params, state.round + 1, upload_state), {
             "digest_loss": jnp.mean(jnp.concatenate([out[1] for out in outputs])),
             "revisit_loss": jnp.mean(jnp.concatenate([out[2] for out in outputs])),
             "received": jnp.sum(received),
-            **dp_metrics,
+            **upload_metrics,
         }
 
     def evaluate(state, data):

@@ -35,7 +35,7 @@ rho_k comes from the cached local-only baseline (:mod:`jaxfl.experiments.baselin
 :func:`make` as ``local_losses`` (C,). ``unseen_clients`` (U) keeps the last U clients out of
 training entirely, to measure how IPR generalizes to clients the server never saw.
 
-With ``--dp-clip``/``--dp-noise`` (:mod:`jaxfl.mechanisms.privacy`) x_k never leaves the client: it
+With ``--dp-clip``/``--dp-noise`` (:mod:`jaxfl.mechanisms.uploads`) x_k never leaves the client: it
 computes its own weight and uploads the weighted update, clipped as ONE vector with the weight.
 maxfl: (q_k (w_k - w_t), q_k), and the server divides the noised sum of the first by the noised
 sum of the second, floored at 1/4, one marginal client's weight, so that noise near zero cannot
@@ -57,7 +57,8 @@ from jaxfl.configs.specs import SPECS
 from jaxfl.core import aggregate, hooks, hparams, metrics, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
 from jaxfl.data.federation import Federation
-from jaxfl.mechanisms import faults, privacy
+from jaxfl.mechanisms import faults
+from jaxfl.mechanisms.uploads import upload_mean
 from jaxfl.models import Model
 
 SPEC = SPECS["incfl"]  # its config and capabilities (jaxfl.configs.specs)
@@ -118,8 +119,8 @@ def make(
     m = config.clients_per_round or seen
     maxfl = config.incfl_rule == "maxfl"
     fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
-    dp = privacy.enabled(config)
-    privacy.check(config, m)
+    uploads = upload_mean(config, m)  # the updates' mean, or with --dp-clip the private one
+    private = uploads.private  # then the client weighs its own update: x_k stays on the client
     # the gaps' split: a Python bool, so prepare reads the rows from the round's own ``data``
     # (a federation captured here carries the mesh's sharding, which a per-device program
     # cannot close over)
@@ -133,7 +134,7 @@ def make(
     def init(key):
         params = model.init(key)
         state = fedavg.FedAvgState(params, server_opt.init(params), jnp.zeros((), jnp.int32))
-        return state.replace(dp=privacy.init(config))
+        return state.replace(upload_state=uploads.init())
 
     def prepare(state, key, data):
         k_sample, k_clients = jax.random.split(key)
@@ -175,7 +176,7 @@ def make(
             max_steps=max_steps,
         )
         delta = jax.tree.map(jnp.subtract, params, global_params)
-        if dp:  # the client weighs its own update: x_k stays on the client
+        if private:  # the client weighs its own update: x_k stays on the client
             gap = global_loss - local_loss
             if maxfl:  # (q_k delta_k, q_k), clipped together
                 q = maxfl_weights(gap, config.incfl_c)
@@ -190,10 +191,10 @@ def make(
         deltas, losses, global_losses = outputs
         gaps = global_losses - local_loss
         applied = faults.applied(received, fault_config.min_received)
-        dp_state, dp_metrics = state.dp, {}
-        if dp:  # the private mean of the weighted updates (and, for maxfl, of the weights)
-            mean_delta, dp_state, dp_metrics = privacy.private_mean(
-                deltas, received, state.dp, privacy.key_of(hook_key), config
+        upload_state, upload_metrics = state.upload_state, {}
+        if private:  # the private mean of the weighted updates (and, for maxfl, of the weights)
+            mean_delta, upload_state, upload_metrics = uploads.mean(
+                deltas, received, received, state.upload_state, hook_key, applied
             )
             if maxfl:  # noised sum q delta / (noised sum q + eps), both divided by m; the
                 # noised sum is floored at one marginal client's weight (1/4): noise near 0
@@ -212,14 +213,13 @@ def make(
         params, opt_state = fedavg.server_update(
             server_opt, state.params, state.opt_state, mean_delta, applied
         )
-        dp_state = faults.select(applied, dp_state, state.dp)
-        return fedavg.FedAvgState(params, opt_state, state.round + 1, dp_state), {
+        return fedavg.FedAvgState(params, opt_state, state.round + 1, upload_state), {
             "train_loss": jnp.sum(losses * counts) / jnp.sum(counts),
             "round_frac_incentivized": jnp.mean(gaps < 0),
             "mean_gap": jnp.mean(gaps),
             "received": jnp.sum(received),
             "applied": applied,
-            **dp_metrics,
+            **upload_metrics,
         }
 
     def evaluate(state, data):

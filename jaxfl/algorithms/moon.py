@@ -8,7 +8,8 @@ similarity and tau a temperature:
     l_con = -log( exp(sim(z, z_glob)/tau) / (exp(sim(z, z_glob)/tau) + exp(sim(z, z_prev)/tau)) )
     l     = CE(logits, y) + mu * l_con                                  (each local step's loss)
 
-after which the server is FedAvg's (weighted mean, ``--server-opt``). Each client keeps its
+after which the server is FedAvg's (weighted mean, ``--server-opt``; with ``--dp-clip`` the
+private mean of the updates, from :mod:`jaxfl.mechanisms.uploads`). Each client keeps its
 last local model w_k^{t-1} (the initial global model before its first round). The representation
 is the model's :attr:`jaxfl.models.Model.represent`: for the zoo's models the input of the
 output layer (the paper puts a projection head there; ours is the last hidden layer).
@@ -27,12 +28,13 @@ from flax import struct
 from jaxfl.algorithms.fedavg import flag_server_optimizer, server_update
 from jaxfl.configs.averaging import MoonConfig
 from jaxfl.configs.specs import SPECS
-from jaxfl.core import aggregate, hooks, metrics, train
+from jaxfl.core import hooks, metrics, train
 from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients, scatter
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
 from jaxfl.mechanisms.client_round import standard_clients
 from jaxfl.mechanisms.personalization import broadcast_clients
+from jaxfl.mechanisms.uploads import upload_mean
 from jaxfl.models import Model
 
 SPEC = SPECS["moon"]  # its config and capabilities (jaxfl.configs.specs)
@@ -44,6 +46,7 @@ class MoonState:
     opt_state: Any
     previous: Any  # every client's last local model, leading (C,) axis
     round: jax.Array  # () int32
+    upload_state: Any = None  # the upload mean's (jaxfl.mechanisms.uploads): C_t with --dp-clip
 
 
 def cosine(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -105,6 +108,7 @@ def make(
     client_opt = hooks.optimizer(client_optimizer, config, lambda: optax.sgd(config.lr))
     server_opt = hooks.optimizer(server_optimizer, config, lambda: flag_server_optimizer(config))
     B, E = config.batch_size, config.local_epochs
+    uploads = upload_mean(config, m)  # FedAvg's weighted mean, or with --dp-clip the private one
 
     def init(key):
         params = model.init(key)
@@ -113,12 +117,13 @@ def make(
             server_opt.init(params),
             broadcast_clients(params, data.num_clients),
             jnp.zeros((), jnp.int32),
+            uploads.init(),
         )
 
     def prepare(state, key, data):
         picked = clients.sample(key, data, state.previous)
         counts = data.client_count[picked.sampled]
-        ctx = (picked.sampled, picked.received, counts)
+        ctx = (picked.sampled, picked.received, counts, hooks.round_key(key))
         return (data, state.params), picked.client_args, ctx
 
     def client_update(shared, previous, key, idx_row, count, work, is_adversary):
@@ -134,21 +139,24 @@ def make(
         return trained.params, trained.loss, trained.penalty
 
     def finish(state, ctx, outputs, data):
-        sampled, received, counts = ctx
+        sampled, received, counts, hook_key = ctx
         local_params, ce, con = outputs
         deltas = jax.tree.map(lambda w, w0: w - w0, local_params, state.params)
         applied = faults.applied(received, fault_config.min_received)
-        mean_delta = aggregate.weighted_mean(deltas, counts * received)
+        mean_delta, upload_state, upload_metrics = uploads.mean(
+            deltas, counts * received, received, state.upload_state, hook_key, applied
+        )
         params, opt_state = server_update(
             server_opt, state.params, state.opt_state, mean_delta, applied
         )
         previous = scatter(state.previous, sampled, local_params)  # kept on the device
         weights = counts / jnp.sum(counts)
-        return MoonState(params, opt_state, previous, state.round + 1), {
+        return MoonState(params, opt_state, previous, state.round + 1, upload_state), {
             "train_loss": jnp.sum(ce * weights),
             "train_penalty": jnp.sum(con * weights),  # mu * l_con
             "received": jnp.sum(received),
             "applied": applied,
+            **upload_metrics,
         }
 
     floats = model.num_params

@@ -14,7 +14,7 @@ each client takes ``personal_steps`` full-batch gradient steps of lr alpha from 
 training split and is scored on its test split (``client_acc``); the unadapted w gives
 ``global_client_acc`` and ``test_acc``. Faults: dropout, stragglers, label flipping. With
 ``--dp-clip``/``--dp-noise`` the server's mean is DP-FedAvg's private mean
-(:func:`jaxfl.mechanisms.privacy.private_mean`).
+(:mod:`jaxfl.mechanisms.uploads`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from jaxfl.core.algorithm import (
     sample_clients,
 )
 from jaxfl.data.federation import Federation
-from jaxfl.mechanisms import faults, privacy
+from jaxfl.mechanisms import faults
 from jaxfl.mechanisms.personalization import adapt_and_score
+from jaxfl.mechanisms.uploads import upload_mean
 from jaxfl.models import Model
 
 SPEC = SPECS["perfedavg"]  # its config and capabilities (jaxfl.configs.specs)
@@ -50,7 +51,7 @@ class PerFedAvgState:
     params: Any
     opt_state: Any
     round: jax.Array
-    dp: privacy.DPState | None = None  # the clip norm with --dp-clip
+    upload_state: Any = None  # the upload mean's (jaxfl.mechanisms.uploads): C_t with --dp-clip
 
 
 def meta_loss(base_loss, alpha: float):
@@ -94,7 +95,7 @@ def make(
     """
     m = config.clients_per_round or data.num_clients
     fault_config, adversary = faults.setup(fault_config, SPEC.attacks, m, data.num_clients, seed)
-    privacy.check(config, m)
+    uploads = upload_mean(config, m)  # the updates' weighted mean, or the private one
     if config.batch_size < 2:
         raise ValueError(
             f"--batch-size {config.batch_size} is not allowed for --algo perfedavg; allowed: >= 2 "
@@ -108,7 +109,7 @@ def make(
     def init(key):
         params = model.init(key)
         return PerFedAvgState(
-            params, server_opt.init(params), jnp.zeros((), jnp.int32), privacy.init(config)
+            params, server_opt.init(params), jnp.zeros((), jnp.int32), uploads.init()
         )
 
     def prepare(state, key, data):
@@ -134,18 +135,17 @@ def make(
         counts, received, hook_key = ctx
         deltas, losses = outputs
         applied = faults.applied(received, fault_config.min_received)
-        mean_delta, dp_state, dp_metrics = privacy.mean_update(
-            deltas, counts, received, state.dp, hook_key, config
+        mean_delta, upload_state, upload_metrics = uploads.mean(
+            deltas, counts * received, received, state.upload_state, hook_key, applied
         )
         params, opt_state = server_update(
             server_opt, state.params, state.opt_state, mean_delta, applied
         )
-        dp_state = faults.select(applied, dp_state, state.dp)
-        return PerFedAvgState(params, opt_state, state.round + 1, dp_state), {
+        return PerFedAvgState(params, opt_state, state.round + 1, upload_state), {
             "meta_loss": jnp.sum(losses * counts) / jnp.sum(counts),
             "received": jnp.sum(received),
             "applied": applied,
-            **dp_metrics,
+            **upload_metrics,
         }
 
     def evaluate(state, data):

@@ -95,7 +95,7 @@ class FedDynConfig(LocalTrainingFields):
 
 
 @dataclasses.dataclass(frozen=True)
-class MoonConfig(LocalTrainingFields, ServerOptFields):
+class MoonConfig(LocalTrainingFields, ServerOptFields, DPFields):
     moon_mu: float = setting(
         1.0,
         "mu, the weight of the model-contrastive loss (the paper: 5 on CIFAR-10, 1 on CIFAR-100)",

@@ -193,7 +193,7 @@ SPECS = {
         ),
         AlgorithmSpec("fednova", averaging.FedNovaConfig, "Wang et al., NeurIPS 2020"),
         AlgorithmSpec("feddyn", averaging.FedDynConfig, "Acar et al., ICLR 2021"),
-        AlgorithmSpec("moon", averaging.MoonConfig, "Li, He and Song, CVPR 2021"),
+        AlgorithmSpec("moon", averaging.MoonConfig, "Li, He and Song, CVPR 2021", dp=True),
     )
 }
 ALGORITHMS = tuple(SPECS)

@@ -63,6 +63,16 @@ def aggregate_soft_labels(
     raise ValueError(f"unknown --aggregation {rule!r}; allowed: {', '.join(AGGREGATIONS)}")
 
 
+def onto_simplex(probs: jax.Array) -> jax.Array:
+    """Rows (..., L) back onto the probability simplex: negatives to 0, rows renormalised; a
+    row with no positive entry becomes uniform. For a noised mean of probabilities (DP's noise
+    may push entries below 0): post-processing, no privacy cost."""
+    positive = jnp.maximum(probs, 0.0)
+    total = jnp.sum(positive, axis=-1, keepdims=True)
+    uniform = jnp.full_like(positive, 1.0 / positive.shape[-1])
+    return jnp.where(total > 0, positive / jnp.maximum(total, 1e-30), uniform)
+
+
 def entropy(probs: jax.Array) -> jax.Array:
     """Shannon entropy (nats) of each row: (..., L) -> (...)."""
     return -jnp.sum(jax.scipy.special.xlogy(probs, probs), axis=-1)

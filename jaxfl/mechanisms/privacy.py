@@ -23,12 +23,12 @@ Releasing b^ costs privacy too: the user's ``--dp-noise`` z is the round's TOTAL
 multiplier, and the update's own noise is z_D = (z^-2 - (2 sigma_b)^-2)^(-1/2) (Andrew et al.,
 Theorem 1), so the pair is exactly as private as one Gaussian mechanism of multiplier z.
 
-An algorithm supports DP by inheriting :class:`DPFields` in its config (the flags ``--dp-*``;
-their float values are traced hyperparameters, so ``--sweep dp-noise=0,0.5,1`` runs in one
-compiled call), keeping a :class:`DPState` (the clip norm) in its state, clipping each upload
-(:func:`clip_upload` inside ``client_update``, or :func:`private_mean` on stacked uploads) and
-noising the sum (:func:`noised_mean`). Epsilon is computed on the host
-(:mod:`jaxfl.mechanisms.accounting`).
+Algorithms do not call this module: they take the mean of their uploads from
+:mod:`jaxfl.mechanisms.uploads`, which is the plain weighted mean or, when the config asks for DP,
+this private mean. An algorithm supports DP by inheriting :class:`DPFields` in its config (the
+flags ``--dp-*``; their float values are traced hyperparameters, so ``--sweep
+dp-noise=0,0.5,1`` runs in one compiled call) and ``dp=True`` in its spec. Epsilon is computed
+on the host (:mod:`jaxfl.mechanisms.accounting`).
 """
 
 from __future__ import annotations
@@ -199,24 +199,6 @@ def private_mean(uploads, received: jax.Array, state: DPState, key: jax.Array, c
     return noised_mean(mean, jnp.sum(weight * unclipped), state, key, config, m)
 
 
-def mean_update(uploads, counts: jax.Array, received: jax.Array, state, hook_key, config):
-    """The shared model's update of a model-delta algorithm: the sample-count-weighted mean of
-    the received uploads (leaves (m, ...); ``counts`` (m,)), or with DP their
-    :func:`private_mean`. Returns (mean, new DP state, DP metrics)."""
-    if not enabled(config):
-        return aggregate.weighted_mean(uploads, counts * received), state, {}
-    return private_mean(uploads, received, state, key_of(hook_key), config)
-
-
 def key_of(hook_key: jax.Array) -> jax.Array:
     """The DP noise's key from a round's hook key (:func:`jaxfl.core.hooks.round_key`)."""
     return jax.random.fold_in(hook_key, DP_STREAM)
-
-
-def simplex(mean_probs: jax.Array) -> jax.Array:
-    """Noised mean probabilities (P, L) back onto the simplex: negatives to 0, rows renormalised
-    (post-processing: no privacy cost). A row noised to all-negative becomes uniform."""
-    positive = jnp.maximum(mean_probs, 0.0)
-    total = jnp.sum(positive, axis=-1, keepdims=True)
-    uniform = jnp.full_like(positive, 1.0 / positive.shape[-1])
-    return jnp.where(total > 0, positive / jnp.maximum(total, 1e-30), uniform)
