@@ -41,6 +41,16 @@ RUNS |= {
     "perfedavg_dp": ["--algo", "perfedavg", "--dp-clip", "1.0", "--dp-noise", "0.5"],
     "incfl_dp": ["--algo", "incfl", "--dp-clip", "1.0", "--dp-noise", "0.5"],
     "moon_dp": ["--algo", "moon", "--dp-clip", "1.0", "--dp-noise", "0.5"],  # DP from uploads.py
+    "fedavg_poisson_dp": [
+        "--algo",
+        "fedavg",
+        "--participation",
+        "poisson",
+        "--dp-clip",
+        "1.0",
+        "--dp-noise",
+        "0.5",
+    ],  # fmt: skip
     "fedavg_faults": ["--algo", "fedavg", *FAULTS, "--attack", "scaled_update"],
     "dsfl_faults": ["--algo", "dsfl", *FAULTS, "--attack", "label_flip"],
     "fedavg_seeds": ["--algo", "fedavg", "--seeds", "2"],

@@ -15,7 +15,7 @@ import pytest
 
 from jaxfl.cli import config_flags, flags
 from jaxfl.configs import SPECS, fields, settings
-from jaxfl.configs.shared import ClockFields, DPFields, FaultFields
+from jaxfl.configs.shared import ClockFields, DPFields, FaultFields, ParticipationFields
 from jaxfl.core.errors import ConfigError
 from jaxfl.experiments.builder import config_from_args
 
@@ -113,6 +113,7 @@ def test_capabilities_match_the_configs():
         assert issubclass(spec.config, DPFields) == spec.dp, name
         if spec.clock:
             assert issubclass(spec.config, ClockFields), name
+        assert issubclass(spec.config, ParticipationFields) == spec.participation, name
         assert ("unseen_clients" in settings(spec.config)) >= spec.unseen, name
         assert set(spec.static_hparams) <= set(settings(spec.config)), name
         assert set(spec.attacks) <= set(settings(FaultFields)["attack"].metadata["choices"])

@@ -126,7 +126,8 @@ def make(
     (``parts.client_update`` then returns a client's weighted update, not its raw one).
     """
     seen = training_clients(config, data)
-    m = config.clients_per_round or seen
+    m = config.clients_per_round or seen  # with Poisson participation the expected cohort q C
+    poisson = getattr(config, "participation", "fixed") == "poisson"
     clients = standard_clients(
         data,
         m,
@@ -135,6 +136,7 @@ def make(
         seed=seed,
         select_clients=select_clients,
         population=seen,
+        participation="poisson" if poisson else "fixed",
     )
     fault_config = clients.fault_config
     server_opt = hooks.optimizer(server_optimizer, config, lambda: flag_server_optimizer(config))
@@ -166,15 +168,16 @@ def make(
         counts = data.client_count[picked.sampled]
         # the virtual clock: how long each client takes, whom the round waits for
         steps = faults.step_budget(client_args[-2], counts, *local)
+        durations = clock.durations(state.clock, picked.sampled, steps)
+        if poisson:  # a padded slot is nobody: the round does not wait for it, its loss is 0
+            durations = jnp.where(picked.present, durations, 0.0)
+            counts = counts * picked.present
         received, round_time = clock.move_on(
-            clock.durations(state.clock, picked.sampled, steps),
-            received,
-            config.round_deadline,
-            config.round_first,
+            durations, received, config.round_deadline, config.round_first
         )
         if streamed:  # each client's weight in the mean, and in the mean train loss
             mean_weights = uploads.client_weights(counts * received, received)
-            loss_weights = counts / jnp.sum(counts)
+            loss_weights = counts / jnp.maximum(jnp.sum(counts), 1)
             client_args = (*client_args, mean_weights, loss_weights)
         shared = (data, state.params, state.upload_state)
         return shared, client_args, (counts, received, round_time, hooks.round_key(key))
@@ -209,7 +212,7 @@ def make(
 
     def finish(state, ctx, outputs, data):
         counts, received, round_time, hook_key = ctx
-        applied = faults.applied(received, fault_config.min_received)
+        applied = uploads.applied(received, fault_config.min_received)
         if streamed:  # sums over the clients, accumulated chunk by chunk
             total, mean_losses, *stats = outputs
             mean_delta, upload_state, upload_metrics = uploads.finish(
@@ -226,7 +229,9 @@ def make(
                 applied,
                 plain=lambda u, w: aggregate_hook(u, w, key=hook_key),
             )
-            mean_losses = tuple(jnp.sum(x * counts) / jnp.sum(counts) for x in losses)
+            mean_losses = tuple(
+                jnp.sum(x * counts) / jnp.maximum(jnp.sum(counts), 1) for x in losses
+            )
         params, opt_state = server_update(
             server_opt, state.params, state.opt_state, mean_delta, applied
         )
@@ -252,7 +257,8 @@ def make(
         init,
         evaluate,
         data,
-        clients_per_round=m,
+        clients_per_round=clients.slots,
+        participants_per_round=m,
         client_chunk=config.client_chunk,
         communication=communication(floats, floats),
         cohort_by_size=clients.by_size,

@@ -73,7 +73,7 @@ def add_arguments(
         "round; on a CPU as many as keep a training step in cache)",
     )
     a("--clients", type=int, default=100, help="number of simulated clients C (default 100)")
-    add_setting_flags(a, ("clients_per_round",), algo)
+    add_setting_flags(a, ("clients_per_round", "participation"), algo)
     a(
         "--dataset",
         default="mnist",

@@ -40,16 +40,17 @@ def privacy_line(record: dict, args) -> str:
         + (f" (adaptive, quantile {args.dp_clip_quantile:g})" if args.dp_clip_quantile else "")
         + f", noise multiplier {noise:.4g} ({how}), {record['clients_per_round']} of "
         f"{record['population']} clients sampled per round"
+        + (" in expectation (Poisson)" if record.get("participation") == "poisson" else "")
     )
     if record["epsilon_planned"] is None:
         return line + "; no noise: epsilon is infinite (clipping only)"
     return line + (
         f"; ({record['epsilon_planned']:.3g}, {record['delta']:.2g})-DP after {args.rounds} "
-        "rounds (user level, RDP accountant of dp-accounting)"
+        f"rounds (user level; {record['epsilon_of']}, dp-accounting)"
     )
 
 
-def explained(history: list[dict], num_classes: int) -> str:
+def explained(history: list[dict], num_classes: int, epsilon_of: str | None = None) -> str:
     """What the printed numbers mean, with their course over the rounds (learning visible)."""
     lines = []
     if "test_acc" in history[-1]:
@@ -79,7 +80,10 @@ def explained(history: list[dict], num_classes: int) -> str:
     if "dp_epsilon" in history[-1]:
         lines.append(
             "  dp_epsilon: the privacy spent so far, (epsilon, delta)-DP for each client's whole "
-            "data (smaller is more private); " + course(history, "dp_epsilon")
+            "data (smaller is more private"
+            + (f"; {epsilon_of}" if epsilon_of else "")
+            + "); "
+            + course(history, "dp_epsilon")
         )
     return "\n".join(lines)
 
@@ -92,6 +96,9 @@ def participation(exp) -> str:
 
         m, k = concurrency_and_buffer(config, exp.data.num_clients)
         return f"{m} in flight, {k} per server step (a round is a server step)"
+    if getattr(config, "participation", "fixed") == "poisson":
+        m, slots = exp.config["clients_per_round"], exp.algorithm.clients_per_round
+        return f"Poisson participation, {m} per round in expectation (at most {slots})"
     return f"{exp.config['clients_per_round']} per round"
 
 

@@ -375,7 +375,7 @@ def run(args, start: float) -> int:
         status, message = interrupted(out)
         summary.update(status)
     if final.get("sim_time"):  # the virtual clock: clients trained per simulated second
-        trained = final["round"] * exp.algorithm.clients_per_round
+        trained = final["round"] * exp.algorithm.participants_per_round
         summary["clients_trained_per_sim_second"] = trained / final["sim_time"]
     if hasattr(final_state, "staleness_hist"):  # asynchronous: how old the applied updates were
         counts = to_host(final_state.staleness_hist).tolist()
@@ -384,7 +384,8 @@ def run(args, start: float) -> int:
     writer.finish(summary, **per_client())
     shown = [f"{k} {final[k]:.4f}" for k in SHOWN if k in final]
     print(f"round {final['round']}: {', '.join(shown)}; results in {out}")
-    print(printout.explained(history, exp.data.num_classes))
+    epsilon_of = (exp.config.get("privacy") or {}).get("epsilon_of")
+    print(printout.explained(history, exp.data.num_classes, epsilon_of))
     if sim.stop_reason == INTERRUPTED:
         print(message, file=sys.stderr)
         return ctrl_c.exit_status

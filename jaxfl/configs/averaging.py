@@ -9,7 +9,13 @@ import dataclasses
 
 from jaxfl.configs import shared
 from jaxfl.configs.fields import setting
-from jaxfl.configs.shared import ClockFields, DPFields, LocalTrainingFields, ServerOptFields
+from jaxfl.configs.shared import (
+    ClockFields,
+    DPFields,
+    LocalTrainingFields,
+    ParticipationFields,
+    ServerOptFields,
+)
 from jaxfl.core.names import INCFL_RULES
 
 
@@ -30,9 +36,10 @@ class FedAvgFields(DPFields):
 
 
 @dataclasses.dataclass(frozen=True)
-class FedAvgConfig(FedAvgFields, ClockFields):
-    """FedAvg's settings and the virtual clock's (its round waits for, or moves on from, the
-    clients' simulated arrivals: :mod:`jaxfl.mechanisms.clock`)."""
+class FedAvgConfig(FedAvgFields, ClockFields, ParticipationFields):
+    """FedAvg's settings, the virtual clock's (its round waits for, or moves on from, the
+    clients' simulated arrivals: :mod:`jaxfl.mechanisms.clock`) and the participation's (fixed
+    or Poisson cohorts: :mod:`jaxfl.mechanisms.client_round`)."""
 
 
 @dataclasses.dataclass(frozen=True)

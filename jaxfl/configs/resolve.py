@@ -16,7 +16,7 @@ import copy
 import dataclasses
 
 from jaxfl.configs.fields import check_value, flag_name, settings
-from jaxfl.configs.shared import ClockFields, DPFields, FaultFields
+from jaxfl.configs.shared import ClockFields, DPFields, FaultFields, ParticipationFields
 from jaxfl.configs.specs import SPECS, with_capability
 from jaxfl.core.errors import ConfigError
 
@@ -45,19 +45,27 @@ def foreign_settings(args: argparse.Namespace, algo: str) -> list[str]:
 # settings that switch on a capability: given to an algorithm without it, they are an error
 # (a run asked to be private, timed or to hold clients out must not silently be none of these)
 CAPABILITY_SETTINGS = {
-    "dp": (*(f.name for f in dataclasses.fields(DPFields)), "dp_epsilon", "dp_delta"),
+    "dp": (
+        *(f.name for f in dataclasses.fields(DPFields)),
+        "dp_epsilon",
+        "dp_delta",
+        "dp_accountant",
+    ),
     "clock": tuple(f.name for f in dataclasses.fields(ClockFields)),
     "unseen": ("unseen_clients",),
+    "participation": tuple(f.name for f in dataclasses.fields(ParticipationFields)),
 }
 _CAPABILITY_DEFAULTS = (
     {f.name: f.default for f in dataclasses.fields(DPFields)}
     | {f.name: f.default for f in dataclasses.fields(ClockFields)}
+    | {f.name: f.default for f in dataclasses.fields(ParticipationFields)}
     | {"unseen_clients": 0}
 )
 _WHAT = {
     "dp": "does not support differential privacy yet",
     "clock": "keeps no virtual clock",
     "unseen": "trains every client",
+    "participation": "draws a fixed number of clients each round",
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxfl.configs.fields import setting
-from jaxfl.core.names import ATTACKS, SERVER_OPTS
+from jaxfl.core.names import ATTACKS, PARTICIPATIONS, SERVER_OPTS
 
 SPEED_HELP = (
     "constant:V, lognormal:SIGMA (median 1), two-tier:FRACTION:FACTOR (that fraction of the "
@@ -24,7 +24,8 @@ def clients_per_round(default_help: str = "all C"):
     """m, the clients sampled per round (None: every client)."""
     return setting(
         None,
-        "clients sampled per round, uniform without replacement",
+        "m, clients sampled per round: exactly m, uniform without replacement (with "
+        "--participation poisson: m in expectation)",
         check=">= 1",
         default_help=default_help,
     )
@@ -161,6 +162,26 @@ class DPFields:
         check="> 0",
         allowed="a noise std > 0",
         default_help="clients per round / 20",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ParticipationFields:
+    """How the clients of a round are drawn (:mod:`jaxfl.mechanisms.client_round`), inherited by
+    the config of every algorithm that can draw a cohort of varying size.
+
+    Attributes:
+      participation: ``fixed``, exactly m of the C clients, uniform without replacement; or
+        ``poisson``, each client independently with probability q = m / C (the sampling of
+        the DP-FedAvg literature's epsilons, accounted under add-or-remove adjacency).
+    """
+
+    participation: str = setting(
+        "fixed",
+        "how clients take part in a round: fixed (exactly --clients-per-round of C, uniform "
+        "without replacement) or poisson (each client independently with probability q = "
+        "--clients-per-round / C: a cohort of varying size, as DP-FedAvg's analysis assumes)",
+        choices=PARTICIPATIONS,
     )
 
 

@@ -26,6 +26,9 @@ class AlgorithmSpec:
       groups: whether clients may have different architectures (``--models``).
       unseen: whether it keeps the last ``--unseen-clients`` out of training.
       clock: whether it keeps the virtual clock (its config holds ``ClockFields``).
+      participation: whether ``--participation poisson`` can draw its cohorts (its config
+        holds ``ParticipationFields``): an algorithm without per-client state, whose round
+        takes a cohort of varying size padded to a fixed capacity and masked.
       global_model: whether it has one global model (``test_acc``); without one a run watches
         ``client_acc_mean``.
       validation_fraction: its default ``--client-val-fraction`` (each client's validation
@@ -49,6 +52,7 @@ class AlgorithmSpec:
     groups: bool = False
     unseen: bool = False
     clock: bool = False
+    participation: bool = False
     global_model: bool = True
     validation_fraction: float = 0.0
     needs_local_baseline: bool = False
@@ -75,6 +79,7 @@ SPECS = {
             dp=True,
             unseen=True,
             clock=True,
+            participation=True,
         ),
         AlgorithmSpec(
             "dsfl",
@@ -102,6 +107,7 @@ SPECS = {
             dp=True,
             clock=True,  # FedAvg's rounds: fine-tuning happens at evaluation
             unseen=True,
+            participation=True,
             **_PERSONAL,
         ),
         AlgorithmSpec(
@@ -187,6 +193,7 @@ SPECS = {
             dp=True,
             unseen=True,
             clock=True,
+            participation=True,
         ),
         AlgorithmSpec(
             "scaffold", averaging.ScaffoldConfig, "Karimireddy et al., ICML 2020 (option II)"

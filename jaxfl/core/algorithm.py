@@ -78,6 +78,9 @@ class FederatedAlgorithm:
         runs only each client's own steps (:class:`jaxfl.mechanisms.client_round.
         StandardClients`), so a chunk of clients costs its longest client's steps, not the
         padded capacity's (what the run's padding efficiency is computed from).
+      participants_per_round: the clients a round involves, for the traffic totals: m, or
+        with Poisson participation the expected cohort q C (``clients_per_round`` is then the
+        cohort's padded capacity).
     """
 
     name: str
@@ -93,6 +96,11 @@ class FederatedAlgorithm:
     clients_per_round: int
     data: Federation
     cohort_by_size: bool = False
+    participants_per_round: float | None = None
+
+    def __post_init__(self):
+        if self.participants_per_round is None:
+            object.__setattr__(self, "participants_per_round", self.clients_per_round)
 
 
 def communication(
@@ -217,6 +225,7 @@ def make_algorithm(
     client_chunk: int | None = None,
     communication: dict | None = None,
     cohort_by_size: bool = False,
+    participants_per_round: float | None = None,
 ) -> FederatedAlgorithm:
     """Compose round pieces into the jitted round, its loop reference and the evaluator.
 
@@ -313,4 +322,5 @@ def make_algorithm(
         clients_per_round=clients_per_round,
         data=data,
         cohort_by_size=cohort_by_size,
+        participants_per_round=participants_per_round,
     )

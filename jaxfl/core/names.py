@@ -34,6 +34,9 @@ SERVER_OPTS = ("sgd", "momentum", "adam")
 # the virtual clock (jaxfl.mechanisms.clock): --client-speed/--client-latency kinds
 SPEED_KINDS = ("constant", "lognormal", "two-tier", "uniform", "file")
 FINETUNE_LAYERS = ("all", "last")
+# --participation: exactly m of C each round, or each client independently with q = m / C
+PARTICIPATIONS = ("fixed", "poisson")
+DP_ACCOUNTANTS = ("rdp", "pld")  # --dp-accountant: dp-accounting's Renyi DP or PLD accountant
 
 # --model
 MODELS = ("logreg", "mlp", "cnn", "lenet5", "resnet8", "resnet20")

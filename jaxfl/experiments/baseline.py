@@ -56,7 +56,13 @@ def baseline_args(args: argparse.Namespace, client_val_fraction: float) -> argpa
     local.unseen_clients = None  # every client can train alone, seen by the federation or not
     for field, value in vars(FaultConfig()).items():
         setattr(local, field, value)
-    for field in (*(f.name for f in dataclasses.fields(DPFields)), "dp_epsilon", "dp_delta"):
+    for field in (
+        *(f.name for f in dataclasses.fields(DPFields)),
+        "dp_epsilon",
+        "dp_delta",
+        "dp_accountant",
+        "participation",  # every client trains alone: no cohort to draw
+    ):
         setattr(local, field, None)  # local training uploads nothing: no DP to apply
     return local
 

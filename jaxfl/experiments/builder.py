@@ -211,6 +211,8 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         devices=client_devices(),
         by_size=algorithm.cohort_by_size,
     )
+    if getattr(algo_config, "participation", "fixed") == "poisson":  # padded slots: no work
+        efficiency *= min(1.0, m / algorithm.clients_per_round)
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config = {
         **flags,
@@ -240,7 +242,11 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
     accountant = None
     if privacy_record is not None:
         accountant = accounting.for_config(
-            algo_config, privacy_record["population"], m, privacy_record["delta"]
+            algo_config,
+            privacy_record["population"],
+            m,
+            privacy_record["delta"],
+            privacy_record["accountant"],
         )
     return Experiment(
         args,
@@ -269,24 +275,35 @@ def calibrate_privacy(args: argparse.Namespace, m: int) -> dict | None:
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(privacy.DPFields)}
     )
     sigma_b = privacy.count_noise(setting, m) if privacy.adaptive(setting) else None
-    record = {"population": population, "clients_per_round": m, "delta": delta}
+    participation = getattr(args, "participation", None) or "fixed"
+    kind = getattr(args, "dp_accountant", None) or accounting.default_accountant(participation)
+    record = {
+        "population": population,
+        "clients_per_round": m,
+        "delta": delta,
+        "participation": participation,
+        "accountant": kind,
+    }
     noise = args.dp_noise
     if args.dp_epsilon is not None:
         try:
             noise = accounting.calibrate_noise(
-                args.dp_epsilon, args.rounds, population, m, delta, sigma_b
+                args.dp_epsilon, args.rounds, population, m, delta, sigma_b, participation, kind
             )
         except accounting.AccountingError as err:
             raise ConfigError(str(err)) from err
         record["target_epsilon"] = args.dp_epsilon
     record["noise_multiplier"] = noise
     try:  # before accounting: z >= 2 sigma_b has no update noise (jaxfl.mechanisms.privacy)
-        privacy.check(dataclasses.replace(setting, dp_noise=noise), m)
+        privacy.check(dataclasses.replace(setting, dp_noise=noise), m, participation=participation)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    planned = accounting.accountant(float(noise), population, m, delta, sigma_b)
+    planned = accounting.accountant(
+        float(noise), population, m, delta, sigma_b, participation, kind
+    )
     epsilon = planned.epsilon(args.rounds)
     record["epsilon_planned"] = epsilon if math.isfinite(epsilon) else None  # None: no noise
+    record["epsilon_of"] = planned.describe()  # how every epsilon of the run is computed
     return record
 
 

@@ -90,7 +90,8 @@ def comparison_table(summary: dict) -> str:
         "Mean ± half-width of the 95% confidence interval over seeds (Student's t).",
         "",
         "| algorithm | setting | seeds | rounds | final test_acc | best test_acc | "
-        "final client_acc_mean | final train_loss |" + (" DP epsilon |" if private else ""),
+        "final client_acc_mean | final train_loss |"
+        + (f" DP epsilon ({summary.get('dp_epsilon_of', 'user level')}) |" if private else ""),
         "|---|---|---:|---:|---|---|---|---|" + ("---:|" if private else ""),
     ]
     for s in summary["settings"]:

@@ -99,6 +99,7 @@ class ResultsWriter:
             os.replace(tmp, self.path / "metrics.jsonl")
             self.history = kept
         write_json(self.path / "config.json", config)
+        self.epsilon_of = (config.get("privacy") or {}).get("epsilon_of")
         self.metrics_file = (self.path / "metrics.jsonl").open("a")
 
     def attach(self, sim) -> ResultsWriter:
@@ -136,7 +137,7 @@ class ResultsWriter:
                 curves[label] = np.asarray(values)
         write_json(self.path / "summary.json", summary)
         if self.history:
-            plot_history(self.history, self.path / "accuracy.png")
+            plot_history(self.history, self.path / "accuracy.png", self.epsilon_of)
         if curves:
             plot_client_cdf(curves, self.path / "client_acc_cdf.png")
 
@@ -175,7 +176,7 @@ def plot_client_cdf(curves: dict[str, np.ndarray], path: Path, title: str = "") 
     plt.close(fig)
 
 
-def plot_history(history: list[dict], path: Path) -> None:
+def plot_history(history: list[dict], path: Path, epsilon_of: str | None = None) -> None:
     """Accuracy over rounds (server/global and client mean) and cumulative communication."""
     import matplotlib
 
@@ -207,7 +208,9 @@ def plot_history(history: list[dict], path: Path) -> None:
         ax_eps = ax_acc.twinx()
         points = [(h["round"], h["dp_epsilon"]) for h in history if "dp_epsilon" in h]
         ax_eps.plot(*zip(*points, strict=True), "k--", lw=1, label="DP epsilon (right axis)")
-        ax_eps.set_ylabel("epsilon (user-level DP)")
+        ax_eps.set_ylabel(
+            "epsilon (user-level DP" + (f";\n{epsilon_of})" if epsilon_of else ")"), fontsize=8
+        )
         ax_eps.legend(loc="lower right")
     up = [h["comm_up_bytes_total"] / 2**20 for h in history]
     down = [h["comm_down_bytes_total"] / 2**20 for h in history]

@@ -288,6 +288,11 @@ def run_sweep(
             board.close()
     summary = summarize(history, seeds)
     summary["wall_time_s"] = time.perf_counter() - start
+    described = {  # how the epsilons were computed (participation, adjacency, accountant)
+        (a["config"].get("privacy") or {}).get("epsilon_of") for a in config["algorithms"].values()
+    } - {None}
+    if described:
+        summary["dp_epsilon_of"] = "; ".join(sorted(described))
     if stopped is not None:
         summary |= {
             "status": "interrupted" if stopped.reason is None else "stopped early",
@@ -417,7 +422,9 @@ def _add_communication(records: list[dict], algorithm) -> None:
     round, as a single run counts them (:func:`jaxfl.core.algorithm.traffic_totals`)."""
     for record in records:
         record.update(
-            traffic_totals(algorithm.communication, algorithm.clients_per_round, record["round"])
+            traffic_totals(
+                algorithm.communication, algorithm.participants_per_round, record["round"]
+            )
         )
 
 
@@ -430,7 +437,11 @@ def _add_epsilon(records: list[dict], group, config: dict) -> None:
     for record, e in zip(records, group.experiments, strict=True):
         algo_config, _ = group.config_of(e)
         accountant = accounting.for_config(
-            algo_config, setting["population"], setting["clients_per_round"], setting["delta"]
+            algo_config,
+            setting["population"],
+            setting["clients_per_round"],
+            setting["delta"],
+            setting.get("accountant"),
         )
         if accountant is not None:
             record["dp_epsilon"] = accountant.epsilon(record["round"])

@@ -35,6 +35,7 @@ from jaxfl.core.names import (
 DP_FLAGS = {f.name: f.default for f in dataclasses.fields(DPFields)} | {
     "dp_epsilon": None,
     "dp_delta": None,
+    "dp_accountant": None,
 }
 # the clock settings and their defaults
 CLOCK_FLAGS = {f.name: f.default for f in dataclasses.fields(ClockFields)}
@@ -176,6 +177,14 @@ def validate_privacy_flags(args, fail) -> None:
                  "--sweep dp-noise=... without --dp-epsilon")  # fmt: skip
     if args.dp_delta is not None and not 0 < args.dp_delta < 1:
         fail("--dp-delta", args.dp_delta, "0 < delta < 1")
+    poisson = getattr(args, "participation", None) == "poisson"
+    if getattr(args, "dp_accountant", None) == "pld" and not poisson:
+        fail("--dp-accountant", "pld", "rdp with fixed participation (dp-accounting has no PLD "
+             "of fixed-size sampling); pld with --participation poisson")  # fmt: skip
+    if poisson and getattr(args, "min_received", None) not in (None, 1):
+        fail("--min-received", args.min_received, "1 with --participation poisson and "
+             "--dp-clip (every private round is applied, an empty cohort's update being the "
+             "noise alone: skipping rounds by the cohort's size would release it)")  # fmt: skip
     adaptive_only = ("--dp-clip-count-noise",) if args.dp_clip_count_noise is not None else ()
     if adaptive_only and args.dp_clip_quantile is None:
         fail(adaptive_only[0], args.dp_clip_count_noise, "only with --dp-clip-quantile")

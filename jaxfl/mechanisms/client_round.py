@@ -34,6 +34,7 @@ from jaxfl.configs.shared import LocalTrainingFields as LocalTrainingFields
 from jaxfl.configs.shared import ServerOptFields as ServerOptFields
 from jaxfl.core import hparams, train
 from jaxfl.core.algorithm import client_inputs, gather, sample_clients
+from jaxfl.core.names import PARTICIPATIONS
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
 
@@ -43,15 +44,20 @@ class Picked:
     """This round's sampled clients.
 
     Attributes:
-      sampled: (m,) int32 client indices.
-      received: (m,) bool, whether each client's upload arrives (dropout faults).
-      client_args: the per-client inputs of ``client_update``, each with a leading (m,) axis:
+      sampled: (M,) int32 client indices, one per slot of the cohort (M = m with fixed
+        participation; with Poisson participation the capacity, its empty slots padded).
+      received: (M,) bool, whether each slot's upload arrives: the client is in the cohort and
+        its upload was not dropped (dropout faults).
+      client_args: the per-client inputs of ``client_update``, each with a leading (M,) axis:
         ``(*rows, key, idx_row, count, work, is_adversary)`` (:func:`client_inputs`).
+      present: (M,) bool, whether the slot holds a client of this round's cohort (all True
+        with fixed participation).
     """
 
     sampled: jax.Array
     received: jax.Array
     client_args: tuple
+    present: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +65,7 @@ class StandardClients:
     """Sampling, faults and local training of the clients of one bound algorithm.
 
     Attributes:
-      clients_per_round: m.
+      clients_per_round: m (with Poisson participation the expected cohort, q = m / population).
       population: clients that may be sampled (the first ``population`` of C).
       fault_config: the faults (:mod:`jaxfl.mechanisms.faults`), defaults filled in.
       adversary: (C,) bool, the fixed adversarial clients.
@@ -71,6 +77,11 @@ class StandardClients:
         about what its clients need instead of the largest client's padding. A client's key,
         faults and result do not change, only the order of the cohort (and so the order in
         which sums over it are taken).
+      participation: ``fixed`` (exactly m, ``select_clients``) or ``poisson``
+        (:func:`poisson_cohort`, each client independently with probability q = m /
+        population, in ``slots`` slots).
+      slots: M, the client axis of a round: m, or with Poisson participation the capacity
+        (:func:`poisson_capacity`).
     """
 
     clients_per_round: int
@@ -79,6 +90,13 @@ class StandardClients:
     adversary: jax.Array
     select_clients: Callable
     by_size: bool = True
+    participation: str = "fixed"
+    slots: int | None = None
+
+    @property
+    def sampling_probability(self) -> float:
+        """q = m / population, each client's chance of taking part in a round."""
+        return self.clients_per_round / self.population
 
     def sample(self, key: jax.Array, data: Federation, *client_trees) -> Picked:
         """Sample this round's clients and draw their faults from the round's ``key``.
@@ -86,22 +104,31 @@ class StandardClients:
         ``client_trees``: pytrees with a leading client axis (C, ...) (e.g. personal models)
         whose sampled rows lead the client arguments.
         """
-        m = self.clients_per_round
         k_sample, k_clients = jax.random.split(key)
-        sampled = self.select_clients(k_sample, self.population, m)
+        if self.participation == "poisson":
+            m = self.slots
+            sampled, present = poisson_cohort(
+                k_sample, self.population, self.sampling_probability, m
+            )
+        else:
+            m = self.clients_per_round
+            sampled = self.select_clients(k_sample, self.population, m)
+            present = jnp.ones((m,), bool)
         received, work = faults.round_faults(key, m, self.fault_config)
+        received = received & present
         keys = jax.random.split(k_clients, m)
         if self.by_size:  # the same clients with the same keys and faults, smallest first
             order = jnp.argsort(data.client_count[sampled], stable=True)
-            sampled, received, work, keys = (
+            sampled, received, work, keys, present = (
                 sampled[order],
                 received[order],
                 work[order],
                 keys[order],
+                present[order],
             )
         rows = tuple(gather(tree, sampled) for tree in client_trees)
         args = client_inputs(sampled, keys, work, data, self.adversary, *rows)
-        return Picked(sampled, received, args)
+        return Picked(sampled, received, args, present)
 
     def train(
         self,
@@ -154,23 +181,79 @@ def standard_clients(
     seed: int = 0,
     select_clients: Callable = sample_clients,
     population: int | None = None,
+    participation: str = "fixed",
 ) -> StandardClients:
     """The standard clients of an algorithm bound to ``data``: checks ``fault_config`` against
     the ``attacks`` the algorithm supports and draws the adversarial set from ``seed``
     (:func:`jaxfl.mechanisms.faults.setup`); ``population`` defaults to every client. Cohorts
     are ordered by size and train only their own steps (``by_size``) when the clients are
-    uneven (:func:`uneven`); on even clients that would cost a while loop and buy nothing."""
+    uneven (:func:`uneven`); on even clients that would cost a while loop and buy nothing.
+    ``participation`` ``poisson`` draws each client with probability m / population into
+    :func:`poisson_capacity` slots (``select_clients`` is then not used)."""
+    population = data.num_clients if population is None else population
+    if participation not in PARTICIPATIONS:
+        raise ValueError(
+            f"--participation {participation!r} is not allowed; allowed: "
+            f"{', '.join(PARTICIPATIONS)}"
+        )
+    slots = clients_per_round
+    if participation == "poisson":
+        if select_clients is not sample_clients:
+            raise ValueError(
+                "--participation poisson draws every client independently; give make() "
+                "either select_clients or Poisson participation, not both"
+            )
+        slots = poisson_capacity(population, clients_per_round / population)
     fault_config, adversary = faults.setup(
         fault_config, attacks, clients_per_round, data.num_clients, seed
     )
     return StandardClients(
         clients_per_round,
-        data.num_clients if population is None else population,
+        population,
         fault_config,
         adversary,
         select_clients,
         by_size=uneven(data),
+        participation=participation,
+        slots=slots,
     )
+
+
+OVERFLOW_BOUND = 1e-12  # per round: P(more clients drawn than the Poisson cohort's capacity)
+
+
+def poisson_capacity(population: int, q: float, bound: float = OVERFLOW_BOUND) -> int:
+    """M, the smallest capacity with P(Binomial(population + 1, q) > M) <= ``bound``.
+
+    The Poisson cohort's size is Binomial(population, q); ``population + 1`` covers the
+    neighbouring data set with one client more (add-or-remove adjacency), so the bound holds
+    for both sides of the privacy analysis (:mod:`jaxfl.mechanisms.accounting`); so it is at
+    most ``population + 1`` (q near 1 may leave a slot always empty)."""
+    from scipy import stats
+
+    capacity = max(0, int(stats.binom.isf(bound, population + 1, q)) - 1)
+    while capacity <= population and stats.binom.sf(capacity, population + 1, q) > bound:
+        capacity += 1  # isf is a float search: step to the exact smallest capacity
+    return max(1, min(population + 1, capacity))
+
+
+def poisson_cohort(key: jax.Array, population: int, q: float, capacity: int):
+    """One round's Poisson cohort: each of ``population`` clients independently with
+    probability ``q``, in ``capacity`` slots.
+
+    Returns (sampled (capacity,) int32, present (capacity,) bool): the drawn clients in a
+    random order, then padding (``present`` False, index of some client, to be masked). If more
+    than ``capacity`` are drawn (probability <= :data:`OVERFLOW_BOUND` at
+    :func:`poisson_capacity`), a uniformly random subset of ``capacity`` of them takes part:
+    the truncated Poisson sampling that dp-accounting's ``TruncatedSubsampledGaussianDpEvent``
+    describes.
+    """
+    k_draw, k_order = jax.random.split(key)
+    drawn = jax.random.uniform(k_draw, (population,)) < q
+    order = jax.random.permutation(k_order, population)
+    (positions,) = jnp.nonzero(drawn[order], size=capacity, fill_value=0)
+    present = jnp.arange(capacity) < jnp.sum(drawn)
+    return order[positions].astype(jnp.int32), present
 
 
 UNEVEN_BELOW = 0.9  # padded efficiency (mean size / capacity) under which cohorts are sorted
@@ -211,7 +294,7 @@ def padding_efficiency(
     the slots are sum over chunks of (clients x that client's ceil(n / B) x B). Epochs scale
     both sides alike and cancel."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    m, B = clients_per_round, batch_size
+    m, B = min(clients_per_round, len(sizes)), batch_size
     steps = -(-sizes // B)
     if not by_size:
         return float(sizes.mean() / (-(-capacity // B) * B))

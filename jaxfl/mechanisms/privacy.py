@@ -11,7 +11,8 @@ so one client changes the noised sum by at most C_t (2 C_t when it is *replaced*
 neighbouring relation of fixed-size sampling; :mod:`jaxfl.mechanisms.accounting`). Every client
 weighs the same (the sample-count weights of FedAvg would let one client's data size raise its
 influence) and the denominator is the fixed m, not the number received, so a dropped client changes
-nothing but its own term.
+nothing but its own term. With Poisson participation (``--participation poisson``) m is the
+expected cohort q C, as in McMahan et al.
 
 Adaptive clipping (Andrew et al., NeurIPS 2021) with target quantile gamma, learning rate eta_C
 and count noise sigma_b: each client also reports the bit b_k = [||u_k|| <= C_t], and
@@ -21,7 +22,10 @@ and count noise sigma_b: each client also reports the bit b_k = [||u_k|| <= C_t]
 
 Releasing b^ costs privacy too: the user's ``--dp-noise`` z is the round's TOTAL noise
 multiplier, and the update's own noise is z_D = (z^-2 - (2 sigma_b)^-2)^(-1/2) (Andrew et al.,
-Theorem 1), so the pair is exactly as private as one Gaussian mechanism of multiplier z.
+Theorem 1), so the pair is exactly as private as one Gaussian mechanism of multiplier z (z / 2
+for the replace-one relation). Under Poisson participation the relation is add-or-remove, the
+update's sensitivity C_t and the bits' 1, so z_D = (z^-2 - sigma_b^-2)^(-1/2) keeps the pair one
+Gaussian mechanism of multiplier z (:func:`count_share`).
 
 Algorithms do not call this module: they take the mean of their uploads from
 :mod:`jaxfl.mechanisms.uploads`, which is the plain weighted mean or, when the config asks for DP,
@@ -65,9 +69,24 @@ def count_noise(config, m: int):
     return hparams.given(config.dp_clip_count_noise, m / 20.0)
 
 
-def check(config, m: int) -> None:
+def poisson(config) -> bool:
+    """Whether the cohort is drawn by Poisson participation (``--participation poisson``)."""
+    return getattr(config, "participation", "fixed") == "poisson"
+
+
+def count_share(config, m: int):
+    """The count query's noise in units of the update's, k with z^-2 = z_D^-2 + k^-2.
+
+    The bits are in {0, 1} (sensitivity 1), the update's clip C_t. Under fixed-size sampling
+    (replace one client) the update's sensitivity is 2 C_t, so both halve: k = 2 sigma_b.
+    Under Poisson participation (add or remove one client) it is C_t: k = sigma_b."""
+    sigma_b = count_noise(config, m)
+    return sigma_b if poisson(config) else 2 * sigma_b
+
+
+def check(config, m: int, participation: str | None = None) -> None:
     """Raise ValueError naming the flag for a DP setting that cannot work (traced values were
-    checked before tracing)."""
+    checked before tracing). ``participation``: the config's own when None."""
     if not enabled(config):
         for name in ("dp_clip_quantile", "dp_clip_count_noise"):
             if getattr(config, name, None) is not None:
@@ -104,6 +123,15 @@ def check(config, m: int) -> None:
         lambda s: s > 0,
         f"--dp-clip-count-noise {sigma_b} is not allowed; allowed: > 0",
     )
+    if (participation or getattr(config, "participation", "fixed")) == "poisson":
+        hparams.check(
+            (config.dp_noise, sigma_b),
+            lambda zs: zs[0] < zs[1],
+            f"--dp-noise {config.dp_noise} needs --dp-clip-count-noise above z (now "
+            f"{sigma_b}): with adaptive clipping under Poisson participation the update's "
+            "noise is z_D = (z^-2 - sigma_b^-2)^-1/2, defined only for z < sigma_b",
+        )
+        return
     hparams.check(
         (config.dp_noise, sigma_b),
         lambda zs: zs[0] < 2 * zs[1],
@@ -115,13 +143,14 @@ def check(config, m: int) -> None:
 
 def update_noise_multiplier(config, m: int):
     """z_D, the noise multiplier of the update itself: z without adaptive clipping, else
-    (z^-2 - (2 sigma_b)^-2)^(-1/2) (0 when z = 0); traced values allowed."""
+    (z^-2 - k^-2)^(-1/2) with k = 2 sigma_b, or sigma_b under Poisson participation
+    (:func:`count_share`; 0 when z = 0); traced values allowed."""
     z = jnp.asarray(config.dp_noise, jnp.float32)
     if not adaptive(config):
         return z
-    sigma_b = jnp.asarray(count_noise(config, m), jnp.float32)
+    share = jnp.asarray(count_share(config, m), jnp.float32)
     safe = jnp.where(z > 0, z, 1.0)
-    return jnp.where(z > 0, (safe**-2 - (2 * sigma_b) ** -2) ** -0.5, 0.0)
+    return jnp.where(z > 0, (safe**-2 - share**-2) ** -0.5, 0.0)
 
 
 def init(config) -> DPState | None:
@@ -183,16 +212,20 @@ def noised_mean(mean, unclipped_frac, state: DPState, key: jax.Array, config, m:
     return mean, DPState(clip), metrics
 
 
-def private_mean(uploads, received: jax.Array, state: DPState, key: jax.Array, config):
+def private_mean(
+    uploads, received: jax.Array, state: DPState, key: jax.Array, config, m: int | None = None
+):
     """:func:`noised_mean` of stacked uploads: clip every row, sum the received ones.
 
     Args:
-      uploads: pytree with leaves (m, ...), one row per sampled client.
-      received: (m,) bool or 0/1, whether each upload arrived.
+      uploads: pytree with leaves (M, ...), one row per slot of the cohort.
+      received: (M,) bool or 0/1, whether each upload arrived.
+      m: the fixed denominator: the clients sampled per round (default M), or with Poisson
+        participation the expected cohort q C.
 
     Returns (mean, new_state, metrics) as :func:`noised_mean`.
     """
-    m = received.shape[0]
+    m = received.shape[0] if m is None else m
     clipped, unclipped = jax.vmap(clip_upload, in_axes=(0, None))(uploads, state.clip)
     weight = received.astype(jnp.float32) / m
     mean = aggregate.weighted_sum(clipped, weight)

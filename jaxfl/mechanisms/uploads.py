@@ -50,11 +50,23 @@ class UploadMean:
       private: whether the mean is the private one (``--dp-clip`` given). An algorithm reads it
         only where privacy changes WHAT a client uploads (IncFL's client-side weights, FD's
         per-label counts), never to choose how the uploads are averaged.
+      poisson: whether the cohort is drawn by Poisson participation (``--participation``); m
+        is then its expected size q C, the private mean's denominator (McMahan et al.).
     """
 
     config: Any
     clients_per_round: int
     private: bool
+    poisson: bool = False
+
+    def applied(self, received: jax.Array, min_received: int) -> jax.Array:
+        """() bool: whether the server applies this round's mean: enough uploads arrived
+        (:func:`jaxfl.mechanisms.faults.applied`). With DP under Poisson participation, every
+        round (an empty cohort's update is the noise alone): skipping a round because few
+        clients took part would release the cohort's size outside the accounted mechanism."""
+        if self.private and self.poisson:
+            return jnp.ones((), bool)
+        return faults.applied(received, min_received)
 
     def init(self):
         """The first round's state: the clip norm C_0 with DP (``privacy.DPState``), else None."""
@@ -97,7 +109,7 @@ class UploadMean:
         if not self.private:
             return plain(uploads, weights), state, {}
         mean, new_state, metrics = privacy.private_mean(
-            uploads, received, state, privacy.key_of(hook_key), self.config
+            uploads, received, state, privacy.key_of(hook_key), self.config, self.clients_per_round
         )
         if domain is not None:
             mean = domain(mean)
@@ -155,4 +167,5 @@ def upload_mean(config, clients_per_round: int, *, custom: str | None = None) ->
             "--dp-clip replaces the mean of the uploads with the private mean "
             f"(jaxfl.mechanisms.privacy); give make() either {custom} or a DP setting, not both"
         )
-    return UploadMean(config, clients_per_round, private)
+    poisson = getattr(config, "participation", "fixed") == "poisson"
+    return UploadMean(config, clients_per_round, private, poisson)
