@@ -202,17 +202,15 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
                 seed=args.seed,
                 **extra,
             )
-    efficiency = padding_efficiency(
+    efficiency = padding_efficiency(  # Poisson: about m clients; an empty slot runs no steps
         np.asarray(data.client_count),
-        algorithm.clients_per_round,
+        algorithm.participants_per_round,
         args.batch_size or 1,
         data.capacity,
         chunk=chunk,
         devices=client_devices(),
         by_size=algorithm.cohort_by_size,
     )
-    if getattr(algo_config, "participation", "fixed") == "poisson":  # padded slots: no work
-        efficiency *= min(1.0, m / algorithm.clients_per_round)
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config = {
         **flags,

@@ -118,7 +118,10 @@ class StandardClients:
         received = received & present
         keys = jax.random.split(k_clients, m)
         if self.by_size:  # the same clients with the same keys and faults, smallest first
-            order = jnp.argsort(data.client_count[sampled], stable=True)
+            sizes = data.client_count[sampled]
+            if self.participation == "poisson":  # empty slots first, together
+                sizes = jnp.where(present, sizes, -1)
+            order = jnp.argsort(sizes, stable=True)
             sampled, received, work, keys, present = (
                 sampled[order],
                 received[order],
@@ -128,6 +131,9 @@ class StandardClients:
             )
         rows = tuple(gather(tree, sampled) for tree in client_trees)
         args = client_inputs(sampled, keys, work, data, self.adversary, *rows)
+        if self.participation == "poisson":  # an empty slot trains on no examples: no steps
+            *head, count, work, is_adversary = args
+            args = (*head, jnp.where(present, count, 0), work, is_adversary)
         return Picked(sampled, received, args, present)
 
     def train(
@@ -213,7 +219,8 @@ def standard_clients(
         fault_config,
         adversary,
         select_clients,
-        by_size=uneven(data),
+        # Poisson: sorted with only each client's own steps, so an empty slot costs nothing
+        by_size=uneven(data) or participation == "poisson",
         participation=participation,
         slots=slots,
     )

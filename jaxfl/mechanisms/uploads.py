@@ -87,10 +87,11 @@ class UploadMean:
         """The mean of stacked uploads.
 
         Args:
-          uploads: pytree with leaves (m, ...), one row per sampled client.
-          weights: (m,) the plain mean's weights, 0 for a client not received (e.g.
+          uploads: pytree with leaves (M, ...), one row per slot of the cohort (M = m, or with
+            Poisson participation the cohort's capacity).
+          weights: (M,) the plain mean's weights, 0 for a client not received (e.g.
             ``counts * received``); the private mean weighs every received client 1/m.
-          received: (m,) bool, whether each upload arrived.
+          received: (M,) bool, whether each upload arrived (False for an empty slot).
           state: this round's upload-mean state (:meth:`init`).
           hook_key: the round's hook key (:func:`jaxfl.core.hooks.round_key`); the noise's
             key is derived from it (:func:`jaxfl.mechanisms.privacy.key_of`).
