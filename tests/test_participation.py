@@ -75,6 +75,7 @@ def test_an_overflowing_draw_keeps_a_uniformly_random_subset():
 def test_the_capacity_bounds_the_overflow_on_both_neighbouring_data_sets():
     for C, q in ((50, 0.2), (3400, 0.01), (100, 0.1)):
         M = poisson_capacity(C, q)
+        # tol: 1e-12 is not a tolerance but the overflow bound the capacity is defined by
         assert stats.binom.sf(M, C + 1, q) <= 1e-12 < stats.binom.sf(M - 1, C + 1, q)
     assert poisson_capacity(10, 1.0) == 11  # q = 1: the neighbour with one client more fits
 
@@ -102,6 +103,7 @@ def test_poisson_epsilon_equals_dp_accounting_called_directly():
     untruncated.compose(dp_event.SelfComposedDpEvent(poisson, rounds))
     # tol: discretization 1e-3 against the library's 1e-4, and truncation at P <= 1e-12
     assert ours.epsilon(rounds) == pytest.approx(untruncated.get_epsilon(delta), rel=1e-3)
+    # tol: the figures, quoted to 3 significant digits
     assert ours.epsilon(rounds) == pytest.approx(3.27, abs=0.01)
 
     ours_rdp = accounting.accountant(z, C, m, delta, None, "poisson", "rdp")
@@ -112,7 +114,9 @@ def test_poisson_epsilon_equals_dp_accounting_called_directly():
     assert ours_rdp.epsilon(rounds) == pytest.approx(
         lib_rdp.get_epsilon(delta - overflow), rel=SUMS
     )
+    # tol: the figures, quoted to 3 significant digits
     assert ours_rdp.epsilon(rounds) == pytest.approx(3.84, abs=0.01)
+    # tol: the figure, quoted to 3 significant digits
     assert accounting.accountant(z, C, m, delta, None).epsilon(rounds) == pytest.approx(
         15.9, abs=0.05
     )

@@ -107,6 +107,23 @@ def test_adaptive_clipping_follows_the_geometric_update():
 EQUAL = ("--dataset", "synthetic_iid", "--partition", "iid", "--model", "logreg")
 
 
+def private_round_against_its_loop(algo: str):
+    """One round of ``algo`` with noise, adaptive clipping and dropout, vectorized and as the
+    per-client loop (same key, same noise): they agree, the round reports C_0 and moves the
+    clip. Returns (vectorized state, its metrics, the loop's metrics, the key)."""
+    noisy = build(
+        algo, 0, *EQUAL, "--dp-clip", "0.05", "--dp-noise", "0.8", "--dp-clip-quantile",
+        "0.5", "--dp-clip-count-noise", "1", "--dropout", "0.3",
+    )  # fmt: skip
+    algorithm, key = noisy.algorithm, jax.random.key(3)
+    vec, vec_metrics = algorithm.round(algorithm.init(key), key)
+    loop, loop_metrics = algorithm.round_loop(algorithm.init(key), key)
+    assert max_diff(vec, loop) < between_programs(loop)
+    assert float(vec_metrics["dp_clip_norm"]) == pytest.approx(0.05)
+    assert float(vec.upload_state.clip) != pytest.approx(0.05)  # the clip moved
+    return vec, vec_metrics, loop_metrics, key
+
+
 def test_dp_fedavg_without_noise_or_clipping_is_fedavg_and_the_round_equals_its_loop():
     """On equal-size clients DP-FedAvg with z = 0 and a clip no update reaches equals plain
     FedAvg exactly (the mean's weights are then the same); with noise and adaptive clipping
@@ -119,16 +136,7 @@ def test_dp_fedavg_without_noise_or_clipping_is_fedavg_and_the_round_equals_its_
     b, metrics, _ = one_run(loose, 1)
     assert max_diff(a.params, b.params) == 0.0
     assert float(metrics[-1]["dp_unclipped_frac"]) == 1.0
-    noisy = build(
-        "fedavg", 0, *EQUAL, "--dp-clip", "0.05", "--dp-noise", "0.8", "--dp-clip-quantile",
-        "0.5", "--dp-clip-count-noise", "1", "--dropout", "0.3",
-    )  # fmt: skip
-    algo, key = noisy.algorithm, jax.random.key(3)
-    vec, vec_metrics = algo.round(algo.init(key), key)
-    loop, loop_metrics = algo.round_loop(algo.init(key), key)
-    assert max_diff(vec, loop) < between_programs(loop)
-    assert float(vec_metrics["dp_clip_norm"]) == pytest.approx(0.05)
-    assert float(vec.upload_state.clip) != pytest.approx(0.05)  # the clip moved
+    vec, vec_metrics, loop_metrics, _ = private_round_against_its_loop("fedavg")
     for k, v in loop_metrics.items():
         # tol: metrics of the vectorized round against its per-client loop: float32 means over a
         # few clients, within 1e-6 absolute.
@@ -319,16 +327,7 @@ def test_moon_is_private_without_a_line_of_dp_code_and_its_round_equals_its_loop
     noise, adaptive clipping and dropout its vectorized round equals the per-client loop
     reference (same key, same noise), the clip moves, and the update differs from the plain
     round's."""
-    noisy = build(
-        "moon", 0, *EQUAL, "--dp-clip", "0.05", "--dp-noise", "0.8", "--dp-clip-quantile",
-        "0.5", "--dp-clip-count-noise", "1", "--dropout", "0.3",
-    )  # fmt: skip
-    algo, key = noisy.algorithm, jax.random.key(3)
-    vec, vec_metrics = algo.round(algo.init(key), key)
-    loop, _ = algo.round_loop(algo.init(key), key)
-    assert max_diff(vec, loop) < between_programs(loop)
-    assert float(vec_metrics["dp_clip_norm"]) == pytest.approx(0.05)
-    assert float(vec.upload_state.clip) != pytest.approx(0.05)  # the clip moved
+    vec, _, _, key = private_round_against_its_loop("moon")
     plain = build("moon", 0, *EQUAL, "--dropout", "0.3").algorithm
     plain_state, _ = plain.round(plain.init(key), key)
     assert max_diff(vec.params, plain_state.params) > 1e-4
