@@ -109,3 +109,17 @@ def test_sigkill_mid_run_leaves_complete_lines_and_a_loadable_checkpoint(tmp_pat
     # and the run continues from it
     assert run.main(["--resume", str(out), "--rounds", str(last + 2)]) == 0
     assert [r["round"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, last + 3))
+
+
+def test_a_checkpoint_of_another_structure_is_refused_with_the_reason(tmp_path):
+    """A state saved with a field the resuming version names otherwise (as 'dp' became
+    'upload_state'): a one-line error that says why and what to do, not orbax's tree dump;
+    the checkpoint is left as it was."""
+    import jax.numpy as jnp
+
+    checkpoint.save(tmp_path, 1, {"params": jnp.ones(3), "dp": jnp.zeros(())}, {"seed": 0})
+    like = {"params": jnp.ones(3), "upload_state": jnp.zeros(())}
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="another version of jaxfl"):
+        checkpoint.restore(tmp_path, like)
+    state, meta = checkpoint.restore(tmp_path, {"params": jnp.ones(3), "dp": jnp.zeros(())})
+    assert meta["round"] == 1 and float(state["params"][0]) == 1.0

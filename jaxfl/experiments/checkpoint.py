@@ -79,13 +79,28 @@ def restore(directory: str | Path, like, round_index: int | None = None):
         raise FileNotFoundError(f"no complete checkpoint under {directory}")
     abstract = jax.tree.map(_on_this_topology, like)
     with _manager(directory) as mgr:
-        restored = mgr.restore(
-            round_index,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-            ),
-        )
+        try:
+            restored = mgr.restore(
+                round_index,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except ValueError as err:
+            if "do not match" not in str(err):
+                raise
+            raise CheckpointMismatchError(
+                f"the checkpoint of round {round_index} under {directory} holds a state of "
+                "another structure than this run's (written by another version of jaxfl, or "
+                "for other settings; e.g. the DP clip norm's field was 'dp' before it became "
+                "'upload_state'): resume it with the version that wrote it, or start the run "
+                "again in a new folder (nothing here is changed)"
+            ) from None
     return restored.state, restored.meta
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose state does not have the structure of the run resuming it."""
 
 
 def _on_this_topology(leaf) -> jax.ShapeDtypeStruct:
