@@ -165,7 +165,8 @@ class Simulation:
                 )
             for record in records:
                 r = self.round = record["round"]
-                record.update(traffic_totals(algo.communication, algo.participants_per_round, r))
+                participants = getattr(algo, "participants_per_round", algo.clients_per_round)
+                record.update(traffic_totals(algo.communication, participants, r))
                 if self.accountant is not None:
                     record["dp_epsilon"] = self.accountant.epsilon(r)
                 evaluated = r == last and (r % self.eval_every == 0 or r == self.rounds)
