@@ -238,10 +238,10 @@ def test_a_swept_noise_multiplier_equals_separate_runs_and_reports_each_epsilon(
     assert max_diff(jax.tree.map(lambda x: x[1], state), ref_state) < between_programs(ref_state)
     noisier = jax.tree.map(lambda x: x[0], state)  # z = 0.5: another noise draw's scale
     assert max_diff(noisier, ref_state) > 1e-4
-    from jaxfl.experiments import sweep_runner
+    from jaxfl.experiments import sweep_records
 
     records = [{"round": 2}, {"round": 2}]
-    sweep_runner._add_epsilon(records, sweep_, built[0].config)
+    sweep_records.add_epsilon(records, sweep_, built[0].config)
     setting = built[0].config["privacy"]
     eps = [
         accounting.Accountant(z, setting["population"], 6, setting["delta"]).epsilon(2)

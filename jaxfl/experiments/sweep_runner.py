@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import math
 import threading
 import time
@@ -28,12 +27,10 @@ import numpy as np
 
 from jaxfl.algorithms import ALGORITHMS
 from jaxfl.configs.specs import SPECS
-from jaxfl.core.algorithm import traffic_totals
 from jaxfl.core.client_axis import cpu_chunk_size, device_memory_limit, to_host
 from jaxfl.core.errors import ConfigError
-from jaxfl.core.metrics import summarize_clients
 from jaxfl.core.names import SEEDED_DATASETS
-from jaxfl.experiments import builder, checkpoint, events
+from jaxfl.experiments import builder, checkpoint, events, sweep_records
 from jaxfl.experiments.axis import (  # noqa: F401  (SweepError: run.py catches it from here)
     SweepError,
     grid,
@@ -46,7 +43,6 @@ from jaxfl.experiments.report import comparison_table, plot_curves, summarize
 from jaxfl.experiments.results import write_json
 from jaxfl.experiments.validation import validate
 from jaxfl.experiments.vectorized import CompiledSweep
-from jaxfl.mechanisms import accounting
 
 SWEEP_FLAGS = ("seeds", "sweep")
 # single-run flags a sweep does not take (each would need its own per-experiment host logic)
@@ -265,8 +261,8 @@ def run_sweep(
     sweeps = [build_algorithm(args, algo, seeds, cache, devices) for algo in algos]
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
-    history = _read_lines(metrics_path) if args.resume else []
-    config = _config_record(args, seeds, sweeps)
+    history = sweep_records.read_lines(metrics_path) if args.resume else []
+    config = sweep_records.config_record(args, seeds, sweeps)
     write_json(out / "config.json", config)
     start = time.perf_counter()
     stopped = None
@@ -282,7 +278,7 @@ def run_sweep(
                 )  # fmt: skip
     except SweepStopped as err:
         stopped = err
-        history = _read_lines(metrics_path)
+        history = sweep_records.read_lines(metrics_path)
     finally:
         if board is not None:
             board.close()
@@ -322,7 +318,7 @@ def _run_group(
         for h in history
         if not (h["algo"] == sweep.algo and h["experiment"] in names and h["round"] >= start_round)
     ]
-    _rewrite_lines(metrics_path, history)
+    sweep_records.rewrite_lines(metrics_path, history)
     if stops is not None:  # a resumed group: its lines so far replayed through the triggers
         stops.keep([h for h in history if h["algo"] == sweep.algo and h["experiment"] in names])
     if stop is not None and stop.is_set():  # stopped between groups: this one has not started
@@ -338,14 +334,16 @@ def _run_group(
         state, block = group.run_rounds(state, first, last - first + 1)
         block = to_host(block)
         if last % args.eval_every == 0 or last == args.rounds:
-            records = _records(sweep.algo, group, block, to_host(group.evaluate(state)), last)
+            records = sweep_records.records(
+                sweep.algo, group, block, to_host(group.evaluate(state)), last
+            )
             first_built = next(iter(sweep.built.values()))
-            _add_epsilon(records, group, first_built.config)
-            _add_communication(records, first_built.algorithm)
+            sweep_records.add_epsilon(records, group, first_built.config)
+            sweep_records.add_communication(records, first_built.algorithm)
             if stops is not None:  # early stopping / --target, per experiment
                 records = stops.keep(records)
             history += records
-            _append_lines(metrics_path, records)
+            sweep_records.append_lines(metrics_path, records)
             if board is not None:  # one TensorBoard run per experiment
                 board.log(records)
             if bar is not None and records:
@@ -391,110 +389,9 @@ def _block_end(first: int, args) -> int:
     return last
 
 
-def _records(algo: str, group: CompiledSweep, block: dict, evaluated: dict, round_index: int):
-    """One metrics line per experiment of ``group`` at its evaluated round ``round_index``."""
-    records = []
-    client_acc = np.asarray(evaluated.pop("client_acc"))
-    global_client_acc = evaluated.pop("global_client_acc", None)
-    for i, e in enumerate(group.experiments):
-        record = {
-            "algo": algo,
-            "experiment": e.index,
-            "seed": e.seed,
-            "setting": e.label(),
-            "hparams": e.hparams,
-            "round": round_index,
-            **{k: float(v[i, -1]) for k, v in block.items()},
-            **{k: float(np.asarray(v)[i]) for k, v in evaluated.items() if np.ndim(v) == 1},
-            **summarize_clients(client_acc[i], "client_acc"),
-        }
-        if global_client_acc is not None:
-            record.update(summarize_clients(np.asarray(global_client_acc)[i], "global_client_acc"))
-        record["diverged"] = not all(
-            math.isfinite(v) for v in record.values() if isinstance(v, float)
-        )
-        records.append(record)
-    return records
-
-
-def _add_communication(records: list[dict], algorithm) -> None:
-    """Each record's cumulative ``comm_up_bytes_total`` / ``comm_down_bytes_total`` after its
-    round, as a single run counts them (:func:`jaxfl.core.algorithm.traffic_totals`)."""
-    for record in records:
-        record.update(
-            traffic_totals(
-                algorithm.communication, algorithm.participants_per_round, record["round"]
-            )
-        )
-
-
-def _add_epsilon(records: list[dict], group, config: dict) -> None:
-    """Each record's ``dp_epsilon`` after its round, from its experiment's own noise multiplier
-    (``--sweep dp-noise=...``) and the run's accounting setting (``config["privacy"]``)."""
-    setting = config.get("privacy")
-    if setting is None:
-        return
-    for record, e in zip(records, group.experiments, strict=True):
-        algo_config, _ = group.config_of(e)
-        accountant = accounting.for_config(
-            algo_config,
-            setting["population"],
-            setting["clients_per_round"],
-            setting["delta"],
-            setting.get("accountant"),
-        )
-        if accountant is not None:
-            record["dp_epsilon"] = accountant.epsilon(record["round"])
-
-
-def _config_record(args, seeds, sweeps) -> dict:
-    flag_values = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    return {
-        "sweep": True,
-        "flags": flag_values,
-        "seeds": list(seeds),
-        "algorithms": {
-            s.algo: {
-                "experiments": [dataclasses.asdict(e) for e in s.experiments],
-                "compiled_groups": [
-                    {
-                        "experiments": [e.index for e in g.experiments],
-                        "devices": g.devices,
-                        "experiment_chunk": g.chunk,
-                    }
-                    for g in s.groups
-                ],
-                "config": s.built[seeds[0]].config,
-            }
-            for s in sweeps
-        },
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "jax_version": jax.__version__,
-    }
-
-
 def _progress(enabled: bool, rounds: int, start: int, algo: str, num: int):
     if not enabled or jax.process_index() != 0:
         return None
     from tqdm.auto import tqdm
 
     return tqdm(total=rounds, initial=start - 1, desc=f"{algo} x {num} experiments", unit="round")
-
-
-def _read_lines(path: Path) -> list[dict]:
-    from jaxfl.experiments.results import read_metrics
-
-    return read_metrics(path)
-
-
-def _append_lines(path: Path, records: list[dict]) -> None:
-    with path.open("a") as f:
-        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        f.flush()
-
-
-def _rewrite_lines(path: Path, records: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    tmp.replace(path)
