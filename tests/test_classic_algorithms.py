@@ -305,11 +305,11 @@ def test_the_cohort_sorted_by_size_keeps_each_clients_key_and_faults(tiny_federa
     assert (np.diff(counts) >= 0).all()
 
     def rows(picked):
-        keys, _, count, work, _ = picked.client_args
+        (client,) = picked.client_args
         return {
             int(c): (tuple(np.asarray(jax.random.key_data(k))), float(w), bool(r), int(n))
-            for c, k, w, r, n in zip(picked.sampled, keys, work, picked.received, count,
-                                     strict=True)
+            for c, k, w, r, n in zip(picked.sampled, client.key, client.work, picked.received,
+                                     client.count, strict=True)
         }  # fmt: skip
 
     assert rows(a) == rows(b)

@@ -127,12 +127,9 @@ def my_fedavg(data, model, m, lr, batch_size, epochs):
         picked = clients.sample(key, data)
         return (data, params), picked.client_args, data.client_count[picked.sampled]
 
-    def client_update(shared, key, idx_row, count, work, is_adversary):
+    def client_update(shared, client):
         data, params = shared
-        trained = clients.train(
-            model.apply, data, params, sgd, batch_size, epochs,
-            key, idx_row, count, work, is_adversary,
-        )  # fmt: skip
+        trained = clients.train(model.apply, data, params, sgd, batch_size, epochs, client)
         return trained.params, trained.loss
 
     def finish(params, counts, outputs, data):

@@ -207,10 +207,12 @@ def test_maxfl_round_on_three_clients_follows_the_rule_and_the_loop(tiny_federat
         assert_trees_close(np.asarray(a), np.asarray(b))
     shared, client_args, _ = algo.parts.prepare(state, key, data)
     deltas, _, _ = loop_clients(algo.parts.client_update, shared, *client_args)
-    sampled_val_idx, sampled_val_n = np.asarray(client_args[3]), np.asarray(client_args[4])
+    _, sampled_val_idx, sampled_val_n, local_losses = (
+        np.asarray(a) if i else a for i, a in enumerate(client_args)
+    )
     w, b = (np.asarray(state.params["Dense_0"][k]) for k in ("kernel", "bias"))
     x = []
-    for row, n, rho in zip(sampled_val_idx, sampled_val_n, np.asarray(client_args[7]), strict=True):
+    for row, n, rho in zip(sampled_val_idx, sampled_val_n, local_losses, strict=True):
         feats = np.asarray(data.train_x)[row[:n]].reshape(n, -1)
         logits = feats @ w + b
         logp = logits - logits.max(1, keepdims=True)

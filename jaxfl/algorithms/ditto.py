@@ -146,19 +146,19 @@ def make(
         ctx = (sampled, data.client_count[sampled], received, hooks.round_key(key))
         return (data, state.params), client_args, ctx
 
-    def client_update(shared, personal, key, idx_row, count, work, is_adversary):
+    def client_update(shared, personal, client):
         data, global_params = shared
-        k_global, k_personal = jax.random.split(key)
+        k_global, k_personal = jax.random.split(client.key)
         label_map, max_steps = faults.local_training_faults(
-            fault_config, data.num_classes, is_adversary, work, count, B, config.local_epochs
+            fault_config, data.num_classes, client, B, config.local_epochs
         )
         params, loss, *_ = train.local_sgd(
             model.apply,
             data,
             global_params,
             k_global,
-            idx_row,
-            count,
+            client.idx_row,
+            client.count,
             opt,
             B,
             config.local_epochs,
@@ -166,9 +166,11 @@ def make(
             max_steps=max_steps,
         )
         _, personal_steps = faults.local_training_faults(
-            fault_config, data.num_classes, is_adversary, work, count, B, personal_epochs
+            fault_config, data.num_classes, client, B, personal_epochs
         )
-        base = train.client_data_loss(model.apply, data.train_x, data.train_y, idx_row, label_map)
+        base = train.client_data_loss(
+            model.apply, data.train_x, data.train_y, client.idx_row, label_map
+        )
         personal, personal_loss, _, personal_penalty = personal_update(
             base,
             personal_opt,
@@ -176,7 +178,7 @@ def make(
             global_params,
             config.ditto_lambda,
             k_personal,
-            count,
+            client.count,
             data.capacity,
             B,
             personal_epochs,

@@ -150,9 +150,9 @@ def make(
     def client_update_for(model):
         return lambda shared, *args: client_update(model, shared, *args)
 
-    def client_update(model, shared, params, key, idx_row, count, work, is_adversary):
+    def client_update(model, shared, params, client):
         data, prev_x, prev_labels, open_x, has_labels = shared
-        k_kd, k_train = jax.random.split(key)
+        k_kd, k_train = jax.random.split(client.key)
         params, kd_loss = jax.lax.cond(
             has_labels,
             lambda p: distill(model.apply, p, prev_x, prev_labels, k_kd),
@@ -161,15 +161,15 @@ def make(
         )
         anchor = params
         label_map, max_steps = faults.local_training_faults(
-            fault_config, data.num_classes, is_adversary, work, count, *local
+            fault_config, data.num_classes, client, *local
         )
         trained = train.local_sgd(
             model.apply,
             data,
             params,
             k_train,
-            idx_row,
-            count,
+            client.idx_row,
+            client.count,
             opt,
             *local,
             label_map=label_map,
@@ -180,10 +180,10 @@ def make(
         if attack in ("random_logits", "scaled_logits"):
             probs = faults.attack_probs(
                 train.batched_apply(model.apply, params, open_x),
-                jax.random.fold_in(key, faults.FAULT_STREAM),
+                jax.random.fold_in(client.key, faults.FAULT_STREAM),
                 attack,
                 fault_config.attack_scale,
-                is_adversary,
+                client.is_adversary,
             )
         else:
             probs = train.predict_probs(model.apply, params, open_x)

@@ -179,7 +179,7 @@ def make(
     def update_for(g):
         apply = g.model.apply
 
-        def update(shared, params, intra, key, idx_row, count, work, is_adversary):
+        def update(shared, params, intra, client):
             data, public_inputs, target = shared
             collab = lambda p: cross_correlation_loss(
                 apply(p, public_inputs), target, config.fccl_lambda
@@ -196,11 +196,19 @@ def make(
             )
             inter = params
             label_map, max_steps = faults.local_training_faults(
-                fault_config, data.num_classes, is_adversary, work, count, B, config.local_epochs
+                fault_config, data.num_classes, client, B, config.local_epochs
             )
-            loss_fn = non_forgetting_loss(apply, data, idx_row, inter, intra, label_map)
+            loss_fn = non_forgetting_loss(apply, data, client.idx_row, inter, intra, label_map)
             params, local_loss, *_ = train.sgd_epochs(
-                loss_fn, opt, params, key, count, data.capacity, B, config.local_epochs, max_steps
+                loss_fn,
+                opt,
+                params,
+                client.key,
+                client.count,
+                data.capacity,
+                B,
+                config.local_epochs,
+                max_steps,
             )
             first = collab_losses[0] if config.fccl_collab_steps else jnp.float32(0.0)
             return params, first, local_loss

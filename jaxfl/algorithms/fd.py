@@ -186,14 +186,14 @@ def make(
         return shared, client_args, (sampled, received, hooks.round_key(key))
 
     def client_update_for(g):
-        def client_update(shared, params, key, idx_row, count, work, is_adversary):
+        def client_update(shared, params, client):
             data, global_logits, has_row = shared
             label_map, max_steps = faults.local_training_faults(
-                fault_config, L, is_adversary, work, count, config.batch_size, config.local_epochs
+                fault_config, L, client, config.batch_size, config.local_epochs
             )
             return local_training(
-                g.model.apply, data, params, key, idx_row, count, opt, config, global_logits,
-                has_row, label_map, max_steps,
+                g.model.apply, data, params, client.key, client.idx_row, client.count, opt,
+                config, global_logits, has_row, label_map, max_steps,
             )  # fmt: skip
 
         return client_update

@@ -165,9 +165,10 @@ def make(
     def prepare(state, key, data):
         picked = clients.sample(key, data)
         client_args, received = picked.client_args, picked.received
+        (inputs,) = client_args
         counts = data.client_count[picked.sampled]
         # the virtual clock: how long each client takes, whom the round waits for
-        steps = faults.step_budget(client_args[-2], counts, *local)
+        steps = faults.step_budget(inputs.work, counts, *local)
         durations = clock.durations(state.clock, picked.sampled, steps)
         if poisson:  # a padded slot is nobody: the round does not wait for it, its loss is 0
             durations = jnp.where(picked.present, durations, 0.0)
@@ -182,7 +183,7 @@ def make(
         shared = (data, state.params, state.upload_state)
         return shared, client_args, (counts, received, round_time, hooks.round_key(key))
 
-    def client_update(shared, key, idx_row, count, work, is_adversary, *weights):
+    def client_update(shared, client, *weights):
         data, global_params, upload_state = shared
         trained = clients.train(
             model.apply,
@@ -190,17 +191,13 @@ def make(
             global_params,
             client_opt,
             *local,
-            key,
-            idx_row,
-            count,
-            work,
-            is_adversary,
+            client,
             penalty=(lambda p: loss_term(p, global_params)) if loss_term else None,
         )
         delta = jax.tree.map(jnp.subtract, trained.params, global_params)
         losses = (trained.loss, trained.penalty) if loss_term else (trained.loss,)
         if attack == "scaled_update":
-            scale = jnp.where(is_adversary, fault_config.attack_scale, 1.0)
+            scale = jnp.where(client.is_adversary, fault_config.attack_scale, 1.0)
             delta = jax.tree.map(lambda d: scale * d, delta)
         if not streamed:  # the stacked mean (uploads.mean) takes the raw updates
             return delta, losses

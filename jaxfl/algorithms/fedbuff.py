@@ -40,7 +40,13 @@ from jaxfl.algorithms import fedavg
 from jaxfl.configs.averaging import FedBuffConfig
 from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, metrics
-from jaxfl.core.algorithm import RoundParts, communication, gather, make_algorithm
+from jaxfl.core.algorithm import (
+    RoundParts,
+    client_inputs,
+    communication,
+    gather,
+    make_algorithm,
+)
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import clock, faults
 from jaxfl.mechanisms.client_round import standard_clients
@@ -172,27 +178,27 @@ def make(
         counts = data.client_count[sampled]
         loss_weights = counts / jnp.sum(counts)
         client_args = (
-            gather(flight.params, slots),
-            jax.random.split(k_clients, k),
-            data.client_idx[sampled],
-            counts,
-            flight.work[slots],
-            clients.adversary[sampled],
+            *client_inputs(
+                sampled,
+                jax.random.split(k_clients, k),
+                flight.work[slots],
+                data,
+                clients.adversary,
+                gather(flight.params, slots),
+            ),
             mean_weights,
             loss_weights,
         )
         ctx = (slots, received, staleness, -neg_arrival[-1], key)
         return data, client_args, ctx
 
-    def client_update(data, start_params, key, idx_row, count, work, is_adversary, *weights):
-        trained = clients.train(
-            model.apply, data, start_params, client_opt, *local, key, idx_row, count, work,
-            is_adversary,
-        )  # fmt: skip
+    def client_update(data, start_params, client, *weights):
+        trained = clients.train(model.apply, data, start_params, client_opt, *local, client)
         delta = jax.tree.map(jnp.subtract, trained.params, start_params)
         if fault_config.attack == "scaled_update":
             delta = jax.tree.map(
-                lambda d: jnp.where(is_adversary, fault_config.attack_scale, 1.0) * d, delta
+                lambda d: jnp.where(client.is_adversary, fault_config.attack_scale, 1.0) * d,
+                delta,
             )
         mean_weight, loss_weight = weights
         return jax.tree.map(lambda d: mean_weight * d, delta), loss_weight * trained.loss

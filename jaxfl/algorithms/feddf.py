@@ -196,14 +196,14 @@ def make(
         return (data, state.group_params), client_args, (counts, received, k_server)
 
     def client_update_for(index, g):
-        def client_update(shared, key, idx_row, count, work, is_adversary):
+        def client_update(shared, client):
             data, group_params = shared
             label_map, max_steps = faults.local_training_faults(
-                fault_config, data.num_classes, is_adversary, work, count, *local
+                fault_config, data.num_classes, client, *local
             )
             params, loss, *_ = train.local_sgd(
-                g.model.apply, data, group_params[index], key, idx_row, count, opt, *local,
-                label_map=label_map, max_steps=max_steps,
+                g.model.apply, data, group_params[index], client.key, client.idx_row,
+                client.count, opt, *local, label_map=label_map, max_steps=max_steps,
             )  # fmt: skip
             return params, train.batched_apply(g.model.apply, params, data.public_x), loss
 

@@ -110,11 +110,11 @@ def make(
         ctx = (picked.sampled, picked.received, counts)
         return (data, state.params), picked.client_args, ctx
 
-    def client_update(shared, g_k, key, idx_row, count, work, is_adversary):
+    def client_update(shared, g_k, client):
         data, anchor = shared
         trained = clients.train(
-            model.apply, data, anchor, client_opt, *local, key, idx_row, count, work,
-            is_adversary, penalty=lambda theta: dynamic_penalty(theta, g_k, anchor, alpha),
+            model.apply, data, anchor, client_opt, *local, client,
+            penalty=lambda theta: dynamic_penalty(theta, g_k, anchor, alpha),
         )  # fmt: skip
         return trained.params, trained.loss, trained.penalty  # g_k's update: in finish
 

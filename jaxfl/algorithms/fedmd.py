@@ -169,21 +169,21 @@ def make(
         return shared, phase2, (sampled, received, upload_state, upload_metrics)
 
     def digest_and_revisit_for(g):
-        def update(shared, params, key, idx_row, count, work, is_adversary):
+        def update(shared, params, client):
             data, public_inputs, consensus = shared
-            k_digest, k_revisit = jax.random.split(key)
+            k_digest, k_revisit = jax.random.split(client.key)
             digest = l1_to_consensus(g.model.apply, public_inputs, consensus)
             params, digest_loss, *_ = train.sgd_epochs(
                 digest, opt, params, k_digest, jnp.int32(n), n, digest_batch,
                 config.fedmd_digest_epochs,
             )  # fmt: skip
             label_map, max_steps = faults.local_training_faults(
-                fault_config, data.num_classes, is_adversary, work, count, config.batch_size,
+                fault_config, data.num_classes, client, config.batch_size,
                 config.local_epochs,
             )  # fmt: skip
             params, revisit_loss, *_ = train.local_sgd(
-                g.model.apply, data, params, k_revisit, idx_row, count, opt, config.batch_size,
-                config.local_epochs, label_map=label_map, max_steps=max_steps,
+                g.model.apply, data, params, k_revisit, client.idx_row, client.count, opt,
+                config.batch_size, config.local_epochs, label_map=label_map, max_steps=max_steps,
             )  # fmt: skip
             return params, digest_loss, revisit_loss
 

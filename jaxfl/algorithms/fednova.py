@@ -103,12 +103,9 @@ def make(
         client_args = (*picked.client_args, p, loss_weights)
         return (data, state.params), client_args, picked.received
 
-    def client_update(shared, key, idx_row, count, work, is_adversary, p, loss_weight):
+    def client_update(shared, client, p, loss_weight):
         data, params = shared
-        trained = clients.train(
-            model.apply, data, params, client_opt, *local, key, idx_row, count, work,
-            is_adversary,
-        )  # fmt: skip
+        trained = clients.train(model.apply, data, params, client_opt, *local, client)
         tau = trained.steps.astype(jnp.float32)
         scale = p / jnp.maximum(tau, 1.0)  # this client's term of sum_i p_i d_i / tau_i
         delta = jax.tree.map(lambda w, w0: scale * (w - w0), trained.params, params)

@@ -32,7 +32,13 @@ from flax import struct
 from jaxfl.configs.personalization import HypClusterConfig
 from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, train
-from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
+from jaxfl.core.algorithm import (
+    RoundParts,
+    client_inputs,
+    communication,
+    make_algorithm,
+    sample_clients,
+)
 from jaxfl.core.client_axis import map_clients
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
@@ -110,33 +116,29 @@ def make(
         received, work = faults.round_faults(key, m, fault_config)
         random_choice = jax.random.randint(k_assign, (m,), 0, K)
         client_args = (
-            jax.random.split(k_clients, m),
-            data.client_idx[sampled],
-            data.client_count[sampled],
+            *client_inputs(sampled, jax.random.split(k_clients, m), work, data, adversary),
             random_choice,
-            work,
-            adversary[sampled],
         )
         shared = (data, state.cluster_params, state.round < warmup_rounds)
         return shared, client_args, (data.client_count[sampled], received)
 
-    def client_update(shared, key, idx_row, count, random_choice, work, is_adversary):
+    def client_update(shared, client, random_choice):
         data, cluster_params, warm = shared
         losses = cluster_losses(
-            model.apply, cluster_params, data.train_x, data.train_y, idx_row, count
+            model.apply, cluster_params, data.train_x, data.train_y, client.idx_row, client.count
         )
         choice = jnp.where(warm, random_choice, jnp.argmin(losses)).astype(jnp.int32)
         start = jax.tree.map(lambda h: h[choice], cluster_params)
         label_map, max_steps = faults.local_training_faults(
-            fault_config, data.num_classes, is_adversary, work, count, *local
+            fault_config, data.num_classes, client, *local
         )
         params, loss, *_ = train.local_sgd(
             model.apply,
             data,
             start,
-            key,
-            idx_row,
-            count,
+            client.key,
+            client.idx_row,
+            client.count,
             opt,
             *local,
             label_map=label_map,

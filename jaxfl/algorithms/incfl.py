@@ -55,7 +55,13 @@ from jaxfl.algorithms import fedavg
 from jaxfl.configs.averaging import IncFLConfig
 from jaxfl.configs.specs import SPECS
 from jaxfl.core import aggregate, hooks, hparams, metrics, train
-from jaxfl.core.algorithm import RoundParts, communication, make_algorithm, sample_clients
+from jaxfl.core.algorithm import (
+    RoundParts,
+    client_inputs,
+    communication,
+    make_algorithm,
+    sample_clients,
+)
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
 from jaxfl.mechanisms.uploads import upload_mean
@@ -143,33 +149,29 @@ def make(
         gap_idx = data.client_val_idx if has_val else data.client_idx
         gap_count = data.client_val_count if has_val else data.client_count
         client_args = (
-            jax.random.split(k_clients, m),
-            data.client_idx[sampled],
-            data.client_count[sampled],
+            *client_inputs(sampled, jax.random.split(k_clients, m), work, data, adversary),
             gap_idx[sampled],
             gap_count[sampled],
-            work,
-            adversary[sampled],
             local_losses[sampled],  # each client's own: under DP the gap stays on the client
         )
         ctx = (data.client_count[sampled], received, local_losses[sampled], hooks.round_key(key))
         return (data, state.params), client_args, ctx
 
-    def client_update(shared, key, idx_row, count, gap_row, gap_n, work, is_adversary, local_loss):
+    def client_update(shared, client, gap_row, gap_n, local_loss):
         data, global_params = shared
         global_loss = train.client_loss(
             model.apply, global_params, data.train_x, data.train_y, gap_row, gap_n
         )
         label_map, max_steps = faults.local_training_faults(
-            fault_config, data.num_classes, is_adversary, work, count, *local
+            fault_config, data.num_classes, client, *local
         )
         params, loss, *_ = train.local_sgd(
             model.apply,
             data,
             global_params,
-            key,
-            idx_row,
-            count,
+            client.key,
+            client.idx_row,
+            client.count,
             opt,
             *local,
             label_map=label_map,

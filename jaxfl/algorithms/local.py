@@ -94,17 +94,17 @@ def make(
         return data, client_args, (sampled, counts)
 
     def update_for(g):
-        def client_update(data, params, key, idx_row, count, work, is_adversary):
+        def client_update(data, params, client):
             label_map, max_steps = faults.local_training_faults(
-                fault_config, data.num_classes, is_adversary, work, count, *local
+                fault_config, data.num_classes, client, *local
             )
             trained = train.local_sgd(
                 g.model.apply,
                 data,
                 params,
-                key,
-                idx_row,
-                count,
+                client.key,
+                client.idx_row,
+                client.count,
                 opt,
                 *local,
                 label_map=label_map,

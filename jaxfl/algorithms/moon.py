@@ -126,16 +126,15 @@ def make(
         ctx = (picked.sampled, picked.received, counts, hooks.round_key(key))
         return (data, state.params), picked.client_args, ctx
 
-    def client_update(shared, previous, key, idx_row, count, work, is_adversary):
+    def client_update(shared, previous, client):
         data, global_params = shared
         term = contrastive_term(
-            model, data, idx_row, global_params, previous, config.moon_mu,
+            model, data, client.idx_row, global_params, previous, config.moon_mu,
             config.moon_temperature,
         )  # fmt: skip
         trained = clients.train(
-            model.apply, data, global_params, client_opt, B, E, key, idx_row, count, work,
-            is_adversary, batch_penalty=term,
-        )  # fmt: skip
+            model.apply, data, global_params, client_opt, B, E, client, batch_penalty=term
+        )
         return trained.params, trained.loss, trained.penalty
 
     def finish(state, ctx, outputs, data):

@@ -91,20 +91,22 @@ def make(
         ctx = (sampled, data.client_count[sampled], received)
         return (data, state.mean_params), client_args, ctx
 
-    def client_update(shared, personal, key, idx_row, count, work, is_adversary):
+    def client_update(shared, personal, client):
         data, mean_params = shared
         label_map, max_steps = faults.local_training_faults(
-            fault_config, data.num_classes, is_adversary, work, count, *local
+            fault_config, data.num_classes, client, *local
         )
-        base = train.client_data_loss(model.apply, data.train_x, data.train_y, idx_row, label_map)
+        base = train.client_data_loss(
+            model.apply, data.train_x, data.train_y, client.idx_row, label_map
+        )
         personal, loss, _, penalty = personal_update(
             base,
             opt,
             personal,
             mean_params,
             config.mrmtl_lambda,
-            key,
-            count,
+            client.key,
+            client.count,
             data.capacity,
             *local,
             max_steps,

@@ -120,14 +120,23 @@ def make(
         ctx = (data.client_count[sampled], received, hooks.round_key(key))
         return (data, state.params), client_args, ctx
 
-    def client_update(shared, key, idx_row, count, work, is_adversary):
+    def client_update(shared, client):
         data, global_params = shared
         label_map, max_steps = faults.local_training_faults(
-            fault_config, data.num_classes, is_adversary, work, count, *local
+            fault_config, data.num_classes, client, *local
         )
-        base = train.client_data_loss(model.apply, data.train_x, data.train_y, idx_row, label_map)
+        base = train.client_data_loss(
+            model.apply, data.train_x, data.train_y, client.idx_row, label_map
+        )
         params, loss, *_ = train.sgd_epochs(
-            meta_loss(base, alpha), opt, global_params, key, count, data.capacity, *local, max_steps
+            meta_loss(base, alpha),
+            opt,
+            global_params,
+            client.key,
+            client.count,
+            data.capacity,
+            *local,
+            max_steps,
         )
         return jax.tree.map(jnp.subtract, params, global_params), loss
 

@@ -113,12 +113,12 @@ def make(
         counts = data.client_count[picked.sampled]
         return shared, picked.client_args, (picked.sampled, picked.received, counts)
 
-    def client_update(shared, c_i, key, idx_row, count, work, is_adversary):
+    def client_update(shared, c_i, client):
         data, x, c = shared
         correction = jax.tree.map(jnp.subtract, c, c_i)  # the gradient of <c - c_i, y>
         trained = clients.train(
-            model.apply, data, x, client_opt, *local, key, idx_row, count, work,
-            is_adversary, penalty=lambda y: tree_vdot(correction, y),
+            model.apply, data, x, client_opt, *local, client,
+            penalty=lambda y: tree_vdot(correction, y),
         )  # fmt: skip
         c_new = corrected_control(c_i, c, x, trained.params, trained.steps, config.lr)
         delta_y = jax.tree.map(jnp.subtract, trained.params, x)

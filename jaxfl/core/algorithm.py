@@ -3,9 +3,11 @@
 An algorithm module defines its round in three pure pieces:
 
 - ``prepare(state, key, data) -> (shared, client_args, ctx)``: sample clients, gather their state;
-  ``client_args`` is a tuple of arrays with a leading axis of the m sampled clients, ``shared``
-  is what every client sees (the data, the global model, ...).
-- ``client_update(shared, *client_args_of_one_client) -> outputs``: ONE client's work.
+  ``client_args`` is a tuple of pytrees with a leading axis of the m sampled clients (usually
+  the sampled clients' own state, then their :class:`ClientInputs`), ``shared`` is what every
+  client sees (the data, the global model, ...).
+- ``client_update(shared, *client_args_of_one_client) -> outputs``: ONE client's work, e.g.
+  ``client_update(shared, client)`` reading ``client.key``, ``client.idx_row``, ...
 - ``finish(state, ctx, outputs, data) -> (state, metrics)``: aggregate and scatter back.
 
 :func:`make_algorithm` composes them into ONE jitted ``round(state, key)`` that vmaps
@@ -22,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from jaxfl.core.client_axis import current_mesh, map_clients, on_client_mesh, sum_clients, use_mesh
 from jaxfl.data.federation import Federation
@@ -133,23 +136,47 @@ def sample_clients(key: jax.Array, num_clients: int, m: int) -> jax.Array:
     return jax.random.permutation(key, num_clients)[:m].astype(jnp.int32)
 
 
+@struct.dataclass
+class ClientInputs:
+    """What one sampled client brings to its update, named (stacked over the cohort: every
+    field gains a leading (m,) axis, and :func:`jaxfl.core.client_axis.map_clients` maps it
+    like any pytree).
+
+    Attributes:
+      key: the client's PRNG key for this round (``fold_in`` of the round key, then split).
+      idx_row: (n_max,) int32, the client's indices into ``data.train_x`` (padded past
+        ``count``).
+      count: () int32, the client's number of training examples (0 for an empty slot of a
+        Poisson cohort).
+      work: () float32, the fraction of its local steps the client does this round (1.0; less
+        for a straggler, :mod:`jaxfl.mechanisms.faults`).
+      is_adversary: () bool, whether the client is one of the fixed adversarial clients.
+    """
+
+    key: jax.Array
+    idx_row: jax.Array
+    count: jax.Array
+    work: jax.Array
+    is_adversary: jax.Array
+
+
 def client_inputs(sampled, keys, work, data, adversary, *rows) -> tuple:
-    """The usual client-axis inputs of a client update: ``(*rows, key, idx_row, count, work,
-    is_adversary)`` for the sampled clients.
+    """The usual client-axis arguments of a client update: ``(*rows, ClientInputs)`` for the
+    sampled clients.
 
     Args:
       sampled: (m,) client indices; keys: (m,) per-client PRNG keys; work: (m,) fault work.
       data: the Federation; adversary: (C,) bool.
       *rows: leading client-axis values (e.g. the sampled clients' gathered parameters).
     """
-    return (
-        *rows,
-        keys,
-        data.client_idx[sampled],
-        data.client_count[sampled],
-        work,
-        adversary[sampled],
+    inputs = ClientInputs(
+        key=keys,
+        idx_row=data.client_idx[sampled],
+        count=data.client_count[sampled],
+        work=work,
+        is_adversary=adversary[sampled],
     )
+    return (*rows, inputs)
 
 
 def gather(tree, idx: jax.Array):

@@ -12,10 +12,9 @@ does exactly that, with the same keys FedAvg uses, so a new algorithm's ``prepar
         picked = clients.sample(key, data)
         return (data, state.params), picked.client_args, picked
 
-    def client_update(shared, key, idx_row, count, work, is_adversary):
+    def client_update(shared, client):
         data, params = shared
-        trained = clients.train(model.apply, data, params, optimizer, batch_size, epochs,
-                                key, idx_row, count, work, is_adversary)
+        trained = clients.train(model.apply, data, params, optimizer, batch_size, epochs, client)
         ...
 """
 
@@ -33,7 +32,7 @@ from flax import struct
 from jaxfl.configs.shared import LocalTrainingFields as LocalTrainingFields
 from jaxfl.configs.shared import ServerOptFields as ServerOptFields
 from jaxfl.core import hparams, train
-from jaxfl.core.algorithm import client_inputs, gather, sample_clients
+from jaxfl.core.algorithm import ClientInputs, client_inputs, gather, sample_clients
 from jaxfl.core.names import PARTICIPATIONS
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
@@ -49,7 +48,7 @@ class Picked:
       received: (M,) bool, whether each slot's upload arrives: the client is in the cohort and
         its upload was not dropped (dropout faults).
       client_args: the per-client inputs of ``client_update``, each with a leading (M,) axis:
-        ``(*rows, key, idx_row, count, work, is_adversary)`` (:func:`client_inputs`).
+        ``(*rows, ClientInputs)`` (:func:`jaxfl.core.algorithm.client_inputs`).
       present: (M,) bool, whether the slot holds a client of this round's cohort (all True
         with fixed participation).
     """
@@ -130,11 +129,10 @@ class StandardClients:
                 present[order],
             )
         rows = tuple(gather(tree, sampled) for tree in client_trees)
-        args = client_inputs(sampled, keys, work, data, self.adversary, *rows)
+        *rows, inputs = client_inputs(sampled, keys, work, data, self.adversary, *rows)
         if self.participation == "poisson":  # an empty slot trains on no examples: no steps
-            *head, count, work, is_adversary = args
-            args = (*head, jnp.where(present, count, 0), work, is_adversary)
-        return Picked(sampled, received, args, present)
+            inputs = inputs.replace(count=jnp.where(present, inputs.count, 0))
+        return Picked(sampled, received, (*rows, inputs), present)
 
     def train(
         self,
@@ -144,27 +142,23 @@ class StandardClients:
         optimizer: optax.GradientTransformation,
         batch_size: int,
         epochs: int,
-        key: jax.Array,
-        idx_row: jax.Array,
-        count: jax.Array,
-        work: jax.Array,
-        is_adversary: jax.Array,
+        client: ClientInputs,
         penalty: Callable | None = None,
         batch_penalty: Callable | None = None,
     ) -> train.Trained:
         """One client's local training with its faults applied (label flipping for an
-        adversary, a straggler's step budget ``work``); the last five arguments are one row of
-        ``Picked.client_args``. Returns :class:`jaxfl.core.train.Trained`."""
+        adversary, a straggler's step budget ``client.work``); ``client`` is one client's
+        :class:`jaxfl.core.algorithm.ClientInputs`. Returns :class:`jaxfl.core.train.Trained`."""
         label_map, max_steps = faults.local_training_faults(
-            self.fault_config, data.num_classes, is_adversary, work, count, batch_size, epochs
+            self.fault_config, data.num_classes, client, batch_size, epochs
         )
         return train.local_sgd(
             apply,
             data,
             params,
-            key,
-            idx_row,
-            count,
+            client.key,
+            client.idx_row,
+            client.count,
             optimizer,
             batch_size,
             epochs,

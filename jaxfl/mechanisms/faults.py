@@ -129,21 +129,17 @@ def step_budget(work: jax.Array, count: jax.Array, batch_size: int, epochs: int)
 
 
 def local_training_faults(
-    config: FaultConfig,
-    num_classes: int,
-    is_adversary: jax.Array,
-    work: jax.Array,
-    count: jax.Array,
-    batch_size: int,
-    epochs: int,
+    config: FaultConfig, num_classes: int, client, batch_size: int, epochs: int
 ):
-    """(label_map or None, max_steps or None) of one client's local training under ``config``."""
+    """(label_map or None, max_steps or None) of one client's local training under ``config``:
+    an adversary's flipped labels, a straggler's step budget. ``client`` is the client's
+    :class:`jaxfl.core.algorithm.ClientInputs` (its ``is_adversary``, ``work`` and ``count``)."""
     label_map = None
     if config.attack == "label_flip":
-        label_map = lambda labels: flip_labels(labels, num_classes, is_adversary)
+        label_map = lambda labels: flip_labels(labels, num_classes, client.is_adversary)
     max_steps = None
     if config.straggler_fraction > 0:
-        max_steps = step_budget(work, count, batch_size, epochs)
+        max_steps = step_budget(client.work, client.count, batch_size, epochs)
     return label_map, max_steps
 
 

@@ -209,8 +209,8 @@ def gather_rows(client_params, groups: Sequence[Group], sampled) -> list:
 
 
 def client_inputs(groups: Sequence[Group], sampled, keys, work, data, adversary, *rows) -> tuple:
-    """Per group, the client-axis arguments ``(*rows, key, idx_row, count, work, is_adversary)``
-    of its sampled clients, the usual inputs of a client update.
+    """Per group, the client-axis arguments ``(*rows, ClientInputs)`` of its sampled clients,
+    the usual inputs of a client update (:func:`jaxfl.core.algorithm.client_inputs`).
 
     Args:
       groups: the model groups; ``sampled``: per group, its (per_round,) global client indices.
