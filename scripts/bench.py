@@ -5,7 +5,8 @@
 clients/s, samples/s, peak memory, achieved useful GFLOP/s and its fraction of a dense GEMM
 measured in the same run, the per-client loop and its ratio, and the peers' form and its ratio):
 
-The suites (``fedavg-cnn``, ``dsfl-lab``, ``lowerings``, ``experiments``, ``gpu``, ``async``)
+The suites (``fedavg-cnn``, ``dsfl-lab``, ``lowerings``, ``experiments``, ``gpu``, ``async``,
+``natural``)
 are defined and described in ``scripts/bench_suites.py``; ``--tiny`` shrinks every suite to
 seconds.
 
@@ -48,6 +49,7 @@ if __name__ == "__main__":
     _force_host_devices(sys.argv[1:])
 
 import bench_async  # noqa: E402
+import bench_natural  # noqa: E402
 import bench_suites  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -307,6 +309,9 @@ def main(argv=None) -> int:
     if args.suite == "async":
         _write(args, gemm, [], async_rows=bench_async.run_async_suite(args, dataset))
         return 0
+    if args.suite == "natural":
+        _write(args, gemm, [], natural_rows=bench_natural.run_natural_suite(args))
+        return 0
     if args.suite in ("experiments", "gpu"):
         rows, sweep_rows = [], []
         if args.suite == "gpu":
@@ -377,6 +382,7 @@ def _write(
     rows: list[dict],
     experiment_rows: list[dict] | None = None,
     async_rows: list[dict] | None = None,
+    natural_rows: list[dict] | None = None,
 ):
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -392,6 +398,7 @@ def _write(
                 "rows": rows,
                 "experiment_rows": experiment_rows or [],
                 "async_rows": async_rows or [],
+                "natural_rows": natural_rows or [],
                 "conv_lowerings": _lowering_choices(),
             },
             indent=2,

@@ -13,6 +13,10 @@
   (LeNet-5, 1 local + 1 distillation epoch) at C = 100, S = 1, 4, 8.
 - ``async``: FedBuff's server step against the synchronous FedAvg round (MLP, C = 1,000 and
   10,000): server steps/s and client updates/s (``scripts/bench_async.py``).
+- ``natural``: heavy-tailed client sizes (``scripts/bench_natural.py``): FedAvg on LEAF's
+  synthetic federation (1,000 clients), 10 and 100 per round, the round with its size-sorted
+  chunk schedule against uniform chunks and the per-client loop, with each layout's padding
+  efficiency.
 - ``gpu``: everything an accelerator session should measure in one command (about 8 minutes on
   one H200): the DS-FL lab round at C = 100, 1,000, 10,000 (memory-sized chunks and chunks of
   64), each conv lowering at C = 100, the FedAvg CNN at C = 10,000, and 1..64 experiments of
@@ -49,6 +53,7 @@ SUITES = {
     "experiments": {},
     "gpu": {},
     "async": {},
+    "natural": {},
     "lowerings": {
         "algo": ["fedavg"],
         "models": ["lenet5", "cnn", "resnet8"],

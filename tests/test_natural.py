@@ -288,10 +288,15 @@ def test_a_run_on_leaf_synthetic_learns_and_prints_the_client_sizes(tmp_path, ca
 
     argv = ["--algo", "fedavg", "--dataset", "leaf_synthetic", "--clients", "200",
             "--clients-per-round", "50", "--rounds", "3", "--model", "mlp-32", "--devices", "1",
-            "--out", str(tmp_path / "r")]  # fmt: skip
+            "--batch-size", "10", "--out", str(tmp_path / "r")]  # fmt: skip
     assert run.main(argv) == 0
     out = capsys.readouterr().out
     assert "client sizes: " in out and "padding efficiency" in out
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    runs = config["client_chunk_schedule"]  # (width, count) runs covering the cohort
+    assert sum(w * n for w, n in runs) == 50 and runs[-1][0] < runs[0][0]
+    assert "chunks narrowing as sizes grow (width x count): " in out
+    assert config["padding_efficiency"] >= 0.9  # batch 10 (FedProx's): little rounding
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     accs = [r["test_acc"] for r in lines if "test_acc" in r]
     assert accs[-1] > 0.35 > 0.2  # chance is 0.2 (5 classes)

@@ -16,14 +16,22 @@ import pytest
 from jaxfl.algorithms import ALGORITHMS
 from jaxfl.cli import flags
 from jaxfl.core.algorithm import loop_clients
-from jaxfl.core.client_axis import sum_clients
+from jaxfl.core.client_axis import (
+    chunk_schedule,
+    deal_sorted,
+    map_clients,
+    schedule_clients,
+    size_schedule,
+    sum_clients,
+)
 from jaxfl.experiments import builder, memory
 from jaxfl.experiments.results import read_metrics
 from jaxfl.experiments.simulation import Simulation
+from jaxfl.mechanisms.client_round import padding_efficiency
 from jaxfl.models import get_model
 
 from .test_cli import SMALL, run
-from .tolerance import NEAR_ZERO, SUMS, assert_trees_close
+from .tolerance import NEAR_ZERO, SUMS, ULPS, assert_trees_close
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,12 +74,50 @@ def test_sum_clients_is_the_loop_sum_for_every_chunking(m):
         return {"h": jnp.tanh(x @ shared).sum(0), "n": jnp.ones(())}
 
     expected = jax.tree.map(lambda x: x.sum(0), loop_clients(one_client, w, xs))
-    for chunk in (None, 1, 2, 3, 8):
+    schedule = ((2, 1), (1, m - 2))  # a chunk schedule: 2 clients vmapped, then one by one
+    mismatched = ((2, 1), (1, m))  # planned for another m: falls back to its widest, 2
+    for chunk in (None, 1, 2, 3, 8, schedule, mismatched):
         summed = jax.jit(
             lambda xs, c=chunk: sum_clients(lambda x: one_client(w, x), xs, chunk_size=c)
         )(xs)
         assert float(summed["n"]) == m  # padding clients are not counted
         np.testing.assert_allclose(summed["h"], expected["h"], rtol=SUMS, atol=NEAR_ZERO)
+        mapped = jax.jit(
+            lambda xs, c=chunk: map_clients(lambda x: one_client(w, x), xs, chunk_size=c)
+        )(xs)
+        stacked = loop_clients(one_client, w, xs)
+        np.testing.assert_allclose(mapped["h"], stacked["h"], rtol=ULPS, atol=NEAR_ZERO)
+
+
+def test_chunk_schedule_narrows_where_sizes_grow_and_reaches_its_target():
+    # equal sizes: one chunk of the widest width, nothing to gain from narrower ones
+    assert chunk_schedule([5] * 8, max_width=4) == ((4, 2),)
+    assert chunk_schedule([5] * 8) == ((8, 1),)
+    # one large client among small ones: it runs alone, the small ones together
+    # (7 x 1 + 100 examples; slots 4 x 1 + 2 x 1 + 1 x 1 + 1 x 100 or better)
+    sizes = [1] * 7 + [100]
+    runs = chunk_schedule(sizes)
+    assert schedule_clients(runs) == 8 and runs[-1][0] == 1  # widths 8, 4, 2, 1 only
+    widths = [w for w, n in runs for _ in range(n)]
+    ends = np.cumsum(widths) - 1
+    efficiency = sum(sizes) / sum(w * sizes[e] for w, e in zip(widths, ends, strict=True))
+    assert efficiency >= 0.95
+    # heavy tails over devices: each device's block is dealt every size, one schedule fits all
+    rng = np.random.default_rng(0)
+    tail = np.clip(rng.lognormal(3.0, 1.2, 500).astype(int), 1, 900)
+    for devices in (1, 2):
+        runs = size_schedule(tail, 20, max_width=8, devices=devices)
+        assert schedule_clients(runs) == 20 // devices
+        assert max(w for w, _ in runs) <= 8
+        measured = dict(devices=devices, by_size=True, seed=1)  # other cohorts than planned on
+        # batch 1: a step is an example (with larger batches a client's last partial batch
+        # costs slots no chunking can save)
+        planned = padding_efficiency(tail, 20, 1, 900, chunk=runs, **measured)
+        uniform = padding_efficiency(tail, 20, 1, 900, chunk=8, **measured)
+        assert planned >= 0.9 > uniform, (planned, uniform)
+    order = deal_sorted(jnp.arange(6), 2)  # device 0: positions 0, 2, 4; device 1: 1, 3, 5
+    assert order.tolist() == [0, 2, 4, 1, 3, 5]
+    assert deal_sorted(jnp.arange(5), 2).tolist() == list(range(5))  # 2 does not divide 5
 
 
 def test_streamed_fedavg_equals_the_stacked_mean_and_its_memory_does_not_grow_with_m():

@@ -115,11 +115,12 @@ def client_sizes(info: dict, config: dict) -> str:
     """The client-size line of a run's header: the distribution of train examples per client
     (``info``, the data's record) and the padding efficiency (``config``, the run's record:
     examples trained / example slots computed, expected over cohorts)."""
-    how = (
-        "each round's clients sorted by size, a chunk of them running its largest client's steps"
-        if config.get("padding") == "sorted chunks"
-        else "every client padded to the largest"
-    )
+    how = "every client padded to the largest"
+    if config.get("padding") == "sorted chunks":
+        how = "each round's clients sorted by size, a chunk running its largest client's steps"
+        if config.get("client_chunk_schedule"):
+            runs = " ".join(f"{w}x{n}" for w, n in config["client_chunk_schedule"])
+            how += f"; per device, chunks narrowing as sizes grow (width x count): {runs}"
     return (
         f"client sizes: {info['client_size_min']}..{info['client_size_max']} train examples "
         f"(median {info['client_size_median']:g}, p90 {info['client_size_p90']:.0f}); padding "

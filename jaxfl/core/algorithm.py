@@ -24,9 +24,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
-from jaxfl.core.client_axis import current_mesh, map_clients, on_client_mesh, sum_clients, use_mesh
+from jaxfl.core import hparams
+from jaxfl.core.client_axis import (
+    current_mesh,
+    map_clients,
+    on_client_mesh,
+    size_schedule,
+    sum_clients,
+    use_mesh,
+)
 from jaxfl.data.federation import Federation
 
 
@@ -84,6 +93,9 @@ class FederatedAlgorithm:
       participants_per_round: the clients a round involves, for the traffic totals: m, or
         with Poisson participation the expected cohort q C (``clients_per_round`` is then the
         cohort's padded capacity).
+      client_chunk: how a device's clients are chunked: None (one vmap), a width, or with
+        ``cohort_by_size`` a schedule of (width, count) runs, narrower where the sorted
+        cohort's sizes grow (:func:`jaxfl.core.client_axis.size_schedule`).
     """
 
     name: str
@@ -100,6 +112,7 @@ class FederatedAlgorithm:
     data: Federation
     cohort_by_size: bool = False
     participants_per_round: float | None = None
+    client_chunk: int | tuple | None = None
 
     def __post_init__(self):
         if self.participants_per_round is None:
@@ -260,10 +273,21 @@ def make_algorithm(
     when not given (:func:`infer_clients_per_round`), ``client_chunk`` None vmaps all of a
     device's clients at once (:func:`jaxfl.core.client_axis.map_clients`), and
     ``communication`` (:func:`communication`) is reported only when given: what crosses the
-    network is the algorithm's to say.
+    network is the algorithm's to say. With ``cohort_by_size`` (a cohort sorted by size whose
+    clients run only their own steps) ``client_chunk`` becomes the widest chunk of a schedule
+    that narrows as sizes grow (:func:`jaxfl.core.client_axis.size_schedule`), planned from
+    ``data.client_count`` for the current mesh: heavy-tailed federations then compute about
+    the examples they train on instead of padding a chunk to its largest client.
     """
     if clients_per_round is None:
         clients_per_round = infer_clients_per_round(parts, init, data)
+    if cohort_by_size and not isinstance(client_chunk, tuple):  # chunks narrow as sizes grow
+        client_chunk = size_schedule(  # a sweep plans from its first experiment's data
+            np.asarray(jax.device_get(hparams.concrete(data).client_count)),
+            clients_per_round,
+            participants_per_round,
+            client_chunk,
+        )
 
     def per_group_updates(update):
         return update if parts.grouped else (update,)
@@ -350,4 +374,5 @@ def make_algorithm(
         data=data,
         cohort_by_size=cohort_by_size,
         participants_per_round=participants_per_round,
+        client_chunk=client_chunk,
     )

@@ -207,10 +207,11 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         algorithm.participants_per_round,
         args.batch_size or 1,
         data.capacity,
-        chunk=chunk,
+        chunk=algorithm.client_chunk if algorithm.cohort_by_size else chunk,
         devices=client_devices(),
         by_size=algorithm.cohort_by_size,
     )
+    schedule = algorithm.client_chunk if isinstance(algorithm.client_chunk, tuple) else None
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config = {
         **flags,
@@ -224,6 +225,8 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         # examples a round trains on / example slots it computes (expected over cohorts)
         "padding_efficiency": efficiency,
         "padding": "sorted chunks" if algorithm.cohort_by_size else "padded capacity",
+        # per device: (width, count) runs of chunks, narrower as the sorted sizes grow
+        "client_chunk_schedule": [list(run) for run in schedule] if schedule else None,
         "algorithm_config": dataclasses.asdict(algo_config),
         "faults": dataclasses.asdict(fault_config),
         "data": info,

@@ -33,6 +33,12 @@ from jaxfl.configs.shared import LocalTrainingFields as LocalTrainingFields
 from jaxfl.configs.shared import ServerOptFields as ServerOptFields
 from jaxfl.core import hparams, train
 from jaxfl.core.algorithm import ClientInputs, client_inputs, gather, sample_clients
+from jaxfl.core.client_axis import (
+    client_devices,
+    deal_sorted,
+    device_sorted_sizes,
+    schedule_clients,
+)
 from jaxfl.core.names import PARTICIPATIONS
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
@@ -120,7 +126,8 @@ class StandardClients:
             sizes = data.client_count[sampled]
             if self.participation == "poisson":  # empty slots first, together
                 sizes = jnp.where(present, sizes, -1)
-            order = jnp.argsort(sizes, stable=True)
+            # dealt round-robin to the devices: each device's block spans every size
+            order = deal_sorted(jnp.argsort(sizes, stable=True), client_devices())
             sampled, received, work, keys, present = (
                 sampled[order],
                 received[order],
@@ -279,7 +286,7 @@ def padding_efficiency(
     batch_size: int,
     capacity: int,
     *,
-    chunk: int | None,
+    chunk,
     devices: int = 1,
     by_size: bool = False,
     trials: int = 64,
@@ -290,27 +297,28 @@ def padding_efficiency(
     ``sizes`` (C,) are the clients' train examples. Without ``by_size`` every sampled client
     runs the steps of the padded ``capacity`` (ceil(capacity / B) per epoch): the efficiency
     is mean n_k / (ceil(capacity / B) B). With ``by_size`` (:class:`StandardClients`) the
-    cohort is sorted by size and split evenly over ``devices``, each device's share in chunks
-    of ``chunk`` clients (all of them when None), and a chunk runs its longest client's steps:
-    the slots are sum over chunks of (clients x that client's ceil(n / B) x B). Epochs scale
+    cohort is sorted by size and dealt over ``devices`` as the round deals it
+    (:func:`jaxfl.core.client_axis.deal_sorted`), each device's share in chunks: ``chunk``
+    clients each (all of them when None), or the (width, count) runs of a schedule
+    (:func:`jaxfl.core.client_axis.size_schedule`); a chunk runs its longest client's steps:
+    the slots are sum over chunks of (width x that client's ceil(n / B) x B). Epochs scale
     both sides alike and cancel."""
     sizes = np.asarray(sizes, dtype=np.int64)
     m, B = min(clients_per_round, len(sizes)), batch_size
-    steps = -(-sizes // B)
     if not by_size:
         return float(sizes.mean() / (-(-capacity // B) * B))
-    rng = np.random.default_rng(seed)
-    per_device = -(-m // max(1, devices))
-    width = per_device if chunk is None else min(chunk, per_device)
-    used = slots = 0
-    for _ in range(trials):
-        cohort = np.sort(rng.choice(len(sizes), m, replace=False), kind="stable")
-        order = np.argsort(sizes[cohort], kind="stable")
-        cohort_steps, cohort_sizes = steps[cohort][order], sizes[cohort][order]
-        used += cohort_sizes.sum()
-        for start in range(0, m, per_device):
-            block = cohort_steps[start : start + per_device]
-            for c in range(0, len(block), width):
-                lanes = block[c : c + width]
-                slots += width * lanes.max() * B
+    blocks, used = device_sorted_sizes(sizes, m, m, max(1, devices), trials, seed)
+    per_device = blocks.shape[1]
+    if isinstance(chunk, tuple) and schedule_clients(chunk) == per_device:
+        widths = [w for w, n in chunk for _ in range(n)]
+    else:  # uniform chunks, balanced as map_clients balances them
+        if isinstance(chunk, tuple):
+            chunk = max(w for w, _ in chunk)
+        chunks = 1 if chunk is None else -(-per_device // min(chunk, per_device))
+        widths = [-(-per_device // chunks)] * chunks
+    steps = -(-blocks.astype(np.int64) // B)
+    slots, end = 0, 0
+    for w in widths:
+        end = min(end + w, per_device)  # a padded last chunk's largest client: the block's last
+        slots += w * steps[:, end - 1].sum() * B
     return float(used / max(slots, 1))
