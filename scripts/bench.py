@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -126,6 +127,7 @@ def bench_one(
         "clients": args.clients,
         "clients_per_round": m,
         "client_chunk": exp.config["client_chunk"],
+        "padding_efficiency": exp.config["padding_efficiency"],
         "devices": devices,
         "rounds_per_call": rounds_per_call,
         "compile_s": compile_s,
@@ -283,6 +285,19 @@ def parse_args(argv):
         help="rounds per compiled call (lax.scan over rounds), as in run.py",
     )
     p.add_argument("--extra", default="", help="more run.py flags, e.g. '--local-epochs 1'")
+    p.add_argument(
+        "--fedjax-python",
+        default=os.environ.get("JAXFL_FEDJAX_PYTHON"),
+        help="--suite natural: the python of an environment with FedJAX installed (see "
+        "benchmarks/fedjax_fedavg.py), to run FedJAX's FedAvg on the same federation "
+        "(default $JAXFL_FEDJAX_PYTHON; none: jaxfl's rows only)",
+    )
+    p.add_argument(
+        "--natural-writers",
+        type=int,
+        default=500,
+        help="--suite natural: writers of the FEMNIST-like federation (default 500)",
+    )
     p.add_argument("--json", default="bench-results/bench.json", help="where to write the rows")
     args = p.parse_args(argv)
     args.partition = "dirichlet"
@@ -310,7 +325,8 @@ def main(argv=None) -> int:
         _write(args, gemm, [], async_rows=bench_async.run_async_suite(args, dataset))
         return 0
     if args.suite == "natural":
-        _write(args, gemm, [], natural_rows=bench_natural.run_natural_suite(args))
+        rows = bench_natural.run_natural_suite(args) + bench_natural.run_emnist_suite(args)
+        _write(args, gemm, [], natural_rows=rows)
         return 0
     if args.suite in ("experiments", "gpu"):
         rows, sweep_rows = [], []

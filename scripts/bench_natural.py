@@ -11,6 +11,13 @@ same state and key:
 - ``uniform``: the same sorted cohort in equal chunks of the widest width (the previous layout);
 - ``loop``: the per-client Python loop over the same jitted one-client function.
 
+Then FedAvg with Reddi et al.'s EMNIST CNN (``--model emnist-cnn``, batch 20, 1 local epoch) on
+a FEMNIST-like federation (``--natural-writers`` writers, default 500, lognormal sizes of median
+166 capped to 19..500 as FEMNIST's writers, random pixels and labels: timing needs no real
+data), written in FedJAX's SQLite format and read by jaxfl as ``emnist62_federated``; with
+``--fedjax-python`` (FedJAX's own environment, see ``benchmarks/fedjax_fedavg.py``) FedJAX
+itself runs its FedAvg on the same file and clients per round, and the row shows both.
+
 Beside each: the padding efficiency (examples trained / example slots computed, expected over
 cohorts, :func:`jaxfl.mechanisms.client_round.padding_efficiency`), and that of padding every
 client to the largest (what a plain vmap over the padded capacity computes). ``--tiny`` runs
@@ -19,7 +26,11 @@ client to the largest (what a plain vmap over the padded capacity computes). ``-
 
 from __future__ import annotations
 
+import json
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -27,6 +38,8 @@ from bench_loop import time_loop
 
 from jaxfl.cli import flags
 from jaxfl.core.client_axis import client_mesh, replicate, use_mesh
+from jaxfl.data.natural import fedjax_sqlite
+from jaxfl.data.natural.store import ClientColumns
 from jaxfl.experiments import builder
 from jaxfl.mechanisms.client_round import padding_efficiency
 
@@ -111,4 +124,105 @@ def run_natural_suite(args) -> list[dict]:
                 f"{loop_s:>8.3f} {loop_s / round_s:>10.1f}",
                 flush=True,
             )
+    return rows
+
+
+FEDJAX_RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "fedjax_fedavg.py"
+
+
+def femnist_like_sizes(writers: int, seed: int = 0) -> np.ndarray:
+    """FEMNIST-like train examples per writer: lognormal, median 166, capped to 19..500."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.lognormal(np.log(170), 0.55, writers).astype(int), 19, 500)
+
+
+def write_femnist_like(folder: Path, writers: int, seed: int = 0) -> Path:
+    """FedJAX's two EMNIST files of random 28x28 pixels and 62 labels, in ``folder``: each of
+    ``writers`` writers with FEMNIST-like train examples and a ninth of that (at least 1) as its
+    test split, as the published files split every writer; returns the train file."""
+    rng = np.random.default_rng(seed)
+    train_sizes = femnist_like_sizes(writers, seed)
+    ids = [f"f{k:05d}" for k in range(writers)]
+    for split, sizes in (("train", train_sizes), ("test", np.maximum(train_sizes // 9, 1))):
+        examples = [
+            {
+                "pixels": rng.random((n, 28, 28), dtype=np.float32),
+                "label": rng.integers(0, 62, n).astype(np.int32),
+            }
+            for n in sizes
+        ]
+        fedjax_sqlite.write(
+            folder / f"federated_emnist_{split}.sqlite", ClientColumns.from_clients(ids, examples)
+        )
+    return folder / "federated_emnist_train.sqlite"
+
+
+def run_fedjax(python: str, path: Path, m: int, rounds: int) -> dict:
+    """FedJAX's FedAvg on ``path`` (``benchmarks/fedjax_fedavg.py`` in its environment)."""
+    out = subprocess.run(
+        [python, str(FEDJAX_RUNNER), str(path), "--clients-per-round", str(m),
+         "--rounds", str(rounds)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if out.returncode != 0:
+        return {"fedjax_error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_emnist_suite(args) -> list[dict]:
+    """FedAvg with the EMNIST CNN on a FEMNIST-like federation: jaxfl (on each ``--devices``
+    count) and, with ``--fedjax-python``, FedJAX on the same file."""
+    writers = 40 if args.tiny else args.natural_writers
+    cohorts = (4,) if args.tiny else (10, 100)
+    print(
+        f"\nFedAvg, emnist-cnn, batch 20, FEMNIST-like writers: {writers}\n"
+        f"{'m':>4} {'dev':>3} {'eff':>5} {'jaxfl s':>8} {'clients/s':>9} {'FedJAX s':>9} "
+        f"{'FedJAX/jaxfl':>12}",
+        flush=True,
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        train_file = write_femnist_like(Path(tmp), writers)
+        for m in cohorts:
+            peer = {}
+            if args.fedjax_python:
+                peer = run_fedjax(args.fedjax_python, train_file, m, args.rounds)
+            argv = ["--algo", "fedavg", "--dataset", "emnist62_federated", "--data-dir", tmp]
+            argv += ["--clients", str(writers), "--clients-per-round", str(m), "--lr", "0.1"]
+            argv += ["--model", "emnist-cnn", "--batch-size", "20", "--local-epochs", "1"]
+            for devices in args.devices:
+                with use_mesh(client_mesh(devices)):
+                    exp = builder.build(flags.parse(argv))
+                    algo = exp.algorithm
+                    state = replicate(algo.init(jax.random.key(0)))
+                    compile_s, round_s = _time_round(
+                        algo, state, jax.random.key(1), algo.client_chunk, args.rounds
+                    )
+                row = {
+                    "suite": "natural",
+                    "workload": "emnist-cnn femnist-like",
+                    "writers": writers,
+                    "clients_per_round": m,
+                    "devices": devices,
+                    "padding_efficiency": exp.config["padding_efficiency"],
+                    "schedule": exp.config["client_chunk_schedule"],
+                    "compile_s": compile_s,
+                    "round_s": round_s,
+                    "clients_per_s": m / round_s,
+                    "device_data_bytes": int(algo.data.train_x.nbytes),
+                    **peer,
+                }
+                if "fedjax_round_s" in peer:
+                    row["fedjax_over_jaxfl"] = peer["fedjax_round_s"] / round_s
+                rows.append(row)
+                fj = peer.get("fedjax_round_s")
+                print(
+                    f"{m:>4} {devices:>3} {row['padding_efficiency']:>5.2f} {round_s:>8.2f} "
+                    f"{m / round_s:>9.1f} "
+                    + (f"{fj:>9.2f} {fj / round_s:>12.1f}" if fj else f"{'-':>9} {'-':>12}")
+                    + (
+                        f"  FedJAX failed: {peer['fedjax_error']}" if "fedjax_error" in peer else ""
+                    ),
+                    flush=True,
+                )
     return rows

@@ -16,6 +16,11 @@ def test_parameter_counts(name, count):
     assert get_model(name, (28, 28, 1), 10).num_params == count
 
 
+def test_emnist_cnn_has_reddi_et_al_and_fedjax_parameter_count():
+    # conv 3x3@32 (320) + conv 3x3@64 (18,496) + dense 9216 -> 128 (1,179,776) + 128 -> 62 (7,998)
+    assert get_model("emnist-cnn", (28, 28, 1), 62).num_params == 1_206_590
+
+
 def test_conv_lowerings_agree_in_value_and_gradient_in_a_whole_model():
     """A whole model (LeNet-5) under each lowering: same logits and gradients as the native
     convolution. Every zoo layer shape, stride and padding is checked layer by layer in

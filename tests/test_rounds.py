@@ -207,3 +207,27 @@ def test_optax_optimizers_given_to_fedavg_equal_the_flag_shortcuts(tiny_federati
         b, _ = given.round(b, jax.random.key(r))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("eps", [None, 1e-4])
+def test_fedadam_and_fedyogi_follow_their_update_on_numbers(eps):
+    """Reddi et al.'s server step x + eta m_t / (sqrt(v_t) + tau) on the pseudo-gradient -Delta,
+    first round by hand, bias-corrected as the Keras Adam and TFA Yogi of the authors' code:
+    Adam m = (1 - b1) g, v = (1 - b2) g^2; Yogi m = b1 m0 + (1 - b1) g, v = v0 - (1 - b2)
+    sign(v0 - g^2) g^2 from m0 = v0 = 1e-6; m / (1 - b1) and v / (1 - b2) then; tau the
+    epsilon (optax's default when None)."""
+    delta = {"w": jnp.array([1e-4, -3e-4, 0.5])}
+    x0 = {"w": jnp.array([1.0, 2.0, 3.0])}
+    g, lr = -np.asarray(delta["w"], np.float64), 0.01
+    b1, b2 = 0.9, 0.999
+    for opt, default_eps in (("adam", 1e-8), ("yogi", 1e-3)):
+        config = fedavg.FedAvgConfig(server_opt=opt, server_lr=lr, server_epsilon=eps)
+        server_opt = fedavg.flag_server_optimizer(config)
+        x1, _ = fedavg.server_update(server_opt, x0, server_opt.init(x0), delta, jnp.array(True))
+        tau = default_eps if eps is None else eps
+        start = 0.0 if opt == "adam" else 1e-6  # optax's Yogi starts both moments at 1e-6
+        m_hat = (b1 * start + (1 - b1) * g) / (1 - b1)
+        v = (1 - b2) * g**2 if opt == "adam" else start - (1 - b2) * np.sign(start - g**2) * g**2
+        expected = np.asarray(x0["w"]) - lr * m_hat / (np.sqrt(v / (1 - b2)) + tau)
+        # tol: float32 arithmetic of optax against the float64 formula: a few ULPs of x ~ 1
+        np.testing.assert_allclose(x1["w"], expected, rtol=1e-6)

@@ -383,3 +383,27 @@ def test_bench_sweeps_devices_and_reports_memory(tmp_path):
         assert row["rounds_per_call"] == 2 and row["round_s"] > 0
         assert row["mem_per_client_mb"] > 0 and row["round_gflop"] > 0
         assert row["loop_round_s"] == rows[0]["loop_round_s"]  # timed once, on one device
+
+
+@pytest.mark.slow  # the schedule and its efficiency are checked in the fast tests above
+def test_bench_natural_suite_rows_and_the_fedjax_peer_plumbing(tmp_path):
+    """scripts/bench.py --suite natural, tiny: the leaf_synthetic rows (schedule, efficiencies,
+    the loop) and the EMNIST-CNN row on a FEMNIST-like file in FedJAX's format; FedJAX is not
+    installed here, so its runner's failure must reach the row, not stop the suite."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--suite", "natural", "--tiny",
+         "--rounds", "1", "--devices", "1", "--fedjax-python", sys.executable,
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["natural_rows"]
+    leaf = [r for r in rows if r.get("dataset") == "leaf_synthetic"]
+    assert [r["clients_per_round"] for r in leaf] == [4, 10]
+    for row in leaf:
+        assert row["efficiency_schedule"] >= row["efficiency_uniform"] > row["efficiency_padded"]
+        assert row["round_s"] > 0 and row["loop_round_s"] > 0
+    (emnist,) = [r for r in rows if r.get("workload") == "emnist-cnn femnist-like"]
+    assert emnist["writers"] == 40 and emnist["round_s"] > 0
+    assert "fedjax" in emnist["fedjax_error"]  # No module named 'fedjax'

@@ -62,13 +62,20 @@ class FedAvgState:
 
 def flag_server_optimizer(config: FedAvgConfig) -> optax.GradientTransformation:
     """The server optimizer the flags describe (``--server-opt``, ``--server-lr``,
-    ``--server-momentum``); ``make(server_optimizer=...)`` replaces it."""
+    ``--server-momentum``, ``--server-epsilon``); ``make(server_optimizer=...)`` replaces it.
+
+    FedAdam and FedYogi are optax's Adam and Yogi (bias-corrected, beta1 0.9, beta2 0.999,
+    Yogi's moments starting at 1e-6), as the Keras Adam and the TensorFlow Addons Yogi that
+    Reddi et al.'s TFF code used; the epsilon is their tau."""
+    eps = {} if config.server_epsilon is None else {"eps": config.server_epsilon}
     if config.server_opt == "sgd":
         return optax.sgd(config.server_lr)
     if config.server_opt == "momentum":
         return optax.sgd(config.server_lr, momentum=config.server_momentum)
     if config.server_opt == "adam":
-        return optax.adam(config.server_lr)
+        return optax.adam(config.server_lr, **eps)
+    if config.server_opt == "yogi":
+        return optax.yogi(config.server_lr, **eps)
     raise ValueError(
         f"unknown --server-opt {config.server_opt!r}; allowed: {', '.join(SERVER_OPTS)}"
     )

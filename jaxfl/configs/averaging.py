@@ -31,6 +31,7 @@ class FedAvgFields(DPFields):
     server_opt: str = shared.server_opt()
     server_lr: float = shared.server_lr()
     server_momentum: float = shared.server_momentum()
+    server_epsilon: float | None = shared.server_epsilon()
     client_chunk: int | None = shared.client_chunk()
     unseen_clients: int = shared.unseen_clients()
 
@@ -78,6 +79,7 @@ class FedBuffConfig(ClockFields):
     server_opt: str = shared.server_opt()
     server_lr: float = shared.server_lr()
     server_momentum: float = shared.server_momentum()
+    server_epsilon: float | None = shared.server_epsilon()
     client_chunk: int | None = shared.client_chunk()
 
 

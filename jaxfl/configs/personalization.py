@@ -56,6 +56,7 @@ class DittoConfig(DPFields):
     server_opt: str = shared.server_opt()
     server_lr: float = shared.server_lr()
     server_momentum: float = shared.server_momentum()
+    server_epsilon: float | None = shared.server_epsilon()
     client_chunk: int | None = shared.client_chunk()
 
 
@@ -109,4 +110,5 @@ class PerFedAvgConfig(DPFields):
     server_opt: str = shared.server_opt()
     server_lr: float = shared.server_lr()
     server_momentum: float = shared.server_momentum()
+    server_epsilon: float | None = shared.server_epsilon()
     client_chunk: int | None = shared.client_chunk()

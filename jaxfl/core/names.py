@@ -30,7 +30,7 @@ PARTITIONS = ("iid", "dirichlet", "shards", "classes", "quantity", "rare", "natu
 ATTACKS = ("none", "label_flip", "random_logits", "scaled_logits", "scaled_update")
 AGGREGATIONS = ("era", "sa")
 INCFL_RULES = ("maxfl", "bump")  # --incfl-rule (the first is the default)
-SERVER_OPTS = ("sgd", "momentum", "adam")
+SERVER_OPTS = ("sgd", "momentum", "adam", "yogi")
 # the virtual clock (jaxfl.mechanisms.clock): --client-speed/--client-latency kinds
 SPEED_KINDS = ("constant", "lognormal", "two-tier", "uniform", "file")
 FINETUNE_LAYERS = ("all", "last")
@@ -39,8 +39,8 @@ PARTICIPATIONS = ("fixed", "poisson")
 DP_ACCOUNTANTS = ("rdp", "pld")  # --dp-accountant: dp-accounting's Renyi DP or PLD accountant
 
 # --model
-MODELS = ("logreg", "mlp", "cnn", "lenet5", "resnet8", "resnet20")
-IMAGE_MODELS = ("cnn", "lenet5", "resnet8", "resnet20")
+MODELS = ("logreg", "mlp", "cnn", "emnist-cnn", "lenet5", "resnet8", "resnet20")
+IMAGE_MODELS = ("cnn", "emnist-cnn", "lenet5", "resnet8", "resnet20")
 MODEL_NAMES_HELP = f"{', '.join(MODELS)}, or mlp-H1-H2... (an MLP with those hidden widths)"
 COMPUTE_DTYPES = ("float32", "bfloat16")
 CONV_LOWERINGS = ("rows", "im2col", "patches", "xla")

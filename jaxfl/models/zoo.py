@@ -84,6 +84,29 @@ class FedAvgCNN(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+class EmnistCNN(nn.Module):
+    """The EMNIST CNN of Reddi et al. ("Adaptive Federated Optimization", ICLR 2021), TFF's and
+    FedJAX's EMNIST baseline: conv3x3@32, conv3x3@64 (both VALID), max-pool 2x2, dense 128,
+    dense L (1,206,590 parameters at L = 62). Their dropout (0.25 after the pool, 0.5 after the
+    dense layer) is left out: jaxfl's models are deterministic functions of (params, x), and
+    local training draws no dropout keys."""
+
+    num_classes: int
+    lowering: Lowering = "auto"
+    features_only: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        for i, features in enumerate((32, 64)):
+            conv = Conv(features, (3, 3), padding="VALID", lowering=_at(self.lowering, i))
+            x = nn.relu(conv(x))
+        x = max_pool_2x2(x).reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(128)(x))
+        if self.features_only:
+            return x
+        return nn.Dense(self.num_classes)(x)
+
+
 class LeNet5(nn.Module):
     """The DS-FL lab's MNIST CNN: conv 6@5x5, pool, conv 16@5x5, pool, dense 120, 84, L."""
 
@@ -277,6 +300,7 @@ def get_model(
         "mlp": lambda lowering, f: MLP(num_classes, mlp_hidden(name), f),
         "cnn": lambda lowering, f: FedAvgCNN(num_classes, lowering, f),
         "lenet5": lambda lowering, f: LeNet5(num_classes, lowering, f),
+        "emnist-cnn": lambda lowering, f: EmnistCNN(num_classes, lowering, f),
         "resnet8": lambda lowering, f: ResNet(num_classes, 1, lowering, f),
         "resnet20": lambda lowering, f: ResNet(num_classes, 3, lowering, f),
     }["mlp" if mlp_hidden(name) else name]
