@@ -7,7 +7,7 @@ same state and key:
 
 - ``schedule``: the round as jaxfl runs it: the cohort sorted by size, dealt round-robin to the
   devices, each device's clients in chunks that narrow as sizes grow
-  (:func:`jaxfl.core.client_axis.size_schedule`), each chunk running its longest client's steps;
+  (:func:`jaxfl.core.cohort_chunks.size_schedule`), each chunk running its longest client's steps;
 - ``uniform``: the same sorted cohort in equal chunks of the widest width (the previous layout);
 - ``loop``: the per-client Python loop over the same jitted one-client function.
 

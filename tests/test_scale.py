@@ -16,14 +16,8 @@ import pytest
 from jaxfl.algorithms import ALGORITHMS
 from jaxfl.cli import flags
 from jaxfl.core.algorithm import loop_clients
-from jaxfl.core.client_axis import (
-    chunk_schedule,
-    deal_sorted,
-    map_clients,
-    schedule_clients,
-    size_schedule,
-    sum_clients,
-)
+from jaxfl.core.client_axis import map_clients, sum_clients
+from jaxfl.core.cohort_chunks import chunk_schedule, deal_sorted, schedule_clients, size_schedule
 from jaxfl.experiments import builder, memory
 from jaxfl.experiments.results import read_metrics
 from jaxfl.experiments.simulation import Simulation

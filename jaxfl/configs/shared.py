@@ -46,7 +46,9 @@ def lr(default: float = 0.1):
 def client_chunk():
     return setting(
         None,
-        "process sampled clients K at a time (per device) inside the jitted round to bound memory",
+        "process sampled clients K at a time (per device) inside the jitted round to bound "
+        "memory; with uneven clients sorted by size (FedAvg's client side), the widest chunk of "
+        "a schedule whose chunks narrow as sizes grow",
         check=">= 1",
         default_help="cache-sized chunks on a CPU; on accelerators the largest chunk whose round "
         "fits in 80% of device memory, measured from the compiled round",

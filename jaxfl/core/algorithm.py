@@ -29,13 +29,14 @@ from flax import struct
 
 from jaxfl.core import hparams
 from jaxfl.core.client_axis import (
+    client_devices,
     current_mesh,
     map_clients,
     on_client_mesh,
-    size_schedule,
     sum_clients,
     use_mesh,
 )
+from jaxfl.core.cohort_chunks import size_schedule
 from jaxfl.data.federation import Federation
 
 
@@ -95,7 +96,7 @@ class FederatedAlgorithm:
         cohort's padded capacity).
       client_chunk: how a device's clients are chunked: None (one vmap), a width, or with
         ``cohort_by_size`` a schedule of (width, count) runs, narrower where the sorted
-        cohort's sizes grow (:func:`jaxfl.core.client_axis.size_schedule`).
+        cohort's sizes grow (:func:`jaxfl.core.cohort_chunks.size_schedule`).
     """
 
     name: str
@@ -275,7 +276,7 @@ def make_algorithm(
     ``communication`` (:func:`communication`) is reported only when given: what crosses the
     network is the algorithm's to say. With ``cohort_by_size`` (a cohort sorted by size whose
     clients run only their own steps) ``client_chunk`` becomes the widest chunk of a schedule
-    that narrows as sizes grow (:func:`jaxfl.core.client_axis.size_schedule`), planned from
+    that narrows as sizes grow (:func:`jaxfl.core.cohort_chunks.size_schedule`), planned from
     ``data.client_count`` for the current mesh: heavy-tailed federations then compute about
     the examples they train on instead of padding a chunk to its largest client.
     """
@@ -287,6 +288,7 @@ def make_algorithm(
             clients_per_round,
             participants_per_round,
             client_chunk,
+            client_devices(),
         )
 
     def per_group_updates(update):

@@ -33,12 +33,8 @@ from jaxfl.configs.shared import LocalTrainingFields as LocalTrainingFields
 from jaxfl.configs.shared import ServerOptFields as ServerOptFields
 from jaxfl.core import hparams, train
 from jaxfl.core.algorithm import ClientInputs, client_inputs, gather, sample_clients
-from jaxfl.core.client_axis import (
-    client_devices,
-    deal_sorted,
-    device_sorted_sizes,
-    schedule_clients,
-)
+from jaxfl.core.client_axis import client_devices
+from jaxfl.core.cohort_chunks import deal_sorted, device_sorted_sizes, schedule_clients
 from jaxfl.core.names import PARTICIPATIONS
 from jaxfl.data.federation import Federation
 from jaxfl.mechanisms import faults
@@ -298,9 +294,9 @@ def padding_efficiency(
     runs the steps of the padded ``capacity`` (ceil(capacity / B) per epoch): the efficiency
     is mean n_k / (ceil(capacity / B) B). With ``by_size`` (:class:`StandardClients`) the
     cohort is sorted by size and dealt over ``devices`` as the round deals it
-    (:func:`jaxfl.core.client_axis.deal_sorted`), each device's share in chunks: ``chunk``
+    (:func:`jaxfl.core.cohort_chunks.deal_sorted`), each device's share in chunks: ``chunk``
     clients each (all of them when None), or the (width, count) runs of a schedule
-    (:func:`jaxfl.core.client_axis.size_schedule`); a chunk runs its longest client's steps:
+    (:func:`jaxfl.core.cohort_chunks.size_schedule`); a chunk runs its longest client's steps:
     the slots are sum over chunks of (width x that client's ceil(n / B) x B). Epochs scale
     both sides alike and cancel."""
     sizes = np.asarray(sizes, dtype=np.int64)
