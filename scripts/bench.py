@@ -84,8 +84,8 @@ def bench_one(
     unless ``loop_s`` gives it already."""
     mesh = client_mesh(devices)
     with use_mesh(mesh):
-        args = flags.parse(argv)
-        exp = builder.build(args, dataset=dataset)
+        run_config = flags.parse_config(argv)
+        exp = builder.build(run_config, dataset=dataset)
         algo = exp.algorithm
         state = replicate(algo.init(jax.random.key(0)))
         round_key = jax.random.key(1)
@@ -111,7 +111,7 @@ def bench_one(
         mem = memory.round_memory(algo, exp.config["client_chunk"])
     if loop_s is None:  # the per-client loop runs on one device, from an unsharded build
         if devices > 1:
-            exp = builder.build(args, dataset=dataset)
+            exp = builder.build(run_config, dataset=dataset)
             state, _ = exp.algorithm.run_rounds(
                 exp.algorithm.init(jax.random.key(0)), round_key, 0, 1
             )
@@ -120,11 +120,11 @@ def bench_one(
     flops, samples = round_flops(exp)
     m = exp.algorithm.clients_per_round
     return {
-        "algo": args.algo,
+        "algo": exp.args.algo,
         "model": exp.config["model"],
         "lowering": exp.config["conv_lowering"],
-        "compute_dtype": args.compute_dtype,
-        "clients": args.clients,
+        "compute_dtype": exp.args.compute_dtype,
+        "clients": exp.args.clients,
         "clients_per_round": m,
         "client_chunk": exp.config["client_chunk"],
         "padding_efficiency": exp.config["padding_efficiency"],
@@ -374,7 +374,7 @@ def main(argv=None) -> int:
                     )
                     loop_s = (row["loop_round_s"], row["loop_extrapolated"])
                     if peer_s is None and not args.no_peer:
-                        exp = builder.build(flags.parse(run_argv), dataset=dataset)
+                        exp = builder.build(flags.parse_config(run_argv), dataset=dataset)
                         peer_s = peer.round_seconds(exp, args.loop_clients) or (None, False)
                     if peer_s is not None and peer_s[0] is not None:
                         row["peer_round_s"], row["peer_extrapolated"] = peer_s

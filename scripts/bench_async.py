@@ -65,7 +65,7 @@ def run_async_suite(args, dataset) -> list[dict]:
             argv = [TINY.get(a, a) for a in argv] if args.tiny else argv
             run_argv = ["--clients", str(c), "--model", "mlp", "--local-epochs", "1",
                         "--partition", "iid", *argv]  # fmt: skip
-            exp = builder.build(flags.parse(run_argv), dataset=dataset)
+            exp = builder.build(flags.parse_config(run_argv), dataset=dataset)
             step_s, state = time_steps(exp, per_call, max(args.rounds, 2))
             per_step = exp.algorithm.clients_per_round
             in_flight = state.flight.client.shape[0] if hasattr(state, "flight") else per_step

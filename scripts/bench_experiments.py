@@ -44,7 +44,7 @@ def startup_seconds() -> float:
 def time_single(argv: list[str], rounds: int, dataset) -> dict:
     """One experiment as run.py runs it: build, compile (round 1), the other rounds."""
     start = time.perf_counter()
-    exp = builder.build(flags.parse(argv), dataset=dataset)
+    exp = builder.build(flags.parse_config(argv), dataset=dataset)
     algo = exp.algorithm
     init_key, round_key = jax.random.split(jax.random.key(exp.args.seed))
     state = algo.init(init_key)

@@ -74,7 +74,7 @@ def run_natural_suite(args) -> list[dict]:
         loop_s = None
         for devices in args.devices:
             with use_mesh(client_mesh(devices)):
-                exp = builder.build(flags.parse(argv))
+                exp = builder.build(flags.parse_config(argv))
                 algo = exp.algorithm
                 state = replicate(algo.init(jax.random.key(0)))
                 key = jax.random.key(1)
@@ -95,7 +95,7 @@ def run_natural_suite(args) -> list[dict]:
                 compile_s, round_s = _time_round(algo, state, key, schedule, args.rounds)
                 uniform_compile_s, uniform_s = _time_round(algo, state, key, widest, args.rounds)
             if loop_s is None:  # the per-client loop, on one device
-                exp1 = builder.build(flags.parse(argv))
+                exp1 = builder.build(flags.parse_config(argv))
                 state1 = exp1.algorithm.init(jax.random.key(0))
                 loop_s, _ = time_loop(exp1, state1, key, m)
             row = {
@@ -192,7 +192,7 @@ def run_emnist_suite(args) -> list[dict]:
             argv += ["--model", "emnist-cnn", "--batch-size", "20", "--local-epochs", "1"]
             for devices in args.devices:
                 with use_mesh(client_mesh(devices)):
-                    exp = builder.build(flags.parse(argv))
+                    exp = builder.build(flags.parse_config(argv))
                     algo = exp.algorithm
                     state = replicate(algo.init(jax.random.key(0)))
                     compile_s, round_s = _time_round(

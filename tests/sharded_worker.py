@@ -20,6 +20,7 @@ import optax  # noqa: E402
 
 from jaxfl.algorithms import ALGORITHMS  # noqa: E402
 from jaxfl.cli import flags  # noqa: E402
+from jaxfl.configs.run import RunConfig  # noqa: E402
 from jaxfl.core.algorithm import loop_clients  # noqa: E402
 from jaxfl.core.client_axis import (  # noqa: E402
     client_devices,
@@ -103,7 +104,7 @@ def build(argv):
         ]
         + ([] if "--models" in argv else ["--model", "mlp"])
     )
-    exp = builder.build(args)
+    exp = builder.build(RunConfig.from_flags(args))
     if args.algo == "fedmd":  # SGD: Adam turns 1e-7 summation noise into lr-sized steps
         module = ALGORITHMS["fedmd"]
         algo = module.make(

@@ -12,6 +12,7 @@ import pytest
 
 from jaxfl.algorithms import ALGORITHMS
 from jaxfl.cli import flags
+from jaxfl.configs.run import RunConfig
 from jaxfl.experiments import axis, builder, memory, sweep_runner
 from jaxfl.experiments.axis import GridPoint, SweepError, parse_seeds, parse_sweep
 from jaxfl.experiments.vectorized import CompiledSweep
@@ -42,7 +43,7 @@ def build(algo: str, seed: int, *more: str):
     """One experiment as run.py builds it, cached: tests only read it (IncFL's build trains its
     local-only baseline, seconds each time)."""
     args = flags.parse(["--algo", algo, "--seed", str(seed), *BASE, *EXTRA.get(algo, []), *more])
-    return builder.build(args)
+    return builder.build(RunConfig.from_flags(args))
 
 
 def one_run(exp, rounds: int):

@@ -48,7 +48,7 @@ MNIST_TWO_CLASSES = [
 
 
 def _run(argv):
-    exp = builder.build(flags.parse(argv))
+    exp = builder.build(flags.parse_config(argv))
     _, history = Simulation(exp.algorithm, exp.args.rounds, seed=exp.args.seed).run()
     return exp, history
 
@@ -123,7 +123,7 @@ def test_dsfl_era_matches_or_beats_sa_and_beats_local_only_on_real_mnist_over_se
     later_rounds_gap = (era[:, 1:] - sa[:, 1:]).mean(axis=1)  # per seed; measured +0.004..+0.018
     assert later_rounds_gap.mean() > -0.03  # the wobble bound above; measured +0.013
 
-    exp = builder.build(flags.parse([*argv, "--aggregation", "era"]))
+    exp = builder.build(flags.parse_config([*argv, "--aggregation", "era"]))
     data, model = exp.data, exp.model
 
     def local_only(key, idx_row, count):

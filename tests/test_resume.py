@@ -13,6 +13,7 @@ import jax
 import pytest
 
 from jaxfl.cli import flags
+from jaxfl.configs.run import RunConfig
 from jaxfl.experiments import builder, checkpoint
 from jaxfl.experiments.results import read_metrics
 
@@ -101,7 +102,7 @@ def test_sigkill_mid_run_leaves_complete_lines_and_a_loadable_checkpoint(tmp_pat
     last = checkpoint.latest_round(out / "checkpoints")
     assert last is not None and last >= len(records) - 1
     args = flags.parse(["--algo", "dsfl", *SMALL])
-    algo = builder.build(args).algorithm
+    algo = builder.build(RunConfig.from_flags(args)).algorithm
     state, meta = checkpoint.restore(
         out / "checkpoints", jax.eval_shape(algo.init, jax.random.key(0))
     )

@@ -15,6 +15,7 @@ import pytest
 
 from jaxfl.algorithms import ALGORITHMS
 from jaxfl.cli import flags
+from jaxfl.configs.run import RunConfig
 from jaxfl.core.algorithm import loop_clients
 from jaxfl.core.client_axis import map_clients, sum_clients
 from jaxfl.core.cohort_chunks import chunk_schedule, deal_sorted, schedule_clients, size_schedule
@@ -116,7 +117,7 @@ def test_chunk_schedule_narrows_where_sizes_grow_and_reaches_its_target():
 
 def test_streamed_fedavg_equals_the_stacked_mean_and_its_memory_does_not_grow_with_m():
     argv = ["--algo", "fedavg", "--dataset", "synthetic", "--model", "mlp", "--client-chunk", "2"]
-    exp = builder.build(flags.parse([*argv, "--clients", "9"]))
+    exp = builder.build(flags.parse_config([*argv, "--clients", "9"]))
     module, cfg = ALGORITHMS["fedavg"], exp.algorithm_config
     streamed = exp.algorithm
     stacked = module.make(cfg, exp.data, exp.model, stream=False)
@@ -130,7 +131,7 @@ def test_streamed_fedavg_equals_the_stacked_mean_and_its_memory_does_not_grow_wi
         assert_trees_close(np.asarray(a), np.asarray(b))
     temps = {}
     for c in (8, 64):
-        big = builder.build(flags.parse([*argv, "--clients", str(c)]))
+        big = builder.build(flags.parse_config([*argv, "--clients", str(c)]))
         raw = module.make(big.algorithm_config, big.data, big.model, stream=False)
         temps[c] = [
             memory.compiled_round_memory(a, 2).temp_size_in_bytes for a in (big.algorithm, raw)
@@ -192,7 +193,7 @@ def _fedavg(*extra):
         ["--algo", "fedavg", "--dataset", "synthetic", "--clients", "8", "--model", "mlp"]
         + ["--local-epochs", "1", "--batch-size", "10", *extra]
     )
-    return builder.build(args)
+    return builder.build(RunConfig.from_flags(args))
 
 
 def test_rounds_per_call_gives_the_same_run_and_ends_blocks_where_state_is_needed():
@@ -269,7 +270,7 @@ def test_round_memory_is_measured_and_the_chunk_fits_the_budget():
     # 4 bytes); DS-FL keeps a model per client
     assert measured.state_bytes_per_client == 8
     dsfl = builder.build(
-        flags.parse(
+        flags.parse_config(
             ["--algo", "dsfl", "--dataset", "synthetic", "--clients", "8", "--model", "mlp"]
             + ["--public-per-round", "64"]
         )
@@ -291,13 +292,13 @@ def test_accelerator_default_chunk_is_the_measured_fit(monkeypatch):
     """The accelerator branch of the --client-chunk default, on this CPU: with a memory budget
     that holds 3 of 8 clients' temporaries, build picks chunk 3 and the round runs with it."""
     argv = ["--algo", "fedavg", "--dataset", "synthetic", "--clients", "8", "--model", "mlp"]
-    probe = builder.build(flags.parse([*argv, "--client-chunk", "2"])).algorithm
+    probe = builder.build(flags.parse_config([*argv, "--client-chunk", "2"])).algorithm
     measured = memory.round_memory(probe, 2)
     fixed = measured.argument_bytes + measured.output_bytes - measured.alias_bytes
     budget = (fixed + measured.base_bytes + 3.5 * measured.per_client_bytes) / 0.8
     monkeypatch.setattr(builder, "_on_cpu", lambda: False)
     monkeypatch.setattr(builder, "device_memory_bytes", lambda: budget)
-    exp = builder.build(flags.parse(argv))
+    exp = builder.build(flags.parse_config(argv))
     assert exp.config["client_chunk"] == exp.algorithm_config.client_chunk == 3
     state, metrics = exp.algorithm.round(exp.algorithm.init(jax.random.key(0)), jax.random.key(1))
     assert np.isfinite(float(metrics["train_loss"]))

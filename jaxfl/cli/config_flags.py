@@ -27,6 +27,7 @@ from jaxfl.configs.resolve import (  # noqa: F401  (the command line's names for
     foreign_settings,
     resolve,
 )
+from jaxfl.configs.run import RUN_SETTINGS
 
 
 def _default_text(field: dataclasses.Field, value) -> str:
@@ -38,6 +39,14 @@ def _default_text(field: dataclasses.Field, value) -> str:
 def help_text(name: str, algo: str | None = None) -> str:
     """A setting's ``--help`` line: which algorithms read it (when not all), what it does, its
     allowed values and its default (``algo``'s, or each algorithm's where they differ)."""
+    if name in RUN_SETTINGS:
+        field = RUN_SETTINGS[name]
+        text = field.metadata["help"]
+        if field.metadata.get("choices"):
+            text += f"; one of {', '.join(field.metadata['choices'])}"
+        if value_type(field) is not bool:
+            text += f" (default {_default_text(field, field.default)})"
+        return text.replace("%", "%%")
     if name in FAULT_SETTINGS:
         field, defaults = FAULT_SETTINGS[name], {None: FAULT_SETTINGS[name].default}
     else:
@@ -64,8 +73,21 @@ def help_text(name: str, algo: str | None = None) -> str:
 
 def add_setting_flags(a, names, algo: str | None = None) -> None:
     """Add the flags of the settings ``names`` with ``a = parser.add_argument``; each parses to
-    None when not given."""
+    None when not given, but a run-level setting to its default."""
     for name in names:
+        if name in RUN_SETTINGS:
+            field = RUN_SETTINGS[name]
+            kind = value_type(field)
+            extra = (
+                {"action": "store_true"}
+                if kind is bool
+                else {"type": None if kind is str else kind}
+            )
+            extra.update(field.metadata["cli"])
+            if extra.get("action") in ("append", "store_true"):
+                extra.pop("type", None)
+            a(flag_name(name), default=field.default, help=help_text(name), **extra)
+            continue
         field = FAULT_SETTINGS.get(name) or ALGORITHM_SETTINGS[name][0]
         kind = value_type(field)
         a(flag_name(name), type=None if kind is str else kind, default=None,

@@ -15,59 +15,18 @@ from __future__ import annotations
 import argparse
 import os
 
-from jaxfl.core.names import COMPUTE_DTYPES
+from jaxfl.cli.config_flags import add_setting_flags
+from jaxfl.configs.fields import settings
+from jaxfl.configs.run import ExecutionConfig
 
 # flags that change how a run executes, not what it computes: --resume accepts them
-EXECUTION_FLAGS = (
-    "devices",
-    "rounds_per_call",
-    "coordinator_address",
-    "num_processes",
-    "process_id",
-)
+EXECUTION_FLAGS = tuple(settings(ExecutionConfig))
 
 
 def add_scale_arguments(a) -> None:
-    a(
-        "--devices",
-        type=int,
-        default=None,
-        help="split the clients over this many devices, a 1-D mesh named 'clients' (default: "
-        "all devices; on a CPU scripts/run.py makes one host device per core unless XLA_FLAGS="
-        "--xla_force_host_platform_device_count=N says otherwise; --devices 1: no split)",
-    )
-    a(
-        "--rounds-per-call",
-        type=int,
-        default=1,
-        help="run up to this many rounds in one compiled call (lax.scan over rounds, one host "
-        "round trip); blocks still end at every evaluation and checkpoint (default 1)",
-    )
-    a(
-        "--compute-dtype",
-        default="float32",
-        help=f"dtype of the forward and backward passes: {', '.join(COMPUTE_DTYPES)}; parameters, "
-        "optimizer states and aggregation stay float32 (default float32; bfloat16 pays off on "
-        "GPUs and TPUs, not on CPUs)",
-    )
-    a(
-        "--coordinator-address",
-        default=None,
-        help="several hosts: HOST:PORT of process 0, for jax.distributed.initialize (give the "
-        "same command on every host with its own --process-id)",
-    )
-    a(
-        "--num-processes",
-        type=int,
-        default=None,
-        help="several hosts: how many processes take part (with --coordinator-address)",
-    )
-    a(
-        "--process-id",
-        type=int,
-        default=None,
-        help="several hosts: this process's index, 0..--num-processes - 1",
-    )
+    """Add the flags of :class:`jaxfl.configs.run.ExecutionConfig` with ``a =
+    parser.add_argument``."""
+    add_setting_flags(a, tuple(settings(ExecutionConfig)))
 
 
 def cpu_cores() -> int:

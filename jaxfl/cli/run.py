@@ -23,6 +23,7 @@ import jax
 from jaxfl.cli import execution, flags, printout
 from jaxfl.cli.flag_help import RUN_DESCRIPTION
 from jaxfl.configs import SPECS
+from jaxfl.configs.run import RunConfig
 from jaxfl.core.client_axis import client_mesh, to_host, use_mesh
 from jaxfl.data import DataUnavailableError, PartitionError
 from jaxfl.experiments import builder, checkpoint, events, report, sweep_runner
@@ -105,7 +106,7 @@ def setup(args):
     if resume_round is not None and (out / LOWERINGS_FILE).exists():
         # the conv lowerings the run was compiled with: a resumed run computes the same numbers
         tuning.pin(json.loads((out / LOWERINGS_FILE).read_text()))
-    exp = builder.build(args)
+    exp = builder.build(RunConfig.from_flags(args))
     state, start_round = None, 1
     if resume_round is not None:
         like = jax.eval_shape(exp.algorithm.init, jax.random.key(0))
@@ -184,7 +185,7 @@ def run_sweep(args) -> int:
         if not args.resume:
             check_results_dir(out)
         with signals:
-            summary = sweep_runner.run_sweep(args, out, stop=stop)
+            summary = sweep_runner.run_sweep(RunConfig.from_flags(args), out, stop=stop)
     except (*CONFIG_ERRORS, sweep_runner.SweepError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -329,7 +330,7 @@ def run(args, start: float) -> int:
     last = attach_handlers(sim, args, out, writer)
     if args.compare_local or SPECS[args.algo].needs_local_baseline:
         sim.local_client_acc = local_only_accuracy(
-            args, exp.config["client_val_fraction"], builder.build
+            exp.run, exp.config["client_val_fraction"], builder.build
         )
     if args.unseen_clients:
         sim.seen_clients = args.clients - args.unseen_clients

@@ -34,6 +34,7 @@ def setting(
     allowed: str | None = None,
     default_help: str | None = None,
     flag: bool = True,
+    cli: dict | None = None,
 ):
     """A config field with its command-line description.
 
@@ -48,6 +49,8 @@ def setting(
         "the client learning rate").
       flag: whether the command line has a flag of this name (False: filled by the library,
         e.g. HypCluster's ``rounds`` from ``--rounds``).
+      cli: further ``argparse`` arguments of its flag (``{"action": "append"}``, a
+        ``metavar``); a bool setting's flag is ``store_true``.
     """
     metadata = {
         "help": help,
@@ -56,6 +59,7 @@ def setting(
         "allowed": allowed,
         "default_help": default_help,
         "flag": flag,
+        "cli": cli or {},
     }
     return dataclasses.field(default=default, metadata=metadata)
 

@@ -74,7 +74,7 @@ def cache_key(args: argparse.Namespace) -> str:
 
 
 def local_only(
-    args: argparse.Namespace,
+    run,
     client_val_fraction: float,
     build,
     dataset=None,
@@ -83,7 +83,7 @@ def local_only(
     """Each client's local-only model after --rounds, scored on the run's split.
 
     Args:
-      args: the flags of the run being judged.
+      run: the :class:`jaxfl.configs.run.RunConfig` of the run being judged.
       client_val_fraction: its resolved validation fraction (the split must be identical).
       build: :func:`jaxfl.experiments.builder.build` (passed in: the builder calls this module
         for IncFL's rho_k, so this module does not import it back).
@@ -96,10 +96,12 @@ def local_only(
     """
     import jax
 
+    from jaxfl.configs.run import RunConfig
     from jaxfl.core import train
     from jaxfl.core.client_axis import map_clients, on_client_mesh
     from jaxfl.experiments.simulation import Simulation
 
+    args = run.to_flags()
     local = baseline_args(args, client_val_fraction)
     path = cache_dir() / "local_only" / f"{cache_key(local)}.npz"
     if path.exists():
@@ -107,7 +109,7 @@ def local_only(
             return {k: saved[k] for k in ("acc", "train_loss", "val_loss")}
     if verbose:
         print(f"training the local-only baseline ({args.rounds} rounds), cached in {path.parent}")
-    exp = build(local, dataset)
+    exp = build(RunConfig.from_flags(local), dataset)
     sim = Simulation(exp.algorithm, args.rounds, eval_every=args.rounds, seed=args.seed)
     captured = {}
     sim.on("evaluate", lambda client_acc, **_: captured.update(acc=client_acc))
@@ -140,6 +142,6 @@ def local_only(
     return result
 
 
-def local_only_accuracy(args, client_val_fraction: float, build, dataset=None) -> np.ndarray:
+def local_only_accuracy(run, client_val_fraction: float, build, dataset=None) -> np.ndarray:
     """(C,) local-only accuracies on each client's own test split (see :func:`local_only`)."""
-    return local_only(args, client_val_fraction, build, dataset)["acc"]
+    return local_only(run, client_val_fraction, build, dataset)["acc"]

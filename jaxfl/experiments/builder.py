@@ -1,8 +1,9 @@
-"""From command-line flags to a bound algorithm: shared by scripts/run.py, scripts/bench.py, tests.
+"""From a run's config to a bound algorithm: shared by scripts/run.py, scripts/bench.py, tests
+and research code.
 
-The flags themselves (definitions, validation, config files, resuming) are in
-:mod:`jaxfl.cli.flags`; :func:`build` loads data, partitions it, builds the model and binds the
-algorithm.
+:func:`build` takes a :class:`jaxfl.configs.run.RunConfig`, loads the data, partitions it,
+builds the model and binds the algorithm. The command line's flags (definitions, config files,
+resuming) are :mod:`jaxfl.cli.flags`; ``RunConfig.from_flags`` turns parsed flags into a config.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from jaxfl.algorithms import ALGORITHMS
 from jaxfl.configs import SPECS
+from jaxfl.configs.run import RunConfig
 from jaxfl.core.client_axis import client_devices, cpu_chunk_size, device_memory_bytes, replicate
 from jaxfl.core.errors import ConfigError
 from jaxfl.core.names import NATURAL_DATASETS
@@ -35,7 +37,8 @@ from jaxfl.models import get_model
 
 @dataclasses.dataclass
 class Experiment:
-    args: argparse.Namespace
+    args: argparse.Namespace  # the run's flat settings (RunConfig.to_flags), resolved
+    run: RunConfig  # the run as it was given
     data: object  # Federation
     data_info: dict
     model: object  # Model
@@ -65,9 +68,24 @@ def cpu_client_chunk(models, batch_size: int, clients_per_round: int) -> int:
     return min(cpu_chunk_size(per_device, estimate_step_bytes(m, batch_size)) for m in models)
 
 
-def build(args: argparse.Namespace, dataset=None) -> Experiment:
+def build(run: RunConfig, dataset=None) -> Experiment:
     """Load the data (unless ``dataset`` is given), partition it, build the model, bind the
-    algorithm."""
+    algorithm of ``run`` (one algorithm's :class:`jaxfl.configs.run.RunConfig`).
+
+    The checks across settings run first (:func:`jaxfl.experiments.validation.validate`), on
+    the run's flat form (:meth:`RunConfig.to_flags`), whose errors name the flags; that form is
+    also what ``config.json`` records for ``--resume``."""
+    if not isinstance(run, RunConfig):
+        raise TypeError(
+            f"build takes a RunConfig, not a {type(run).__name__} (parsed flags: "
+            "RunConfig.from_flags(namespace))"
+        )
+    if len(run.algorithms) != 1:
+        raise ConfigError(
+            f"build binds one algorithm; RunConfig.algorithm holds {run.algo} (a comparison of "
+            "several: jaxfl.experiments.sweep_runner.run_sweep)"
+        )
+    args = run.to_flags()
     validate(args)
     module, spec = ALGORITHMS[args.algo], SPECS[args.algo]
     domains = None
@@ -177,7 +195,7 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
     fault_config = config_from_args(FaultConfig, args)
     extra = {}
     if spec.needs_local_baseline:
-        baseline = local_only(args, val_fraction, build, dataset)
+        baseline = local_only(run, val_fraction, build, dataset)
         extra["local_losses"] = baseline["val_loss" if val_fraction > 0 else "train_loss"]
     try:
         algorithm = module.make(
@@ -251,6 +269,7 @@ def build(args: argparse.Namespace, dataset=None) -> Experiment:
         )
     return Experiment(
         args,
+        run,
         data,
         info,
         model,

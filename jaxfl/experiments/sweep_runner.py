@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from jaxfl.algorithms import ALGORITHMS
+from jaxfl.configs.run import RunConfig
 from jaxfl.configs.specs import SPECS
 from jaxfl.core.client_axis import cpu_chunk_size, device_memory_limit, to_host
 from jaxfl.core.errors import ConfigError
@@ -185,7 +186,7 @@ def build_algorithm(args, algo: str, seeds, dataset_cache: dict, devices: int) -
                 min_client_examples=args.min_client_examples,
                 max_client_examples=args.max_client_examples,
             )
-        built[seed] = builder.build(seed_args, dataset=dataset_cache.get(key))
+        built[seed] = builder.build(RunConfig.from_flags(seed_args), dataset=dataset_cache.get(key))
     first = built[seeds[0]]
     per_device = math.ceil(len(experiments) / max(1, devices))
     chunk = args.experiment_chunk or _chunk_default(first, per_device)
@@ -240,19 +241,21 @@ class SweepStopped(Exception):
 
 
 def run_sweep(
-    args: argparse.Namespace,
+    run: RunConfig,
     out: Path,
     progress: bool = True,
     stop: threading.Event | None = None,
 ) -> dict:
-    """Run every algorithm's experiments and write the results folder ``out``; returns the
-    summary. ``args.resume`` continues from each group's newest checkpoint.
+    """Run every algorithm's experiments of ``run`` (its seeds, its sweep grid, each of its
+    algorithms) and write the results folder ``out``; returns the summary.
+    ``run.output.resume`` continues from each group's newest checkpoint.
 
     ``stop``: when it is set (by a signal handler, :mod:`jaxfl.experiments.interrupt`), the
     compiled block in flight finishes, its group is checkpointed (whatever
     ``--checkpoint-every``), and the summary says ``"status": "interrupted"`` with the round
     reached; ``--resume`` continues from there (groups already finished are not run again when
     their last round was checkpointed)."""
+    args = run.to_flags()
     check_sweep_flags(args)
     seeds = parse_seeds(args.seeds, args.seed)
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]

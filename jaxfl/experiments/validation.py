@@ -4,8 +4,9 @@ names the flag and the allowed values. The command line runs them on its flags, 
 bad value is refused the same way whichever door it came in by. Imports no JAX at import time
 (a speed file or a staleness spec is parsed by the modules that use them, when checked).
 
-A single setting's allowed values are its config field's (:mod:`jaxfl.configs`); what is checked
-here is what involves more than one value: a setting against ``--clients``, FedBuff's M and K,
+A single setting's allowed values are its config field's (:mod:`jaxfl.configs`: the
+algorithms' configs and :class:`jaxfl.configs.run.RunConfig`'s groups); what is checked here is
+what involves more than one value: a setting against ``--clients``, FedBuff's M and K,
 the DP and clock flags together, the multi-host flags.
 """
 
@@ -16,18 +17,17 @@ import dataclasses
 import math
 
 from jaxfl.configs import ALGORITHMS, SPECS, with_capability
+from jaxfl.configs.fields import check_value
 from jaxfl.configs.resolve import check_settings, resolve
+from jaxfl.configs.run import RUN_SETTINGS
 from jaxfl.configs.shared import ClockFields, DPFields
 from jaxfl.core.errors import ConfigError
 from jaxfl.core.names import (
-    COMPUTE_DTYPES,
     DATASETS,
     EMBEDDED_DATASETS,
     FILE_NATURAL_DATASETS,
-    LOWERING_CHOICES,
     MODEL_NAMES_HELP,
     NATURAL_DATASETS,
-    PARTITIONS,
     is_model_name,
 )
 
@@ -52,6 +52,8 @@ def validate(args: argparse.Namespace) -> None:
     for name, value in vars(args).items():  # NaN passes every comparison below: refuse it here
         if isinstance(value, float) and not math.isfinite(value):
             _fail("--" + name.replace("_", "-"), value, "a finite number")
+    for name, field in RUN_SETTINGS.items():  # each run-level setting's own allowed values
+        check_value(field, getattr(args, name, None))
     if args.dataset in FILE_NATURAL_DATASETS:  # its files (downloaded), before any other work
         from jaxfl.data.natural.datasets import locate
 
@@ -69,15 +71,9 @@ def validate(args: argparse.Namespace) -> None:
         return
     resolve(args)
     check_settings(args)
-    if args.dataset not in DATASETS:
-        _fail("--dataset", args.dataset, ", ".join(DATASETS))
     for name in (args.domains or "").split(","):
         if name.strip() and name.partition(":")[0].strip() not in DATASETS:
             _fail("--domains", args.domains, f"data sets from {', '.join(DATASETS)}")
-    if args.public_dataset is not None and args.public_dataset not in DATASETS:
-        _fail("--public-dataset", args.public_dataset, ", ".join(DATASETS))
-    if args.partition is not None and args.partition not in PARTITIONS:
-        _fail("--partition", args.partition, ", ".join(PARTITIONS))
     if args.model is not None and not is_model_name(args.model):
         _fail("--model", args.model, MODEL_NAMES_HELP)
     if args.models is not None:
@@ -86,8 +82,6 @@ def validate(args: argparse.Namespace) -> None:
             _fail("--models", args.models, f"only with --algo {groups_algos}")
         if args.model is not None:
             raise ConfigError("give --model (one architecture) or --models (groups), not both")
-    if args.conv_lowering is not None and args.conv_lowering not in LOWERING_CHOICES:
-        _fail("--conv-lowering", args.conv_lowering, ", ".join(LOWERING_CHOICES))
     natural_only = [  # given a value other than "no filter"
         f for f, off in (("min_client_examples", 1), ("max_client_examples", None))
         if getattr(args, f, None) not in (None, off)
@@ -99,16 +93,8 @@ def validate(args: argparse.Namespace) -> None:
             getattr(args, natural_only[0]),
             f"only with --dataset {', '.join(NATURAL_DATASETS)}",
         )
-    for flag in ("min_client_examples", "max_client_examples"):
-        if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
-            _fail("--" + flag.replace("_", "-"), getattr(args, flag), "an integer >= 1")
-    for flag in ("clients", "rounds", "eval_every"):
-        if getattr(args, flag) < 1:
-            _fail("--" + flag.replace("_", "-"), getattr(args, flag), "an integer >= 1")
     if args.clients_per_round is not None and not 1 <= args.clients_per_round <= args.clients:
         _fail("--clients-per-round", args.clients_per_round, f"1..--clients ({args.clients})")
-    if args.client_val_fraction is not None and not 0 <= args.client_val_fraction < 1:
-        _fail("--client-val-fraction", args.client_val_fraction, "0 <= fraction < 1")
     validate_algorithm_flags(args, _fail)
     validate_privacy_flags(args, _fail)
     validate_clock_flags(args, _fail)
@@ -169,14 +155,10 @@ def validate_privacy_flags(args, fail) -> None:
     if args.dp_epsilon is not None:
         if args.dp_noise != 0.0:
             fail("--dp-epsilon", args.dp_epsilon, "--dp-epsilon or --dp-noise, not both")
-        if not args.dp_epsilon > 0:
-            fail("--dp-epsilon", args.dp_epsilon, "a target epsilon > 0")
         if any(item.split("=")[0].strip().lstrip("-") in ("dp-noise", "dp_noise")
                for item in getattr(args, "sweep", None) or ()):  # fmt: skip
             fail("--dp-epsilon", args.dp_epsilon, "a fixed target; to compare noise levels, "
                  "--sweep dp-noise=... without --dp-epsilon")  # fmt: skip
-    if args.dp_delta is not None and not 0 < args.dp_delta < 1:
-        fail("--dp-delta", args.dp_delta, "0 < delta < 1")
     poisson = getattr(args, "participation", None) == "poisson"
     if getattr(args, "dp_accountant", None) == "pld" and not poisson:
         fail("--dp-accountant", "pld", "rdp with fixed participation (dp-accounting has no PLD "
@@ -220,12 +202,6 @@ def validate_clock_flags(args, fail) -> None:
 
 
 def validate_scale_flags(args: argparse.Namespace, fail) -> None:
-    if args.devices is not None and args.devices < 1:
-        fail("--devices", args.devices, "an integer >= 1 (or leave it out: all devices)")
-    if args.rounds_per_call < 1:
-        fail("--rounds-per-call", args.rounds_per_call, "an integer >= 1")
-    if args.compute_dtype not in COMPUTE_DTYPES:
-        fail("--compute-dtype", args.compute_dtype, ", ".join(COMPUTE_DTYPES))
     distributed = (args.coordinator_address, args.num_processes, args.process_id)
     if any(v is not None for v in distributed):
         if any(v is None for v in distributed):
@@ -234,7 +210,5 @@ def validate_scale_flags(args: argparse.Namespace, fail) -> None:
                 distributed,
                 "all three together, or none",
             )
-        if args.num_processes < 1:
-            fail("--num-processes", args.num_processes, "an integer >= 1")
         if not 0 <= args.process_id < args.num_processes:
             fail("--process-id", args.process_id, f"0..{args.num_processes - 1}")

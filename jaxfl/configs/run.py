@@ -1,0 +1,499 @@
+"""A whole run's settings as typed config objects: what the library's entry points take.
+
+:class:`RunConfig` holds the algorithm's config (``FedAvgConfig(lr=0.05)``, or a tuple of
+several algorithms' configs compared on the same partitions and seeds), the data, the model,
+rounds and seed, the fault settings, the DP accountant's settings, the experiments axis, the
+execution (devices, hosts) and the host loop's output and stopping settings. Every run-level
+setting is a field declared once here with :func:`jaxfl.configs.fields.setting` (default, help,
+allowed values): the command line's run-level flags, ``--help``, TOML config files and the
+checks are made from these fields, as the algorithms' flags are made from their configs.
+
+A run also has a flat form, one attribute per flag (:meth:`RunConfig.to_flags`): the form the
+command line parses into, TOML config files and ``config.json``'s ``flags`` record store and
+``--resume`` reads back, and the one the builder and the cross-setting checks
+(:mod:`jaxfl.experiments.validation`, whose errors name flags) read. ``RunConfig.from_flags``
+and ``to_flags`` convert between them, and round-trip. Imports no JAX.
+
+Example (research code)::
+
+    from jaxfl.configs.averaging import FedAvgConfig
+    from jaxfl.configs.run import DataConfig, RunConfig
+    from jaxfl.experiments import builder
+
+    config = RunConfig(
+        FedAvgConfig(lr=0.05, clients_per_round=10),
+        data=DataConfig(dataset="blobs", clients=100),
+        rounds=5,
+    )
+    experiment = builder.build(config)  # data, model and the bound algorithm
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from jaxfl.configs.fields import check, check_value, setting, settings
+from jaxfl.configs.resolve import ALGORITHM_SETTINGS, resolve
+from jaxfl.configs.shared import FaultFields
+from jaxfl.configs.specs import SPECS
+from jaxfl.core.errors import ConfigError
+from jaxfl.core.names import (
+    COMPUTE_DTYPES,
+    DATASETS,
+    DP_ACCOUNTANTS,
+    LOWERING_CHOICES,
+    MODEL_NAMES_HELP,
+    PARTITIONS,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The data set, how it is split over the clients, and the public and held-out splits."""
+
+    dataset: str = setting(
+        "mnist",
+        "data set, through tensorflow-datasets or --data-dir. Embedded, no download: 'blobs' "
+        "(10 classes of Gaussian blobs in 60-d, one labelling function, split by --partition: "
+        "learnable from non-IID clients), 'synthetic' (FedProx's Synthetic(1,1): every client "
+        "its own labelling function, for personalization), 'synthetic_iid' and 'leaf_synthetic' "
+        "(LEAF's synthetic federation: 1000 clients of heavy-tailed sizes, 5 classes). Natural "
+        "federations from their published files in --data-dir: emnist62_federated (EMNIST-62 "
+        "by writer; FedJAX's or TFF's SQLite, or LEAF's JSON) and cifar100_federated (TFF's "
+        "Pachinko split); --clients N takes the first N of a fixed shuffled order of their "
+        "clients",
+        choices=DATASETS,
+    )
+    clients: int = setting(100, "number of simulated clients C", check=">= 1")
+    data_dir: str | None = setting(
+        None,
+        "folder of MNIST-family IDX files (train-images-idx3-ubyte[.gz], ...) or of a natural "
+        "federation's files to read instead of downloading; otherwise passed to TFDS as its "
+        "data_dir",
+        default_help="download",
+    )
+    domains: str | None = setting(
+        None,
+        "a multi-domain federation instead of --dataset: DATASET[:TRANSFORM],... e.g. "
+        "mnist,mnist:invert,mnist:rot90 (transforms: none, invert, rot90, flip); the clients "
+        "are split evenly over the domains, each partitioned with --partition",
+    )
+    min_client_examples: int = setting(
+        1,
+        "natural federations: keep only the clients with at least this many train examples",
+        check=">= 1",
+    )
+    max_client_examples: int | None = setting(
+        None,
+        "natural federations: use at most each client's first M train examples, as TFF's "
+        "max_elements and Reddi et al.'s StackOverflow cap",
+        check=">= 1",
+        default_help="all",
+    )
+    partition: str | None = setting(
+        None,
+        "how to split data over clients",
+        choices=PARTITIONS,
+        default_help="natural for the natural federations and synthetic, dirichlet otherwise",
+    )
+    alpha: float = setting(
+        1.0,
+        "Dirichlet concentration for --partition dirichlet/quantity; smaller is more skewed",
+        check="> 0",
+    )
+    shards_per_client: int = setting(2, "shards per client for --partition shards", check=">= 1")
+    classes_per_client: int = setting(
+        2, "labels per client for --partition classes (DS-FL's non-IID setting)", check=">= 1"
+    )
+    rare_labels: int = setting(
+        2,
+        "for --partition rare (FD's non-IID setting): IID shares in which each client keeps "
+        "only --rare-examples of this many labels, drawn per client",
+        check=">= 0",
+    )
+    rare_examples: int = setting(
+        2, "examples a client keeps of each of its --rare-labels", check=">= 0"
+    )
+    public_size: int | None = setting(
+        None,
+        "unlabeled public (open) set size, drawn from the train split disjoint from all clients",
+        check=">= 0",
+        default_help="one sixth of the train split, 10,000 on MNIST",
+    )
+    public_dataset: str | None = setting(
+        None,
+        "take the public set from this data set's train split instead (labels dropped)",
+        choices=DATASETS,
+        default_help="--dataset",
+    )
+    client_test_size: int | None = setting(
+        None,
+        "examples in each client's own test split, drawn from the test set with the client's "
+        "label distribution",
+        check=">= 1",
+        default_help="test size / C",
+    )
+    client_val_fraction: float | None = setting(
+        None,
+        "fraction of each client's training data held out as its own validation split",
+        check="[0, 1)",
+        allowed="0 <= fraction < 1",
+        default_help="0.1 for the personalization algorithms, 0 otherwise",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The clients' architecture (or architectures) and how it is computed."""
+
+    model: str | None = setting(
+        None,
+        f"model: {MODEL_NAMES_HELP}",
+        default_help="lenet5 for 28x28 images, resnet8 for 32x32, mlp (hidden 200-200, "
+        "FedAvg's 2NN) for vectors",
+    )
+    models: str | None = setting(
+        None,
+        "clients with different architectures: MODEL:WEIGHT,... e.g. lenet5:40,mlp:30,"
+        "logreg:30 splits the clients (and each round's sample) into groups of those sizes, "
+        "each with its model (algorithms: dsfl, fd, feddf, fedmd, fccl, local; instead of "
+        "--model)",
+    )
+    conv_lowering: str | None = setting(
+        None,
+        "how conv layers are computed: auto is each layer's fastest, measured once per layer "
+        "shape on this machine and cached in $JAXFL_CACHE/conv_lowerings.json; any other value "
+        "forces that lowering everywhere",
+        choices=LOWERING_CHOICES,
+        default_help="auto",
+    )
+    compute_dtype: str = setting(
+        "float32",
+        "dtype of the forward and backward passes; parameters, optimizer states and "
+        "aggregation stay float32 (bfloat16 pays off on GPUs and TPUs, not on CPUs)",
+        choices=COMPUTE_DTYPES,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class AccountingConfig:
+    """The DP accountant's settings (the mechanism's are the algorithm config's
+    :class:`jaxfl.configs.shared.DPFields`)."""
+
+    dp_epsilon: float | None = setting(
+        None,
+        "instead of --dp-noise: the epsilon to reach after --rounds rounds; the noise "
+        "multiplier is calibrated to it with dp-accounting before the run",
+        check="> 0",
+        allowed="a target epsilon > 0",
+    )
+    dp_delta: float | None = setting(
+        None,
+        "DP delta of every epsilon reported, 0 < delta < 1",
+        check="(0, 1)",
+        allowed="0 < delta < 1",
+        default_help="C^-1.1, C the clients that may be sampled",
+    )
+    dp_accountant: str | None = setting(
+        None,
+        "dp-accounting's accountant of every epsilon: rdp (Renyi DP) or pld (privacy loss "
+        "distributions, tighter; Poisson participation only, as the library has no PLD of "
+        "fixed-size sampling)",
+        choices=DP_ACCOUNTANTS,
+        default_help="pld with --participation poisson, else rdp",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisConfig:
+    """The experiments axis: seeds and hyperparameter grids side by side in one compiled call
+    (:mod:`jaxfl.experiments.axis`)."""
+
+    seeds: str | None = setting(
+        None,
+        "run several seeds side by side in one compiled call (the experiments axis): a count "
+        "(5: seeds --seed .. --seed+4) or a list (0,3,7); each seed has its own partition, "
+        "sampling and initialisation; results report mean, std and 95% CI over seeds",
+        default_help="--seed alone",
+    )
+    sweep: tuple[str, ...] | None = setting(
+        None,
+        "sweep a float hyperparameter (repeatable: the grid of all values, times --seeds), "
+        "e.g. --sweep lr=0.01,0.1 --sweep temperature=0.1,0.5; learning rates, temperatures, "
+        "penalties and fault probabilities run in one compiled call; a float that fixes a "
+        "shape (e.g. --distill-val-fraction) runs one compiled group per value",
+        cli={"action": "append", "metavar": "NAME=V1,V2,..."},
+        default_help="no sweep",
+    )
+    experiment_chunk: int | None = setting(
+        None,
+        "experiments vmapped at once per device in a sweep",
+        check=">= 1",
+        default_help="on accelerators all of a device's, or the most that fit in its memory "
+        "by XLA's analysis of the compiled round; on a CPU as many as keep a training step in "
+        "cache",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionConfig:
+    """How a run executes, not what it computes (``--resume`` accepts new values): devices,
+    round scanning and several hosts (:mod:`jaxfl.cli.execution`)."""
+
+    devices: int | None = setting(
+        None,
+        "split the clients over this many devices, a 1-D mesh named 'clients' (on a CPU "
+        "scripts/run.py makes one host device per core unless XLA_FLAGS="
+        "--xla_force_host_platform_device_count=N says otherwise; --devices 1: no split)",
+        check=">= 1",
+        allowed="an integer >= 1 (or leave it out: all devices)",
+        default_help="all devices",
+    )
+    rounds_per_call: int = setting(
+        1,
+        "run up to this many rounds in one compiled call (lax.scan over rounds, one host round "
+        "trip); blocks still end at every evaluation and checkpoint",
+        check=">= 1",
+    )
+    coordinator_address: str | None = setting(
+        None,
+        "several hosts: HOST:PORT of process 0, for jax.distributed.initialize (give the same "
+        "command on every host with its own --process-id)",
+        default_help="one host",
+    )
+    num_processes: int | None = setting(
+        None,
+        "several hosts: how many processes take part (with --coordinator-address)",
+        check=">= 1",
+    )
+    process_id: int | None = setting(
+        None, "several hosts: this process's index, 0..--num-processes - 1", check=">= 0"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """The host loop's results folder, checkpoints, resuming, stopping and logging."""
+
+    out: str | None = setting(
+        None,
+        "results folder; must not exist or be empty",
+        default_help="results/ALGO-DATASET-TIMESTAMP",
+    )
+    checkpoint_every: int = setting(
+        10,
+        "write an Orbax checkpoint of the whole simulation every N rounds and at the end, under "
+        "OUT/checkpoints, for --resume (0: no checkpoints)",
+        check=">= 0",
+    )
+    keep_checkpoints: int = setting(3, "how many of the newest checkpoints to keep", check=">= 1")
+    resume: str | None = setting(
+        None,
+        "continue the stopped run in RESULTS_DIR from its newest checkpoint, with its saved "
+        "flags (only --rounds may be given with it, to extend the run)",
+        cli={"metavar": "RESULTS_DIR"},
+    )
+    early_stop_patience: int = setting(
+        0,
+        "stop after this many evaluations without a better --early-stop-metric (0: off; in a "
+        "sweep each experiment stops on its own)",
+        check=">= 0",
+    )
+    early_stop_metric: str | None = setting(
+        None,
+        "the metric (larger is better) that --early-stop-patience, --target and the progress "
+        "bar watch",
+        default_help="test_acc, or client_acc_mean for algorithms without a global model: "
+        "local, hypcluster",
+    )
+    target: float | None = setting(
+        None, "stop once --early-stop-metric reaches this value", default_help="off"
+    )
+    time_budget: float | None = setting(
+        None,
+        "stop after the first round that ends past this many seconds (a sweep: after the first "
+        "compiled block past it, checkpointed; 0: after the first)",
+        check=">= 0",
+        default_help="off",
+    )
+    compare_local: bool = setting(
+        False,
+        "also train the local-only baseline on the same split (cached) and report the fraction "
+        "of clients worse off than training alone (frac_worse_than_local)",
+    )
+    tensorboard: bool = setting(
+        False,
+        "also log evaluated metrics to OUT/tensorboard (a sweep: one TensorBoard run per "
+        "experiment, OUT/tensorboard/ALGO/SETTING-seedS; pip install 'jaxfl[tensorboard]')",
+    )
+
+
+# RunConfig's attribute -> its group's class (the run-level settings' groups)
+GROUPS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "faults": FaultFields,
+    "accounting": AccountingConfig,
+    "axis": AxisConfig,
+    "execution": ExecutionConfig,
+    "output": OutputConfig,
+}
+
+
+def algorithm_name(algorithm_config) -> str:
+    """The ``--algo`` name of an algorithm config instance (its spec's config class)."""
+    for name, spec in SPECS.items():
+        if type(algorithm_config) is spec.config:
+            return name
+    known = ", ".join(spec.config.__name__ for spec in SPECS.values())
+    raise ConfigError(
+        f"RunConfig.algorithm {type(algorithm_config).__name__} is not an algorithm's config; "
+        f"allowed: {known}, or a tuple of them"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one run computes, typed: what :func:`jaxfl.experiments.builder.build`,
+    :func:`jaxfl.experiments.sweep_runner.run_sweep` and
+    :func:`jaxfl.experiments.baseline.local_only` take.
+
+    Attributes:
+      algorithm: the algorithm's config (``FedAvgConfig(...)``, ``DSFLConfig(...)``, ...), or a
+        tuple of configs of different algorithms, run one after another on the same partitions
+        and seeds (a sweep). Its settings left at their defaults take the algorithm's own.
+      data, model, faults, accounting, axis, execution, output: the groups of run-level
+        settings (:class:`DataConfig`, ...; ``faults`` a
+        :class:`jaxfl.configs.shared.FaultFields`).
+      rounds, seed, eval_every: communication rounds, the seed of the partition, the
+        initialisation and every round, and how often the run evaluates.
+
+    Each setting is checked against its field's allowed values when the config is made (a
+    ConfigError naming the flag); the checks across settings run when it is built.
+    """
+
+    algorithm: object
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    rounds: int = setting(20, "communication rounds", check=">= 1")
+    seed: int = setting(0, "seed for data partition, init and every round")
+    eval_every: int = setting(1, "evaluate every N rounds", check=">= 1")
+    faults: FaultFields = dataclasses.field(default_factory=FaultFields)
+    accounting: AccountingConfig = dataclasses.field(default_factory=AccountingConfig)
+    axis: AxisConfig = dataclasses.field(default_factory=AxisConfig)
+    execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        for attr, cls in GROUPS.items():
+            group = getattr(self, attr)
+            if not isinstance(group, cls):
+                raise ConfigError(
+                    f"RunConfig.{attr} is a {type(group).__name__}; allowed: a {cls.__name__}"
+                )
+            check(group)
+        for name, field in settings(RunConfig).items():
+            check_value(field, getattr(self, name))
+        for config in self.algorithms:
+            algorithm_name(config)
+            check(config)
+        names = [algorithm_name(c) for c in self.algorithms]
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(
+                f"RunConfig.algorithm {names} is not allowed; allowed: one algorithm's config, "
+                "or a tuple of different algorithms' configs"
+            )
+
+    @property
+    def algorithms(self) -> tuple:
+        """The algorithm configs, as a tuple (one for a single algorithm)."""
+        if isinstance(self.algorithm, (tuple, list)):
+            return tuple(self.algorithm)
+        return (self.algorithm,)
+
+    @property
+    def algo(self) -> str:
+        """The ``--algo`` value: one name, or several comma separated."""
+        return ",".join(algorithm_name(c) for c in self.algorithms)
+
+    def to_flags(self) -> argparse.Namespace:
+        """The flat form: one attribute per flag (``algo``, ``clients``, ``lr``, ...), resolved
+        for a single algorithm (:func:`jaxfl.configs.resolve.resolve`).
+
+        An algorithm's setting equal to its own default is left None (not given), so several
+        algorithms each take their own; several algorithms given different values of the same
+        setting are a ConfigError (a comparison shares each flag)."""
+        flat = {name: getattr(self, name) for name in settings(RunConfig)}
+        for attr in GROUPS:
+            flat.update(dataclasses.asdict(getattr(self, attr)))
+        if flat["sweep"] is not None:
+            flat["sweep"] = list(flat["sweep"])
+        given: dict[str, tuple[str, object]] = {}
+        for config in self.algorithms:
+            algo = algorithm_name(config)
+            for name, field in settings(type(config)).items():
+                value = getattr(config, name)
+                if value == field.default:
+                    continue
+                if name in given and given[name][1] != value:
+                    raise ConfigError(
+                        f"RunConfig.algorithm: {given[name][0]} and {algo} set {name} to "
+                        f"{given[name][1]!r} and {value!r}; algorithms compared in one run "
+                        "share each setting (run them separately)"
+                    )
+                given[name] = (algo, value)
+        flat.update({name: None for name in ALGORITHM_SETTINGS})
+        flat.update({name: value for name, (_, value) in given.items()})
+        flat["algo"] = self.algo
+        args = argparse.Namespace(**flat)
+        return resolve(args) if len(self.algorithms) == 1 else args
+
+    @classmethod
+    def from_flags(cls, flags: argparse.Namespace | dict) -> RunConfig:
+        """The typed form of the flat settings ``flags`` (a parsed command line, a TOML file's
+        or ``config.json``'s record): attributes missing take their defaults."""
+        flat = dict(vars(flags)) if isinstance(flags, argparse.Namespace) else dict(flags)
+        algo = flat.get("algo") or "dsfl"
+        configs = []
+        for name in algo.split(","):
+            name = name.strip()
+            if name not in SPECS:
+                raise ConfigError(f"--algo {algo!r} is not allowed; allowed: {', '.join(SPECS)}")
+            own = resolve(argparse.Namespace(**{**flat, "algo": name}))
+            # its settings (a field that is no flag, e.g. HypCluster's rounds, is the builder's)
+            given = settings(SPECS[name].config)
+            configs.append(SPECS[name].config(**{n: getattr(own, n) for n in given}))
+
+        def group(group_cls):
+            return group_cls(
+                **{
+                    f.name: _stored(flat[f.name])
+                    for f in dataclasses.fields(group_cls)
+                    if flat.get(f.name) is not None
+                }
+            )
+
+        run_level = {n: flat[n] for n in settings(RunConfig) if flat.get(n) is not None}
+        return cls(
+            configs[0] if len(configs) == 1 else tuple(configs),
+            **{attr: group(group_cls) for attr, group_cls in GROUPS.items()},
+            **run_level,
+        )
+
+
+# every run-level setting (not an algorithm's, not a fault's): name -> field, in --help's order
+RUN_SETTINGS = {
+    **settings(RunConfig),
+    **{n: f for cls in GROUPS.values() if cls is not FaultFields for n, f in settings(cls).items()},
+}
+
+
+def _stored(value):
+    """A flat value as a config field holds it: a list (``--sweep``'s) as a tuple, a path as
+    its string."""
+    if isinstance(value, list):
+        return tuple(value)
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    return value
