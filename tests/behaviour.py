@@ -57,6 +57,13 @@ RUNS |= {
     "dsfl_grid": ["--algo", "dsfl", "--sweep", "temperature=0.1,0.5"],
     "fedbuff_async": ["--algo", "fedbuff", "--concurrency", "6", "--buffer", "3"],
 }
+# rounds not applied (fewer than --min-received uploads arrive): what each algorithm keeps
+GUARDED = ("fedavg", "dsfl", "fd", "ditto", "feddyn", "scaffold", "fednova", "hypcluster")
+GUARDED += ("mrmtl", "feddf", "incfl", "moon", "perfedavg")
+NOT_APPLIED = ["--dropout", "0.4", "--min-received", "3"]
+RUNS |= {f"{algo}_not_applied": ["--algo", algo, *NOT_APPLIED] for algo in GUARDED}
+RUNS["fedavg_dp_not_applied"] = [*RUNS["fedavg_dp"], *NOT_APPLIED]
+RUNS["dsfl_dp_not_applied"] = [*RUNS["dsfl_dp"], *NOT_APPLIED]
 VOLATILE = {"round_time_s", "elapsed_s", "time_s", "wall_s"}
 
 
@@ -79,7 +86,9 @@ def run_one(name: str, tmp: Path) -> list[dict]:
         assert run.main([*flags, "--out", str(out)]) == 0
         assert run.main(["--resume", str(out), "--rounds", "3"]) == 0
         return _records(out)
-    assert run.main([*RUNS[name], *SMALL, "--out", str(out)]) == 0, name
+    # a round not applied, then one that is: the state the guard kept is what it builds on
+    more = ["--rounds", "3"] if name.endswith("_not_applied") else []
+    assert run.main([*RUNS[name], *SMALL, *more, "--out", str(out)]) == 0, name
     return _records(out)
 
 

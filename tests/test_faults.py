@@ -270,3 +270,56 @@ def test_custom_client_selection_and_aggregation_are_used(tiny_federation):
     ]
     assert changed == [True] * 4 + [False] * (data.num_clients - 4)
     assert set(np.unique(np.asarray(new_state.soft_labels))) <= {0.0, 1.0}
+
+
+def test_the_round_composition_keeps_the_server_state_of_a_round_not_applied(tiny_federation):
+    """RoundParts(server_state=...): the engine's guard, in the jitted round and in the loop
+    reference alike. A toy algorithm: the server adds the clients' sum to ``server``, each
+    client's ``local`` row advances; ``applied`` comes from the round's key."""
+    from flax import struct
+
+    from jaxfl.core.algorithm import RoundParts, make_algorithm
+
+    @struct.dataclass
+    class Toy:
+        server: jax.Array  # (3,)
+        local: jax.Array  # (C,)
+        round: jax.Array
+
+    num_clients = tiny_federation.num_clients
+
+    def prepare(state, key, data):
+        ids = jnp.arange(num_clients)
+        return state.server, (ids,), jax.random.bernoulli(key)
+
+    def client_update(server, i):
+        return server + i.astype(jnp.float32)
+
+    def finish(state, applied, outputs, data):
+        new = Toy(state.server + outputs.sum(0), state.local + 1.0, state.round + 1)
+        return new, {"applied": applied}
+
+    def init(key):
+        return Toy(jnp.ones(3), jnp.zeros(num_clients), jnp.zeros((), jnp.int32))
+
+    algo = make_algorithm(
+        "toy",
+        RoundParts(prepare, client_update, finish, server_state=("server",)),
+        init,
+        lambda state, data: {},
+        tiny_federation,
+    )
+    state = algo.init(jax.random.key(0))
+    seen = set()
+    for r in range(8):
+        key = jax.random.key(r)
+        for step in (algo.round, algo.round_loop):
+            new, metrics = step(state, key)
+            applied = bool(metrics["applied"])
+            seen.add(applied)
+            expected = state.server + (state.server[None] + jnp.arange(num_clients)[:, None]).sum(0)
+            np.testing.assert_array_equal(new.server, expected if applied else state.server)
+            np.testing.assert_array_equal(new.local, state.local + 1.0)  # advances regardless
+            assert int(new.round) == int(state.round) + 1
+        state = new
+    assert seen == {True, False}  # both branches ran

@@ -223,7 +223,7 @@ def test_fedadam_and_fedyogi_follow_their_update_on_numbers(eps):
     for opt, default_eps in (("adam", 1e-8), ("yogi", 1e-3)):
         config = fedavg.FedAvgConfig(server_opt=opt, server_lr=lr, server_epsilon=eps)
         server_opt = fedavg.flag_server_optimizer(config)
-        x1, _ = fedavg.server_update(server_opt, x0, server_opt.init(x0), delta, jnp.array(True))
+        x1, _ = fedavg.server_update(server_opt, x0, server_opt.init(x0), delta)
         tau = default_eps if eps is None else eps
         start = 0.0 if opt == "adam" else 1e-6  # optax's Yogi starts both moments at 1e-6
         m_hat = (b1 * start + (1 - b1) * g) / (1 - b1)

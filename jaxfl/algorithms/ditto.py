@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl.algorithms.fedavg import flag_server_optimizer, server_update
+from jaxfl.algorithms.fedavg import SERVER_STATE, flag_server_optimizer, server_update
 from jaxfl.configs.personalization import DittoConfig
 from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, hparams, metrics, train
@@ -192,11 +192,9 @@ def make(
         deltas, personal, losses, personal_losses, personal_penalties = outputs
         applied = faults.applied(received, fault_config.min_received)
         mean_delta, upload_state, upload_metrics = uploads.mean(
-            deltas, counts * received, received, state.upload_state, hook_key, applied
+            deltas, counts * received, received, state.upload_state, hook_key
         )
-        params, opt_state = server_update(
-            server_opt, state.params, state.opt_state, mean_delta, applied
-        )
+        params, opt_state = server_update(server_opt, state.params, state.opt_state, mean_delta)
         new_state = DittoState(
             params,
             opt_state,
@@ -222,7 +220,7 @@ def make(
     floats = model.num_params
     return make_algorithm(
         "ditto",
-        RoundParts(prepare, client_update, finish),
+        RoundParts(prepare, client_update, finish, server_state=SERVER_STATE),
         init,
         evaluate,
         data,

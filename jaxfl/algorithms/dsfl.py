@@ -207,7 +207,6 @@ def make(
                 received,
                 state.upload_state,
                 hook_key,
-                applied,
                 domain=None if era else aggregate.onto_simplex,
             )
             soft_labels = (
@@ -216,18 +215,13 @@ def make(
         server_params, server_loss = distill(
             server_model.apply, state.server_params, data.public_x[next_open], soft_labels, k_server
         )
-        server = faults.select(
-            applied,
-            (server_params, soft_labels, next_open),
-            (state.server_params, state.soft_labels, state.open_idx),
-        )
         new_state = DSFLState(
             client_params=groups.scatter_rows(
                 state.client_params, model_groups, sampled, client_params
             ),
-            server_params=server[0],
-            soft_labels=server[1],
-            open_idx=server[2],
+            server_params=server_params,
+            soft_labels=soft_labels,
+            open_idx=next_open,
             round=state.round + 1,
             upload_state=upload_state,
         )
@@ -251,7 +245,15 @@ def make(
     floats = n_open * data.num_classes
     return make_algorithm(
         "dsfl",
-        RoundParts(prepare, tuple(client_update_for(g.model) for g in model_groups), finish, True),
+        RoundParts(
+            prepare,
+            tuple(client_update_for(g.model) for g in model_groups),
+            finish,
+            grouped=True,
+            # a round not applied keeps the last soft labels, the server model and its place in
+            # the open set; the clients' own models advance (they trained locally)
+            server_state=("server_params", "soft_labels", "open_idx", "upload_state"),
+        ),
         init,
         evaluate,
         data,

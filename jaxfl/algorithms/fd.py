@@ -72,8 +72,7 @@ def aggregate_tables(tables, holds, received, previous, previous_has_row):
 
 
 def private_tables(
-    tables, holds, received, previous, previous_has_row, uploads: UploadMean, state, hook_key,
-    applied,
+    tables, holds, received, previous, previous_has_row, uploads: UploadMean, state, hook_key
 ):  # fmt: skip
     """G_t+1 from the clients' tables under DP (:mod:`jaxfl.mechanisms.uploads`).
 
@@ -81,14 +80,14 @@ def private_tables(
     holds_k as 0/1), clipped to norm C_t as ONE vector and summed over the received clients with
     Gaussian noise: the per-label sums and holder counts are both released privately, and
     G_t+1[l] = noised sum[l] / noised count[l] where the noised count is at least 1/2.
-    Arguments as :func:`aggregate_tables`, plus the private upload mean, its state, the
-    round's hook key and whether the round is applied; returns (G_t+1, has_row, new upload-mean
+    Arguments as :func:`aggregate_tables`, plus the private upload mean, its state and the
+    round's hook key; returns (G_t+1, has_row, new upload-mean
     state, its metrics).
     """
     m = holds.shape[0]
     w = holds.astype(jnp.float32)
     (sums, counts), upload_state, upload_metrics = uploads.mean(
-        (tables * w[..., None], w), received, received, state, hook_key, applied
+        (tables * w[..., None], w), received, received, state, hook_key
     )
     n = counts * m  # noised holders per label
     fresh = n >= 0.5
@@ -211,19 +210,16 @@ def make(
         if uploads.private:  # a private mean needs the holder counts released too
             global_logits, has_row, upload_state, upload_metrics = private_tables(
                 tables, holds, received, state.global_logits, state.has_row, uploads,
-                state.upload_state, hook_key, applied,
+                state.upload_state, hook_key,
             )  # fmt: skip
         else:
             global_logits, has_row = aggregate_tables(
                 tables, holds, received, state.global_logits, state.has_row
             )
-        global_logits, has_row = faults.select(
-            applied, (global_logits, has_row), (state.global_logits, state.has_row)
-        )
         new_state = FDState(client_params, global_logits, has_row, state.round + 1, upload_state)
         return new_state, {
             "train_loss": jnp.mean(losses),
-            "labels_with_global_logits": jnp.sum(has_row),
+            "labels_with_global_logits": jnp.sum(jnp.where(applied, has_row, state.has_row)),
             "received": jnp.sum(received),
             "applied": applied,
             **upload_metrics,
@@ -234,7 +230,13 @@ def make(
 
     return make_algorithm(
         "fd",
-        RoundParts(prepare, tuple(client_update_for(g) for g in model_groups), finish, True),
+        RoundParts(
+            prepare,
+            tuple(client_update_for(g) for g in model_groups),
+            finish,
+            grouped=True,
+            server_state=("global_logits", "has_row", "upload_state"),  # kept if not applied
+        ),
         init,
         evaluate,
         data,

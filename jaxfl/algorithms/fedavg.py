@@ -93,17 +93,18 @@ def training_clients(config, data: Federation) -> int:
     return data.num_clients - unseen
 
 
-def server_update(server_opt, params, opt_state, mean_delta, applied):
-    """w_t+1 = w_t + ServerOpt(-Delta) when ``applied`` (() bool), else the state unchanged.
+# what a round not applied (fewer than --min-received uploads) keeps: w_t, the server
+# optimizer's state and the upload mean's (DP's adaptive clip norm)
+SERVER_STATE = ("params", "opt_state", "upload_state")
 
-    Returns (params, opt_state); ``mean_delta`` is the aggregated client update Delta.
-    """
+
+def server_update(server_opt, params, opt_state, mean_delta):
+    """w_t+1 = w_t + ServerOpt(-Delta): returns (params, opt_state); ``mean_delta`` is the
+    aggregated client update Delta. (A round not applied keeps w_t and the optimizer's state:
+    the round composition's guard, ``RoundParts(server_state=...)``.)"""
     pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
     updates, new_opt_state = server_opt.update(pseudo_grad, opt_state, params)
-    return (
-        faults.select(applied, optax.apply_updates(params, updates), params),
-        faults.select(applied, new_opt_state, opt_state),
-    )
+    return optax.apply_updates(params, updates), new_opt_state
 
 
 def make(
@@ -220,7 +221,7 @@ def make(
         if streamed:  # sums over the clients, accumulated chunk by chunk
             total, mean_losses, *stats = outputs
             mean_delta, upload_state, upload_metrics = uploads.finish(
-                total, stats, state.upload_state, hook_key, applied
+                total, stats, state.upload_state, hook_key
             )
         else:
             deltas, losses = outputs
@@ -230,15 +231,12 @@ def make(
                 received,
                 state.upload_state,
                 hook_key,
-                applied,
                 plain=lambda u, w: aggregate_hook(u, w, key=hook_key),
             )
             mean_losses = tuple(
                 jnp.sum(x * counts) / jnp.maximum(jnp.sum(counts), 1) for x in losses
             )
-        params, opt_state = server_update(
-            server_opt, state.params, state.opt_state, mean_delta, applied
-        )
+        params, opt_state = server_update(server_opt, state.params, state.opt_state, mean_delta)
         sim_time = state.clock.time + round_time
         new_state = FedAvgState(
             params, opt_state, state.round + 1, upload_state, state.clock.replace(time=sim_time)
@@ -257,7 +255,7 @@ def make(
     floats = model.num_params
     return make_algorithm(
         "fedavg",
-        RoundParts(prepare, client_update, finish, reduced=streamed),
+        RoundParts(prepare, client_update, finish, reduced=streamed, server_state=SERVER_STATE),
         init,
         evaluate,
         data,

@@ -207,8 +207,12 @@ def make(
         slots, received, staleness, now, key = ctx
         mean_delta, train_loss = outputs
         applied = faults.applied(received, fault_config.min_received)
-        params, opt_state = fedavg.server_update(
-            server_opt, state.params, state.opt_state, mean_delta, applied
+        # the guard is applied here, not by the round composition: the clients dispatched
+        # this round start from the model the guard leaves
+        params, opt_state = faults.select(
+            applied,
+            fedavg.server_update(server_opt, state.params, state.opt_state, mean_delta),
+            (state.params, state.opt_state),
         )
         version = state.round + 1
         flight = state.flight

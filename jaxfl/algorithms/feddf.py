@@ -233,9 +233,8 @@ def make(
             info |= {f"distill_steps_{i}": steps, f"val_kl_before_{i}": start,
                      f"val_kl_after_{i}": best}  # fmt: skip
         applied = faults.applied(received, fault_config.min_received)
-        params = faults.select(applied, tuple(new_params), state.group_params)
         losses = jnp.concatenate([out[2] for out in outputs])
-        return FedDFState(params, state.round + 1), {
+        return FedDFState(tuple(new_params), state.round + 1), {
             "train_loss": jnp.sum(losses * counts) / jnp.sum(counts),
             "received": jnp.sum(received),
             "applied": applied,
@@ -265,7 +264,8 @@ def make(
             prepare,
             tuple(client_update_for(i, g) for i, g in enumerate(model_groups)),
             finish,
-            True,
+            grouped=True,
+            server_state=("group_params",),  # a round not applied keeps every group's model
         ),
         init,
         evaluate,

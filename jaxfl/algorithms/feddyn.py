@@ -130,9 +130,9 @@ def make(
         applied = faults.applied(received, clients.fault_config.min_received)
         theta, h = server_step(state.params, state.h, local_params, received, alpha, num_clients)
         new_state = FedDynState(
-            faults.select(applied, theta, state.params),
-            faults.select(applied, h, state.h),
-            scatter_kept(state.client_grads, sampled, g_new, received & applied),
+            theta,
+            h,
+            scatter_kept(state.client_grads, sampled, g_new, received),
             state.round + 1,
         )
         weights = counts / jnp.sum(counts)
@@ -146,7 +146,8 @@ def make(
     floats = model.num_params
     return make_algorithm(
         "feddyn",
-        RoundParts(prepare, client_update, finish),
+        # a round not applied keeps theta, h and every client's gradient g_k
+        RoundParts(prepare, client_update, finish, server_state=("params", "h", "client_grads")),
         init,
         metrics.global_model_evaluator(model.apply, config.client_chunk),
         data,

@@ -116,7 +116,7 @@ def make(
         normalized, tau_eff, loss = outputs  # sums over the clients, chunk by chunk
         delta = jax.tree.map(lambda d: tau_eff * d, normalized)
         applied = faults.applied(received, clients.fault_config.min_received)
-        params, opt_state = server_update(server_opt, state.params, state.opt_state, delta, applied)
+        params, opt_state = server_update(server_opt, state.params, state.opt_state, delta)
         return FedNovaState(params, opt_state, state.round + 1), {
             "train_loss": loss,
             "tau_eff": tau_eff,
@@ -127,7 +127,9 @@ def make(
     floats = model.num_params
     return make_algorithm(
         "fednova",
-        RoundParts(prepare, client_update, finish, reduced=True),
+        RoundParts(
+            prepare, client_update, finish, reduced=True, server_state=("params", "opt_state")
+        ),
         init,
         metrics.global_model_evaluator(model.apply, config.client_chunk),
         data,

@@ -151,9 +151,7 @@ def make(
         deltas, choice, losses = outputs
         applied = faults.applied(received, fault_config.min_received)
         updated = cluster_update(state.cluster_params, deltas, choice, counts * received)
-        new_state = HypClusterState(
-            faults.select(applied, updated, state.cluster_params), state.round + 1
-        )
+        new_state = HypClusterState(updated, state.round + 1)
         frac = jnp.mean(jax.nn.one_hot(choice, K), 0)
         return new_state, {
             "train_loss": jnp.sum(losses * counts) / jnp.sum(counts),
@@ -183,7 +181,7 @@ def make(
     floats = model.num_params
     return make_algorithm(
         "hypcluster",
-        RoundParts(prepare, client_update, finish),
+        RoundParts(prepare, client_update, finish, server_state=("cluster_params",)),
         init,
         evaluate,
         data,

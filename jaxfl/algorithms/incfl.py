@@ -196,7 +196,7 @@ def make(
         upload_state, upload_metrics = state.upload_state, {}
         if private:  # the private mean of the weighted updates (and, for maxfl, of the weights)
             mean_delta, upload_state, upload_metrics = uploads.mean(
-                deltas, received, received, state.upload_state, hook_key, applied
+                deltas, received, received, state.upload_state, hook_key
             )
             if maxfl:  # noised sum q delta / (noised sum q + eps), both divided by m; the
                 # noised sum is floored at one marginal client's weight (1/4): noise near 0
@@ -213,7 +213,7 @@ def make(
             weights = incfl_weights(gaps, counts, config.incfl_tau, config.incfl_floor)
             mean_delta = aggregate.weighted_mean(deltas, weights * received)
         params, opt_state = fedavg.server_update(
-            server_opt, state.params, state.opt_state, mean_delta, applied
+            server_opt, state.params, state.opt_state, mean_delta
         )
         return fedavg.FedAvgState(params, opt_state, state.round + 1, upload_state), {
             "train_loss": jnp.sum(losses * counts) / jnp.sum(counts),
@@ -236,7 +236,7 @@ def make(
     floats = model.num_params
     return make_algorithm(
         "incfl",
-        RoundParts(prepare, client_update, finish),
+        RoundParts(prepare, client_update, finish, server_state=fedavg.SERVER_STATE),
         init,
         evaluate,
         data,

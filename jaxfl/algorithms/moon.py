@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl.algorithms.fedavg import flag_server_optimizer, server_update
+from jaxfl.algorithms.fedavg import SERVER_STATE, flag_server_optimizer, server_update
 from jaxfl.configs.averaging import MoonConfig
 from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, metrics, train
@@ -143,11 +143,9 @@ def make(
         deltas = jax.tree.map(lambda w, w0: w - w0, local_params, state.params)
         applied = faults.applied(received, fault_config.min_received)
         mean_delta, upload_state, upload_metrics = uploads.mean(
-            deltas, counts * received, received, state.upload_state, hook_key, applied
+            deltas, counts * received, received, state.upload_state, hook_key
         )
-        params, opt_state = server_update(
-            server_opt, state.params, state.opt_state, mean_delta, applied
-        )
+        params, opt_state = server_update(server_opt, state.params, state.opt_state, mean_delta)
         previous = scatter(state.previous, sampled, local_params)  # kept on the device
         weights = counts / jnp.sum(counts)
         return MoonState(params, opt_state, previous, state.round + 1, upload_state), {
@@ -161,7 +159,7 @@ def make(
     floats = model.num_params
     return make_algorithm(
         "moon",
-        RoundParts(prepare, client_update, finish),
+        RoundParts(prepare, client_update, finish, server_state=SERVER_STATE),
         init,
         metrics.global_model_evaluator(model.apply, config.client_chunk),
         data,

@@ -117,9 +117,7 @@ def make(
         sampled, counts, received = ctx
         personal, losses, penalties = outputs
         applied = faults.applied(received, fault_config.min_received)
-        mean_params = faults.select(
-            applied, aggregate.weighted_mean(personal, counts * received), state.mean_params
-        )
+        mean_params = aggregate.weighted_mean(personal, counts * received)
         new_state = MRMTLState(
             mean_params, scatter(state.personal_params, sampled, personal), state.round + 1
         )
@@ -138,7 +136,8 @@ def make(
     floats = model.num_params
     return make_algorithm(
         "mrmtl",
-        RoundParts(prepare, client_update, finish),
+        # a round not applied keeps the mean; the personal models advance (trained locally)
+        RoundParts(prepare, client_update, finish, server_state=("mean_params",)),
         init,
         evaluate,
         data,

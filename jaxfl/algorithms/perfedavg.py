@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxfl.algorithms.fedavg import flag_server_optimizer, server_update
+from jaxfl.algorithms.fedavg import SERVER_STATE, flag_server_optimizer, server_update
 from jaxfl.configs.personalization import PerFedAvgConfig
 from jaxfl.configs.specs import SPECS
 from jaxfl.core import hooks, hparams, metrics, train
@@ -145,11 +145,9 @@ def make(
         deltas, losses = outputs
         applied = faults.applied(received, fault_config.min_received)
         mean_delta, upload_state, upload_metrics = uploads.mean(
-            deltas, counts * received, received, state.upload_state, hook_key, applied
+            deltas, counts * received, received, state.upload_state, hook_key
         )
-        params, opt_state = server_update(
-            server_opt, state.params, state.opt_state, mean_delta, applied
-        )
+        params, opt_state = server_update(server_opt, state.params, state.opt_state, mean_delta)
         return PerFedAvgState(params, opt_state, state.round + 1, upload_state), {
             "meta_loss": jnp.sum(losses * counts) / jnp.sum(counts),
             "received": jnp.sum(received),
@@ -177,7 +175,7 @@ def make(
     floats = model.num_params
     return make_algorithm(
         "perfedavg",
-        RoundParts(prepare, client_update, finish),
+        RoundParts(prepare, client_update, finish, server_state=SERVER_STATE),
         init,
         evaluate,
         data,

@@ -132,16 +132,14 @@ def make(
         arrived = received.astype(jnp.float32)
         mean_over_arrived = lambda d: jnp.tensordot(arrived, d, 1) / jnp.maximum(arrived.sum(), 1)
         mean_delta = jax.tree.map(mean_over_arrived, delta_y)
-        x, opt_state = server_update(
-            server_opt, state.params, state.opt_state, mean_delta, applied
-        )  # x + eta_g Delta x, or the state unchanged when not applied
+        x, opt_state = server_update(server_opt, state.params, state.opt_state, mean_delta)
         c = jax.tree.map(lambda p, d: p + jnp.tensordot(arrived, d, 1) / num_clients,
                          state.control, delta_c)  # fmt: skip
         new_state = ScaffoldState(
             x,
             opt_state,
-            faults.select(applied, c, state.control),
-            scatter_kept(state.client_controls, sampled, c_new, received & applied),
+            c,
+            scatter_kept(state.client_controls, sampled, c_new, received),
             state.round + 1,
         )
         return new_state, {
@@ -153,7 +151,13 @@ def make(
     floats = model.num_params
     return make_algorithm(
         "scaffold",
-        RoundParts(prepare, client_update, finish),
+        # a round not applied keeps x, c and every client's c_i
+        RoundParts(
+            prepare,
+            client_update,
+            finish,
+            server_state=("params", "opt_state", "control", "client_controls"),
+        ),
         init,
         metrics.global_model_evaluator(model.apply, config.client_chunk),
         data,

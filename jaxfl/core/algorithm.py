@@ -8,7 +8,9 @@ An algorithm module defines its round in three pure pieces:
   client sees (the data, the global model, ...).
 - ``client_update(shared, *client_args_of_one_client) -> outputs``: ONE client's work, e.g.
   ``client_update(shared, client)`` reading ``client.key``, ``client.idx_row``, ...
-- ``finish(state, ctx, outputs, data) -> (state, metrics)``: aggregate and scatter back.
+- ``finish(state, ctx, outputs, data) -> (state, metrics)``: aggregate and scatter back. With
+  ``RoundParts(server_state=...)``, the server's part of the state is kept as it was when
+  ``metrics["applied"]`` is False (too few uploads arrived): the composition applies that guard.
 
 :func:`make_algorithm` composes them into ONE jitted ``round(state, key)`` that vmaps
 ``client_update`` over the client axis (chunked when asked), and into ``round_loop``, the plain
@@ -63,6 +65,35 @@ class RoundParts:
     # chunk by chunk (jaxfl.core.client_axis.sum_clients), never all m outputs at once: FedAvg's
     # weighted mean with the weights folded into the client's output (one group, one phase)
     reduced: bool = False
+    # the fields of the state the server's step writes, kept as they were when the round is
+    # not applied (``finish`` reports ``metrics["applied"]``, () bool: False when fewer than
+    # --min-received uploads arrived): FedAvg's ("params", "opt_state", "upload_state"), DS-FL's
+    # soft labels and server model; what the clients did locally (their own models) is not
+    # among them. The round composition applies the guard (:func:`keep_unless_applied`), so an
+    # algorithm's finish computes its step as if applied and never selects
+    server_state: tuple[str, ...] = ()
+
+
+def keep_unless_applied(server_state: tuple[str, ...], finish: Callable) -> Callable:
+    """``finish`` with the received/applied guard: where ``metrics["applied"]`` is False, the
+    fields ``server_state`` of the new state are the old state's (``jnp.where``, exact)."""
+    if not server_state:
+        return finish
+
+    def guarded(state, ctx, outputs, data):
+        new_state, metrics = finish(state, ctx, outputs, data)
+        applied = metrics["applied"]
+        kept = {
+            name: jax.tree.map(
+                lambda new, old: jnp.where(applied, new, old),
+                getattr(new_state, name),
+                getattr(state, name),
+            )
+            for name in server_state
+        }
+        return new_state.replace(**kept), metrics
+
+    return guarded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +333,7 @@ def make_algorithm(
         )
         return outputs if parts.grouped else outputs[0]
 
+    finish = keep_unless_applied(parts.server_state, parts.finish)
     if parts.reduced and (parts.grouped or parts.exchange is not None):
         raise ValueError("RoundParts(reduced=True) supports one group and one client phase")
     mapper = sum_clients if parts.reduced else map_clients
@@ -316,7 +348,7 @@ def make_algorithm(
         if parts.exchange is not None:
             shared, client_args, ctx = parts.exchange(state, ctx, outputs, data)
             outputs = map_groups(vmapped, shared, client_args, parts.client_update2)
-        return parts.finish(state, ctx, outputs, data)
+        return finish(state, ctx, outputs, data)
 
     jitted_round = jax.jit(_traced_on_mesh(round_fn), static_argnames=("chunk_size", "mesh"))
 
@@ -344,7 +376,7 @@ def make_algorithm(
         return donated_scan(state, round_key, first, data, num_rounds=num_rounds, mesh=mesh)
 
     jitted_prepare = jax.jit(parts.prepare)
-    jitted_finish = jax.jit(parts.finish)
+    jitted_finish = jax.jit(finish)
     jitted_exchange = jax.jit(parts.exchange) if parts.exchange is not None else None
     jitted_eval = jax.jit(_traced_on_mesh(on_client_mesh(evaluate_fn)), static_argnames="mesh")
 

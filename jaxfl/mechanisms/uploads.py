@@ -79,7 +79,6 @@ class UploadMean:
         received: jax.Array,
         state,
         hook_key: jax.Array,
-        applied: jax.Array | None = None,
         *,
         plain: Callable = aggregate.weighted_mean,
         domain: Callable | None = None,
@@ -95,8 +94,6 @@ class UploadMean:
           state: this round's upload-mean state (:meth:`init`).
           hook_key: the round's hook key (:func:`jaxfl.core.hooks.round_key`); the noise's
             key is derived from it (:func:`jaxfl.mechanisms.privacy.key_of`).
-          applied: () bool, whether the server applies this round (faults' ``min_received``);
-            a round not applied keeps the state. None: always applied.
           plain: ``(uploads, weights) -> mean``, the plain aggregation (an algorithm's own
             hook); the private mean replaces it.
           domain: maps a noised mean back onto the uploads' domain (e.g.
@@ -114,7 +111,7 @@ class UploadMean:
         )
         if domain is not None:
             mean = domain(mean)
-        return mean, _kept(applied, new_state, state), metrics
+        return mean, new_state, metrics
 
     def client_weights(self, weights: jax.Array, received: jax.Array) -> jax.Array:
         """(m,) each client's weight in the streamed mean: w_k / sum_k w_k (``weights`` with 0
@@ -136,7 +133,7 @@ class UploadMean:
         clipped, bit = privacy.clip_upload(upload, state.clip)
         return clipped, (bit,)
 
-    def finish(self, total, stats, state, hook_key: jax.Array, applied: jax.Array | None = None):
+    def finish(self, total, stats, state, hook_key: jax.Array):
         """The streamed mean from the weighted sums: ``total`` = sum_k weight_k u_k and
         ``stats`` = sum_k weight_k stats_k (weights from :meth:`client_weights`). With DP the
         noise is added here. Returns (mean, new state, metrics) as :meth:`mean`."""
@@ -145,11 +142,7 @@ class UploadMean:
         mean, new_state, metrics = privacy.noised_mean(
             total, stats[0], state, privacy.key_of(hook_key), self.config, self.clients_per_round
         )
-        return mean, _kept(applied, new_state, state), metrics
-
-
-def _kept(applied, new_state, state):
-    return new_state if applied is None else faults.select(applied, new_state, state)
+        return mean, new_state, metrics
 
 
 def upload_mean(config, clients_per_round: int, *, custom: str | None = None) -> UploadMean:
