@@ -264,4 +264,5 @@ def make(
         client_chunk=config.client_chunk,
         communication=communication(floats, floats),
         cohort_by_size=clients.by_size,
+        cohort=clients.cohort,  # a function of the round key: the host-side store can gather it
     )

@@ -137,4 +137,5 @@ def make(
         client_chunk=config.client_chunk,
         communication=communication(floats, floats),  # (d_i, tau_i): tau_i is one number
         cohort_by_size=clients.by_size,
+        cohort=clients.cohort,  # a function of the round key: the host-side store can gather it
     )

@@ -165,4 +165,5 @@ def make(
         client_chunk=config.client_chunk,
         communication=communication(2 * floats, 2 * floats),  # (Delta y, Delta c) / (x, c)
         cohort_by_size=clients.by_size,
+        cohort=clients.cohort,  # a function of the round key: the host-side store can gather it
     )

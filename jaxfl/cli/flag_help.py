@@ -42,6 +42,7 @@ GROUPS = {
         "rare_examples",
         "min_client_examples",
         "max_client_examples",
+        "data_placement",
         "public_size",
         "public_dataset",
         "client_test_size",

@@ -127,3 +127,16 @@ def client_sizes(info: dict, config: dict) -> str:
         f"efficiency {config['padding_efficiency']:.2f} (examples trained / example slots "
         f"computed, expected over cohorts: {how})"
     )
+
+
+def data_placement(config: dict) -> str | None:
+    """The header line of a run whose training split stays on the host (else None)."""
+    if config.get("data_placement") != "host":
+        return None
+    mb = 2**20
+    return (
+        f"data placement host: the training split ({config['train_split_bytes'] / mb:,.1f} MB) "
+        f"stays in host memory; each round sends its cohort's examples "
+        f"({config['host_to_device_bytes_per_round'] / mb:,.1f} MB), the next round's "
+        "gathered while this one computes"
+    )

@@ -321,6 +321,8 @@ def run(args, start: float) -> int:
     )
     if info["client_size_max"] > info["client_size_min"]:
         print(printout.client_sizes(info, exp.config))
+    if printout.data_placement(exp.config):
+        print(printout.data_placement(exp.config))
     if jax.process_index() == 0 and start_round <= args.rounds:
         print(printout.round_time_estimate(exp, args.rounds - start_round + 1))
     if exp.config["privacy"] is not None:

@@ -40,6 +40,7 @@ from jaxfl.configs.specs import SPECS
 from jaxfl.core.errors import ConfigError
 from jaxfl.core.names import (
     COMPUTE_DTYPES,
+    DATA_PLACEMENTS,
     DATASETS,
     DP_ACCOUNTANTS,
     LOWERING_CHOICES,
@@ -90,6 +91,16 @@ class DataConfig:
         "max_elements and Reddi et al.'s StackOverflow cap",
         check=">= 1",
         default_help="all",
+    )
+    data_placement: str = setting(
+        "auto",
+        "where the training split lives: device (on the device once; each round indexes it) "
+        "or host (in host memory; each round only the sampled cohort's examples are gathered "
+        "and sent, the next round's while this one computes: a federation larger than the "
+        "device; algorithms whose cohort depends on the round's key alone: fedavg, fedprox, "
+        "scaffold, fednova, feddyn, moon); auto: host where the split exceeds half the "
+        "device's memory",
+        choices=DATA_PLACEMENTS,
     )
     partition: str | None = setting(
         None,

@@ -38,6 +38,9 @@ class AlgorithmSpec:
       static_hparams: float settings that fix an array shape or the program, so a sweep over
         them compiles one group per value (every other float is traced:
         :mod:`jaxfl.core.hparams`).
+      host_data: whether its cohort is a function of the round's key alone
+        (``FederatedAlgorithm.cohort``), so ``--data-placement host`` can gather the cohort's
+        examples on the host before the round (:mod:`jaxfl.data.host_store`).
       public_data: whether it uses the unlabeled public set (distillation on shared data); on
         a natural federation the others get none by default, so no client's data is taken
         for it.
@@ -58,6 +61,7 @@ class AlgorithmSpec:
     needs_local_baseline: bool = False
     static_hparams: tuple[str, ...] = ()
     public_data: bool = False
+    host_data: bool = False
 
     def module(self):
         """The algorithm's module, ``jaxfl.algorithms.<name>`` (imports JAX)."""
@@ -78,6 +82,7 @@ SPECS = {
             attacks=MODEL_ATTACKS,
             dp=True,
             unseen=True,
+            host_data=True,
             clock=True,
             participation=True,
         ),
@@ -194,13 +199,21 @@ SPECS = {
             unseen=True,
             clock=True,
             participation=True,
+            host_data=True,
         ),
         AlgorithmSpec(
-            "scaffold", averaging.ScaffoldConfig, "Karimireddy et al., ICML 2020 (option II)"
+            "scaffold",
+            averaging.ScaffoldConfig,
+            "Karimireddy et al., ICML 2020 (option II)",
+            host_data=True,
         ),
-        AlgorithmSpec("fednova", averaging.FedNovaConfig, "Wang et al., NeurIPS 2020"),
-        AlgorithmSpec("feddyn", averaging.FedDynConfig, "Acar et al., ICLR 2021"),
-        AlgorithmSpec("moon", averaging.MoonConfig, "Li, He and Song, CVPR 2021", dp=True),
+        AlgorithmSpec(
+            "fednova", averaging.FedNovaConfig, "Wang et al., NeurIPS 2020", host_data=True
+        ),
+        AlgorithmSpec("feddyn", averaging.FedDynConfig, "Acar et al., ICLR 2021", host_data=True),
+        AlgorithmSpec(
+            "moon", averaging.MoonConfig, "Li, He and Song, CVPR 2021", dp=True, host_data=True
+        ),
     )
 }
 ALGORITHMS = tuple(SPECS)

@@ -104,6 +104,8 @@ class FederatedAlgorithm:
       name: algorithm name.
       init: ``key -> state``.
       round: jitted ``(state, key) -> (state, metrics)``; one FL round, one compiled function.
+        ``round``, ``run_rounds`` and ``round_loop`` take an optional ``data=`` Federation of
+        the bound one's shapes instead of it (the host-side store's cohort views).
       evaluate: jitted ``state -> metrics`` (``test_acc``, ``client_acc`` (C,) per client, ...).
       evaluate_fn: the pure, unjitted ``(state, data) -> metrics``.
       round_fn: the pure, unjitted ``(state, key, data) -> (state, metrics)`` to wrap in your own
@@ -128,6 +130,10 @@ class FederatedAlgorithm:
       client_chunk: how a device's clients are chunked: None (one vmap), a width, or with
         ``cohort_by_size`` a schedule of (width, count) runs, narrower where the sorted
         cohort's sizes grow (:func:`jaxfl.core.cohort_chunks.size_schedule`).
+      cohort: ``key -> (sampled (M,) int32, present (M,) bool)``, the clients a round with
+        that key samples, for an algorithm whose cohort depends on the round's key alone (None
+        otherwise): the host-side client store (:mod:`jaxfl.data.host_store`) gathers their
+        examples before the round.
     """
 
     name: str
@@ -145,6 +151,7 @@ class FederatedAlgorithm:
     cohort_by_size: bool = False
     participants_per_round: float | None = None
     client_chunk: int | tuple | None = None
+    cohort: Callable | None = None
 
     def __post_init__(self):
         if self.participants_per_round is None:
@@ -298,6 +305,7 @@ def make_algorithm(
     communication: dict | None = None,
     cohort_by_size: bool = False,
     participants_per_round: float | None = None,
+    cohort: Callable | None = None,
 ) -> FederatedAlgorithm:
     """Compose round pieces into the jitted round, its loop reference and the evaluator.
 
@@ -369,8 +377,10 @@ def make_algorithm(
         donate_argnums=0,
     )
 
-    def run_rounds(state, round_key, first, num_rounds=1):
-        mesh = current_mesh()
+    bound = data
+
+    def run_rounds(state, round_key, first, num_rounds=1, data=None):
+        mesh, data = current_mesh(), bound if data is None else data
         if num_rounds == 1:  # the same compiled round as ``round``, without a scan around it
             return donated_round(state, round_key, first, data, mesh=mesh)
         return donated_scan(state, round_key, first, data, num_rounds=num_rounds, mesh=mesh)
@@ -380,7 +390,8 @@ def make_algorithm(
     jitted_exchange = jax.jit(parts.exchange) if parts.exchange is not None else None
     jitted_eval = jax.jit(_traced_on_mesh(on_client_mesh(evaluate_fn)), static_argnames="mesh")
 
-    def round_loop(state, key):
+    def round_loop(state, key, data=None):
+        data = bound if data is None else data
         shared, client_args, ctx = jitted_prepare(state, key, data)
 
         def looped(update, shared, args):
@@ -396,8 +407,10 @@ def make_algorithm(
     return FederatedAlgorithm(
         name=name,
         init=init,
-        round=lambda state, key: jitted_round(state, key, data, mesh=current_mesh()),
-        evaluate=lambda state: jitted_eval(state, data, mesh=current_mesh()),
+        round=lambda state, key, data=None: jitted_round(
+            state, key, bound if data is None else data, mesh=current_mesh()
+        ),
+        evaluate=lambda state: jitted_eval(state, bound, mesh=current_mesh()),
         evaluate_fn=on_client_mesh(evaluate_fn),
         round_fn=round_fn,
         run_rounds=run_rounds,
@@ -409,4 +422,5 @@ def make_algorithm(
         cohort_by_size=cohort_by_size,
         participants_per_round=participants_per_round,
         client_chunk=client_chunk,
+        cohort=cohort,
     )

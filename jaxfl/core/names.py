@@ -27,6 +27,8 @@ DATASETS = tuple(TFDS_DATASETS) + EMBEDDED_DATASETS + FILE_NATURAL_DATASETS
 SEEDED_DATASETS = ("synthetic", "synthetic_iid", "leaf_synthetic")
 
 PARTITIONS = ("iid", "dirichlet", "shards", "classes", "quantity", "rare", "natural")
+# --data-placement: where the training split lives (jaxfl.data.host_store)
+DATA_PLACEMENTS = ("auto", "device", "host")
 ATTACKS = ("none", "label_flip", "random_logits", "scaled_logits", "scaled_update")
 AGGREGATIONS = ("era", "sa")
 INCFL_RULES = ("maxfl", "bump")  # --incfl-rule (the first is the default)

@@ -156,6 +156,7 @@ def build_federation(
     spec: FederationSpec,
     public_pool: np.ndarray | None = None,
     public_pool_labels: np.ndarray | None = None,
+    train_on_device: bool = True,
 ) -> tuple[Federation, dict]:
     """Cut ``dataset`` into ``spec.num_clients`` clients, a public set and per-client test splits.
 
@@ -166,6 +167,8 @@ def build_federation(
         (``--public-dataset``); ``spec.public_size`` of them are used (all if None), with their
         labels ``public_pool_labels`` (P0,) where given (else -1). When None,
         the public set is ``spec.public_size`` train examples, disjoint from every client's data.
+      train_on_device: False keeps ``train_x``/``train_y`` host (numpy) arrays, for the
+        host-side client store (:func:`jaxfl.data.host_store.split`).
 
     Returns:
       The device-resident :class:`Federation` and a JSON-able dict describing it.
@@ -228,10 +231,11 @@ def build_federation(
         parts, val_parts = hold_out(parts, spec.client_val_fraction, spec.seed)
     client_idx, client_count = pack(parts)
     val_idx, val_count = pack(val_parts)
+    to_array = jnp.asarray if train_on_device else np.asarray
     test_idx, test_count = pack(test_parts)
     fed = Federation(
-        train_x=jnp.asarray(dataset.train_x),
-        train_y=jnp.asarray(dataset.train_y),
+        train_x=to_array(dataset.train_x),
+        train_y=to_array(dataset.train_y),
         client_idx=jnp.asarray(client_idx),
         client_count=jnp.asarray(client_count),
         test_x=jnp.asarray(dataset.test_x),

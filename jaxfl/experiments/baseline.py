@@ -54,6 +54,7 @@ def baseline_args(args: argparse.Namespace, client_val_fraction: float) -> argpa
     local.client_val_fraction = client_val_fraction
     local.client_chunk = args.client_chunk
     local.unseen_clients = None  # every client can train alone, seen by the federation or not
+    local.data_placement = "auto"  # local training keeps every client's state: on the device
     for field, value in vars(FaultConfig()).items():
         setattr(local, field, value)
     for field in (

@@ -20,16 +20,22 @@ import numpy as np
 from jaxfl.algorithms import ALGORITHMS
 from jaxfl.configs import SPECS
 from jaxfl.configs.run import RunConfig
-from jaxfl.core.client_axis import client_devices, cpu_chunk_size, device_memory_bytes, replicate
+from jaxfl.core.client_axis import (
+    client_devices,
+    cpu_chunk_size,
+    current_mesh,
+    device_memory_bytes,
+    replicate,
+)
 from jaxfl.core.errors import ConfigError
 from jaxfl.core.names import NATURAL_DATASETS
-from jaxfl.data import FederationSpec, PartitionError, build_federation, load_dataset
+from jaxfl.data import FederationSpec, PartitionError, build_federation, host_store, load_dataset
 from jaxfl.data.domains import build_multidomain_federation, parse_domains, transform_dataset
 from jaxfl.experiments.baseline import local_only
 from jaxfl.experiments.memory import choose_chunk
 from jaxfl.experiments.validation import validate
 from jaxfl.mechanisms import accounting, privacy
-from jaxfl.mechanisms.client_round import padding_efficiency
+from jaxfl.mechanisms.client_round import padding_efficiency, poisson_capacity
 from jaxfl.mechanisms.faults import FaultConfig
 from jaxfl.mechanisms.groups import describe, make_groups, parse_models
 from jaxfl.models import get_model
@@ -138,10 +144,18 @@ def build(run: RunConfig, dataset=None) -> Experiment:
         client_val_fraction=val_fraction,
         seed=args.seed,
     )
+    host_able = spec.host_data and not domains and not val_fraction
+    placement = data_placement(args.data_placement, dataset, host_able)
+    m = args.clients_per_round or (args.clients - (args.unseen_clients or 0))
     if domains is not None:
         data, info = build_multidomain_federation(domains, federation, public_pool, public_labels)
     else:
-        data, info = build_federation(dataset, federation, public_pool, public_labels)
+        data, info = build_federation(
+            dataset, federation, public_pool, public_labels, placement == "device"
+        )
+    store = None
+    if placement == "host":  # the training split stays here; rounds get their cohort's part
+        store, data = host_store.split(data, cohort_slots(args, m))
     data = replicate(data)  # once, on every device of the mesh (a no-op on one device)
     if args.algo == "dsfl":
         distill_batch = args.distill_batch_size or args.batch_size
@@ -156,7 +170,6 @@ def build(run: RunConfig, dataset=None) -> Experiment:
                 f"--public-per-round {args.public_per_round} is smaller than one distillation "
                 f"batch ({distill_batch}); raise it or lower --distill-batch-size"
             )
-    m = args.clients_per_round or (args.clients - (args.unseen_clients or 0))
     model_groups = None
     if args.models:
         try:
@@ -220,6 +233,13 @@ def build(run: RunConfig, dataset=None) -> Experiment:
                 seed=args.seed,
                 **extra,
             )
+    if store is not None:
+        if algorithm.cohort is None:  # the spec said it could: a module that lost its cohort
+            raise ConfigError(f"--data-placement host: --algo {args.algo} draws no key-only cohort")
+        place = replicate if current_mesh() is not None else jax.device_put
+        algorithm = host_store.feed(
+            algorithm, host_store.CohortFeeder(store, data, algorithm.cohort, place)
+        )
     efficiency = padding_efficiency(  # Poisson: about m clients; an empty slot runs no steps
         np.asarray(data.client_count),
         algorithm.participants_per_round,
@@ -245,6 +265,13 @@ def build(run: RunConfig, dataset=None) -> Experiment:
         "padding": "sorted chunks" if algorithm.cohort_by_size else "padded capacity",
         # per device: (width, count) runs of chunks, narrower as the sorted sizes grow
         "client_chunk_schedule": [list(run) for run in schedule] if schedule else None,
+        "data_placement": placement,
+        # bytes of the training split on the device, and sent to it each round (host placement)
+        "train_split_bytes": int(data.train_x.nbytes + data.train_y.nbytes)
+        if store is None
+        else store.train_bytes,
+        "train_split_device_bytes": int(data.train_x.nbytes + data.train_y.nbytes),
+        "host_to_device_bytes_per_round": None if store is None else store.block_bytes,
         "algorithm_config": dataclasses.asdict(algo_config),
         "faults": dataclasses.asdict(fault_config),
         "data": info,
@@ -281,6 +308,30 @@ def build(run: RunConfig, dataset=None) -> Experiment:
         fault_config,
         accountant,
     )
+
+
+def data_placement(asked: str, dataset, host_able: bool) -> str:
+    """``--data-placement``: ``device`` or ``host`` as asked; ``auto`` is host where the run can
+    (``host_able``: the algorithm draws a key-only cohort, one federation, no validation split)
+    and the training split exceeds half the device's memory (known on accelerators; a CPU's
+    device is the host's own memory, so there it is device)."""
+    if asked != "auto":
+        return asked
+    if not host_able:
+        return "device"
+    memory = device_memory_bytes()
+    split_bytes = dataset.train_x.nbytes + dataset.train_y.nbytes
+    if memory is None or _on_cpu() or split_bytes <= memory / 2:
+        return "device"
+    return "host"
+
+
+def cohort_slots(args, m: int) -> int:
+    """M, the rows of a round's cohort: m, or with Poisson participation its capacity."""
+    if getattr(args, "participation", None) == "poisson":
+        population = args.clients - (args.unseen_clients or 0)
+        return poisson_capacity(population, m / population)
+    return m
 
 
 def calibrate_privacy(args: argparse.Namespace, m: int) -> dict | None:

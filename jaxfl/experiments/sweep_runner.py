@@ -68,6 +68,11 @@ def check_sweep_flags(args: argparse.Namespace) -> None:
                 f"--{name.replace('_', '-')} is not supported with --seeds/--sweep/several "
                 "--algo (it acts on one run); run it as a single experiment"
             )
+    if getattr(args, "data_placement", "auto") == "host":
+        raise ConfigError(
+            "--data-placement host is not supported with --seeds/--sweep/several --algo (a "
+            "sweep stacks its experiments' federations on the device); allowed: device, auto"
+        )
 
 
 @dataclasses.dataclass
@@ -174,6 +179,7 @@ def build_algorithm(args, algo: str, seeds, dataset_cache: dict, devices: int) -
     for seed in seeds:
         seed_args = copy.copy(args)
         seed_args.seed = seed
+        seed_args.data_placement = "device"  # the experiments axis stacks device federations
         key = dataset_key(args, seed)
         if key not in dataset_cache and not args.domains:
             from jaxfl.data import load_dataset

@@ -96,9 +96,29 @@ def validate(args: argparse.Namespace) -> None:
     if args.clients_per_round is not None and not 1 <= args.clients_per_round <= args.clients:
         _fail("--clients-per-round", args.clients_per_round, f"1..--clients ({args.clients})")
     validate_algorithm_flags(args, _fail)
+    if getattr(args, "data_placement", "auto") == "host":
+        validate_host_placement(args, _fail)
     validate_privacy_flags(args, _fail)
     validate_clock_flags(args, _fail)
     validate_scale_flags(args, _fail)
+
+
+def validate_host_placement(args, fail) -> None:
+    """``--data-placement host``: an algorithm whose cohort the host can draw before the round,
+    one federation (no --domains), no validation split (it indexes the training split)."""
+    able = with_capability("host_data")
+    if args.algo not in able:
+        fail(
+            "--data-placement",
+            "host",
+            f"device or auto with --algo {args.algo}; host only with --algo "
+            f"{', '.join(able)} (a cohort drawn from the round key alone)",
+        )
+    if args.domains:
+        fail("--data-placement", "host", "device or auto with --domains")
+    if args.client_val_fraction:
+        fail("--data-placement", "host", "device or auto with --client-val-fraction > 0 (a "
+             "validation split indexes the whole training split)")  # fmt: skip
 
 
 def validate_algorithm_flags(args, fail) -> None:

@@ -99,6 +99,20 @@ class StandardClients:
         """q = m / population, each client's chance of taking part in a round."""
         return self.clients_per_round / self.population
 
+    def _draw(self, k_sample: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(sampled (M,) int32, present (M,) bool): the cohort drawn with ``k_sample``."""
+        if self.participation == "poisson":
+            return poisson_cohort(k_sample, self.population, self.sampling_probability, self.slots)
+        sampled = self.select_clients(k_sample, self.population, self.clients_per_round)
+        return sampled, jnp.ones((self.clients_per_round,), bool)
+
+    def cohort(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(sampled (M,) int32, present (M,) bool): the clients :meth:`sample` draws from the
+        round's ``key``, before the order by size (with Poisson participation an empty slot,
+        ``present`` False, repeats some client); a function of the key alone: what the
+        host-side client store gathers before the round (:mod:`jaxfl.data.host_store`)."""
+        return self._draw(jax.random.split(key)[0])
+
     def sample(self, key: jax.Array, data: Federation, *client_trees) -> Picked:
         """Sample this round's clients and draw their faults from the round's ``key``.
 
@@ -106,15 +120,8 @@ class StandardClients:
         whose sampled rows lead the client arguments.
         """
         k_sample, k_clients = jax.random.split(key)
-        if self.participation == "poisson":
-            m = self.slots
-            sampled, present = poisson_cohort(
-                k_sample, self.population, self.sampling_probability, m
-            )
-        else:
-            m = self.clients_per_round
-            sampled = self.select_clients(k_sample, self.population, m)
-            present = jnp.ones((m,), bool)
+        sampled, present = self._draw(k_sample)
+        m = sampled.shape[0]
         received, work = faults.round_faults(key, m, self.fault_config)
         received = received & present
         keys = jax.random.split(k_clients, m)
