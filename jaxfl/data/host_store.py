@@ -6,12 +6,13 @@ of indices (:class:`jaxfl.data.federation.Federation`); that array is what stops
 (EMNIST-62's 3,400 writers: 671,585 images, 2.1 GB as float32; StackOverflow's 135M sentences far
 more). A round reads only its cohort: M sampled clients of at most n_max examples each. With the
 store, the device holds a *cohort view* of the federation instead: the same Federation, whose
-``train_x``/``train_y`` are the M x n_max examples of this round's cohort (gathered on the host
-with numpy from the store's arrays, which may be memory-mapped files) and whose ``client_idx``
-rows of the sampled clients point into that block. Every other field (the clients' counts, the
-test, validation-free and public splits) stays device-resident. The round is the same compiled
-function, given the view instead of the whole federation: a client reads the same examples in the
-same order, so the numbers are the device placement's, bit for bit on a CPU.
+``train_x``/``train_y`` are a block of this round's cohort's examples (gathered on the host with
+numpy from the store's arrays, which may be memory-mapped files; a static size, the M largest
+clients' examples together) and whose ``client_idx`` rows of the sampled clients point into
+it. Every other field (the clients' counts, the test and public splits) stays device-resident.
+The round is the same compiled function, given the view instead of the whole federation: a
+client reads the same examples in the same order, so the numbers are the device placement's,
+bit for bit on a CPU.
 
 Which clients a round samples is a function of the round's key alone for the algorithms that
 draw their cohort with :class:`jaxfl.mechanisms.client_round.StandardClients` (their
@@ -24,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextvars
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -51,7 +53,7 @@ class HostStore:
     client_count: np.ndarray
     slots: int
 
-    @property
+    @functools.cached_property
     def block_rows(self) -> int:
         """Rows of a cohort block: example 0 (what every padding index reads, as on the device)
         then the cohort's examples, at most the M largest clients' together (a static shape)."""

@@ -250,6 +250,7 @@ def build(run: RunConfig, dataset=None) -> Experiment:
         by_size=algorithm.cohort_by_size,
     )
     schedule = algorithm.client_chunk if isinstance(algorithm.client_chunk, tuple) else None
+    device_bytes = int(data.train_x.nbytes + data.train_y.nbytes)  # with host placement a block
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config = {
         **flags,
@@ -267,10 +268,8 @@ def build(run: RunConfig, dataset=None) -> Experiment:
         "client_chunk_schedule": [list(run) for run in schedule] if schedule else None,
         "data_placement": placement,
         # bytes of the training split on the device, and sent to it each round (host placement)
-        "train_split_bytes": int(data.train_x.nbytes + data.train_y.nbytes)
-        if store is None
-        else store.train_bytes,
-        "train_split_device_bytes": int(data.train_x.nbytes + data.train_y.nbytes),
+        "train_split_bytes": device_bytes if store is None else store.train_bytes,
+        "train_split_device_bytes": device_bytes,
         "host_to_device_bytes_per_round": None if store is None else store.block_bytes,
         "algorithm_config": dataclasses.asdict(algo_config),
         "faults": dataclasses.asdict(fault_config),
