@@ -42,6 +42,7 @@ GROUPS = {
         "rare_examples",
         "min_client_examples",
         "max_client_examples",
+        "sequence_length",
         "data_placement",
         "public_size",
         "public_dataset",

@@ -4,6 +4,8 @@ first one (a model too slow for the device is said before the wait, not after)."
 
 from __future__ import annotations
 
+import numpy as np
+
 from jaxfl.experiments import flops
 
 SLOW_ROUND_S = 60.0
@@ -50,13 +52,40 @@ def privacy_line(record: dict, args) -> str:
     )
 
 
-def explained(history: list[dict], num_classes: int, epsilon_of: str | None = None) -> str:
-    """What the printed numbers mean, with their course over the rounds (learning visible)."""
+def majority_share(test_y) -> float:
+    """The accuracy of always predicting the most frequent test label (target token, pad and
+    padding rows excluded, on a language task): the baseline a model must beat."""
+    y = np.asarray(test_y)
+    y = y[y > 0] if y.ndim == 2 else y[y >= 0]
+    counts = np.bincount(y.ravel()) if y.size else np.zeros(1)
+    return float(counts.max() / max(counts.sum(), 1))
+
+
+def explained(
+    history: list[dict],
+    num_classes: int,
+    epsilon_of: str | None = None,
+    majority: float | None = None,
+) -> str:
+    """What the printed numbers mean, with their course over the rounds (learning visible).
+    ``majority``: the accuracy of always predicting the most frequent test target, given for
+    the language tasks (their chance level 1/V is far below it)."""
     lines = []
-    if "test_acc" in history[-1]:
+    if majority is not None and "test_acc" in history[-1]:  # a language task
+        lines.append(
+            "  test_acc: the server (global) model's next-token accuracy on the held-out test "
+            f"text, pad targets excluded (chance 1/{num_classes} = {1 / num_classes:.3f}; "
+            f"always the most frequent {majority:.2f}); {course(history, 'test_acc')}"
+        )
+    elif "test_acc" in history[-1]:
         lines.append(
             f"  test_acc: the server (global) model on the held-out test set "
             f"(chance {1 / num_classes:.2f}); {course(history, 'test_acc')}"
+        )
+    if "test_perplexity" in history[-1]:
+        lines.append(
+            "  test_perplexity: exp of the mean cross-entropy per target token on the test text "
+            f"(a uniform guess: {num_classes}); {course(history, 'test_perplexity', digits=1)}"
         )
     if "client_acc_mean" in history[-1]:
         lines.append(

@@ -388,7 +388,8 @@ def run(args, start: float) -> int:
     shown = [f"{k} {final[k]:.4f}" for k in SHOWN if k in final]
     print(f"round {final['round']}: {', '.join(shown)}; results in {out}")
     epsilon_of = (exp.config.get("privacy") or {}).get("epsilon_of")
-    print(printout.explained(history, exp.data.num_classes, epsilon_of))
+    majority = printout.majority_share(exp.data.test_y) if exp.data.test_y.ndim == 2 else None
+    print(printout.explained(history, exp.data.num_classes, epsilon_of, majority))
     if sim.stop_reason == INTERRUPTED:
         print(message, file=sys.stderr)
         return ctrl_c.exit_status

@@ -34,8 +34,10 @@ class DataConfig:
         "(LEAF's synthetic federation: 1000 clients of heavy-tailed sizes, 5 classes). Natural "
         "federations from their published files in --data-dir: emnist62_federated (EMNIST-62 "
         "by writer; FedJAX's or TFF's SQLite, or LEAF's JSON) and cifar100_federated (TFF's "
-        "Pachinko split); --clients N takes the first N of a fixed shuffled order of their "
-        "clients",
+        "Pachinko split), and shakespeare (next-character prediction, one client per speaking "
+        "role; FedJAX's or TFF's SQLite, or LEAF's JSON); --clients N takes the first N of a "
+        "fixed shuffled order of their clients. 'shakespeare_synthetic': generated roles' "
+        "lines, the shakespeare task without a download",
         choices=DATASETS,
     )
     clients: int = setting(100, "number of simulated clients C", check=">= 1")
@@ -63,6 +65,12 @@ class DataConfig:
         "max_elements and Reddi et al.'s StackOverflow cap",
         check=">= 1",
         default_help="all",
+    )
+    sequence_length: int = setting(
+        80,
+        "language tasks (shakespeare, shakespeare_synthetic): tokens per input and target "
+        "sequence; each client's text is cut into rows of this length (McMahan et al.'s 80)",
+        check=">= 1",
     )
     data_placement: str = setting(
         "auto",

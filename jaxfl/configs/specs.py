@@ -44,6 +44,12 @@ class AlgorithmSpec:
       public_data: whether it uses the unlabeled public set (distillation on shared data); on
         a natural federation the others get none by default, so no client's data is taken
         for it.
+      sequences: whether it runs on the language tasks' next-token prediction (targets
+        (N, T)): those whose clients train and are evaluated through
+        :mod:`jaxfl.core.train`'s losses and accuracies, which take sequences. The
+        distillation family (soft labels per class on a public set) and MOON (a contrastive
+        loss on one representation per example) are not written for token positions and are
+        refused there.
     """
 
     name: str
@@ -62,6 +68,7 @@ class AlgorithmSpec:
     static_hparams: tuple[str, ...] = ()
     public_data: bool = False
     host_data: bool = False
+    sequences: bool = True
 
     def module(self):
         """The algorithm's module, ``jaxfl.algorithms.<name>`` (imports JAX)."""
@@ -91,6 +98,7 @@ SPECS = {
             distillation.DSFLConfig,
             "Itahara et al., IEEE TMC 2021 (DS-FL, entropy-reduction aggregation)",
             family="distillation",
+            sequences=False,
             attacks=("label_flip", "random_logits", "scaled_logits"),
             dp=True,
             groups=True,
@@ -150,6 +158,7 @@ SPECS = {
             distillation.FDConfig,
             "Jeong et al. 2018 (federated distillation)",
             family="distillation",
+            sequences=False,
             dp=True,
             groups=True,
             global_model=False,
@@ -159,6 +168,7 @@ SPECS = {
             distillation.FedDFConfig,
             "Lin et al., NeurIPS 2020 (ensemble distillation)",
             family="distillation",
+            sequences=False,
             groups=True,
             static_hparams=("distill_val_fraction",),
             public_data=True,
@@ -168,6 +178,7 @@ SPECS = {
             distillation.FedMDConfig,
             "Li and Wang 2019",
             family="distillation",
+            sequences=False,
             dp=True,
             groups=True,
             global_model=False,
@@ -178,6 +189,7 @@ SPECS = {
             distillation.FCCLConfig,
             "Huang et al., CVPR 2022",
             family="distillation",
+            sequences=False,
             groups=True,
             global_model=False,
             public_data=True,
@@ -212,7 +224,12 @@ SPECS = {
         ),
         AlgorithmSpec("feddyn", averaging.FedDynConfig, "Acar et al., ICLR 2021", host_data=True),
         AlgorithmSpec(
-            "moon", averaging.MoonConfig, "Li, He and Song, CVPR 2021", dp=True, host_data=True
+            "moon",
+            averaging.MoonConfig,
+            "Li, He and Song, CVPR 2021",
+            dp=True,
+            host_data=True,
+            sequences=False,
         ),
     )
 }

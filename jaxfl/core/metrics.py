@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from jaxfl.core.client_axis import map_clients
-from jaxfl.core.train import accuracy, client_accuracy
+from jaxfl.core.train import accuracy, client_accuracy, sequence_metrics
 from jaxfl.data.federation import Federation
 
 
@@ -48,15 +48,27 @@ def per_client_accuracy(
 
 def global_model_evaluator(apply: Callable, chunk_size: int | None = None) -> Callable:
     """``evaluate(state, data)`` of an algorithm with one global model ``state.params``: its
-    ``test_acc`` on the global test split and ``client_acc`` (C,) on every client's own split."""
+    ``test_acc`` on the global test split and ``client_acc`` (C,) on every client's own split;
+    on a language task also ``test_acc_no_eos``, ``test_token_loss`` and ``test_perplexity``
+    (:func:`jaxfl.core.train.sequence_metrics`)."""
 
     def evaluate(state, data: Federation) -> dict:
-        return {
-            "test_acc": global_test_accuracy(apply, state.params, data),
+        if data.test_y.ndim == 2:  # next-token targets: the language task's metrics too
+            seq = sequence_metrics(apply, state.params, data.test_x, data.test_y)
+            test = {
+                "test_acc": seq["acc"],
+                "test_acc_no_eos": seq["acc_no_eos"],
+                "test_token_loss": seq["token_loss"],
+                "test_perplexity": seq["perplexity"],
+            }
+        else:
+            test = {"test_acc": global_test_accuracy(apply, state.params, data)}
+        out = test | {
             "client_acc": per_client_accuracy(
                 apply, state.params, data, personal=False, chunk_size=chunk_size
-            ),
+            )
         }
+        return out
 
     return evaluate
 

@@ -18,13 +18,17 @@ TFDS_DATASETS = {
     "cifar10": ("cifar10", "image", 10),
     "cifar100": ("cifar100", "image", 100),
 }
-EMBEDDED_DATASETS = ("blobs", "synthetic", "synthetic_iid", "leaf_synthetic")
+EMBEDDED_DATASETS = (
+    "blobs", "synthetic", "synthetic_iid", "leaf_synthetic", "shakespeare_synthetic"
+)  # fmt: skip
 # federated by construction, read from their published files (jaxfl.data.natural): --data-dir
-FILE_NATURAL_DATASETS = ("emnist62_federated", "cifar100_federated")
-NATURAL_DATASETS = ("leaf_synthetic", *FILE_NATURAL_DATASETS)
+FILE_NATURAL_DATASETS = ("emnist62_federated", "cifar100_federated", "shakespeare")
+NATURAL_DATASETS = ("leaf_synthetic", "shakespeare_synthetic", *FILE_NATURAL_DATASETS)
 DATASETS = tuple(TFDS_DATASETS) + EMBEDDED_DATASETS + FILE_NATURAL_DATASETS
 # generated from --seed: a different seed is different data
-SEEDED_DATASETS = ("synthetic", "synthetic_iid", "leaf_synthetic")
+SEEDED_DATASETS = ("synthetic", "synthetic_iid", "leaf_synthetic", "shakespeare_synthetic")
+# next-token prediction (jaxfl.data.natural.shakespeare): token inputs and targets (N, T)
+SEQUENCE_DATASETS = ("shakespeare", "shakespeare_synthetic")
 
 PARTITIONS = ("iid", "dirichlet", "shards", "classes", "quantity", "rare", "natural")
 # --data-placement: where the training split lives (jaxfl.data.host_store)
@@ -41,9 +45,13 @@ PARTICIPATIONS = ("fixed", "poisson")
 DP_ACCOUNTANTS = ("rdp", "pld")  # --dp-accountant: dp-accounting's Renyi DP or PLD accountant
 
 # --model
-MODELS = ("logreg", "mlp", "cnn", "emnist-cnn", "lenet5", "resnet8", "resnet20")
+MODELS = ("logreg", "mlp", "cnn", "emnist-cnn", "lenet5", "resnet8", "resnet20", "charlstm")
 IMAGE_MODELS = ("cnn", "emnist-cnn", "lenet5", "resnet8", "resnet20")
-MODEL_NAMES_HELP = f"{', '.join(MODELS)}, or mlp-H1-H2... (an MLP with those hidden widths)"
+SEQUENCE_MODELS = ("charlstm",)  # token sequences in, next-token logits out
+MODEL_NAMES_HELP = (
+    f"{', '.join(MODELS)}, mlp-H1-H2... (an MLP with those hidden widths), or charlstm-H (the "
+    "character LSTM with H units per layer; charlstm is H=256)"
+)
 COMPUTE_DTYPES = ("float32", "bfloat16")
 CONV_LOWERINGS = ("rows", "im2col", "patches", "xla")
 LOWERING_CHOICES = ("auto", *CONV_LOWERINGS)
@@ -60,6 +68,20 @@ def mlp_hidden(name: str) -> tuple[int, ...] | None:
     return tuple(int(w) for w in widths)
 
 
+def lstm_hidden(name: str) -> int | None:
+    """The LSTM width a model name gives the character LSTM: ``"charlstm"`` -> 256 (McMahan et
+    al.'s), ``"charlstm-64"`` -> 64; None for any other name."""
+    if name == "charlstm":
+        return 256
+    head, _, width = name.partition("-")
+    return int(width) if head == "charlstm" and width.isdigit() and int(width) > 0 else None
+
+
+def is_sequence_model(name: str) -> bool:
+    """Whether zoo model ``name`` reads token sequences (the language tasks' models)."""
+    return lstm_hidden(name) is not None
+
+
 def is_model_name(name: str) -> bool:
     """Whether ``name`` names a zoo model (see :data:`MODEL_NAMES_HELP`)."""
-    return name in MODELS or mlp_hidden(name) is not None
+    return name in MODELS or mlp_hidden(name) is not None or lstm_hidden(name) is not None

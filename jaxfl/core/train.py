@@ -6,6 +6,12 @@ Shapes are static: a client with ``count`` valid examples out of ``capacity`` sl
 are active; inactive steps leave parameters and optimizer state untouched, and padded slots of a
 partial batch are masked out of the loss mean. So padding never leaks into a batch or a mean, and
 the result equals training on the client's own examples alone.
+
+Two kinds of task share these functions, told apart by the labels' rank (static under jit):
+classification, labels (N,) with logits (B, L); and next-token prediction (the language tasks),
+targets (N, T) with logits (B, T, V), where a target equal to :data:`PAD_TOKEN` is padding and
+counts in no loss and no accuracy. A sequence batch's loss is the mean over its non-pad target
+tokens (:func:`batch_loss`), its accuracy the fraction of non-pad targets predicted.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
+PAD_TOKEN = 0  # the language tasks' padding target (jaxfl.data.natural.shakespeare's PAD)
+EOS_TOKEN = 2  # their end-of-snippet token (shakespeare's EOS)
 
 
 class Trained(NamedTuple):
@@ -79,6 +88,22 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """(B, L) logits, (B,) int labels -> (B,) cross-entropy."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def batch_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """The mean loss of a batch whose valid examples are ``mask`` (B,) bool.
+
+    Classification, ``labels`` (B,), ``logits`` (B, L): the mean cross-entropy over the valid
+    examples. Next-token prediction, ``labels`` (B, T), ``logits`` (B, T, V): the mean over the
+    valid examples' non-pad target tokens,
+    ``sum_{b, t: mask_b, y_bt != PAD} CE(logits_bt, y_bt) / #{b, t: mask_b, y_bt != PAD}``, so a
+    token weighs the same whether it sits in a full or a partial sequence (TFF's masked loss;
+    FedJAX's Shakespeare model divides each sequence's sum by T instead).
+    """
+    if labels.ndim == 1:
+        return masked_mean(cross_entropy(logits, labels), mask)
+    tokens = mask[:, None] & (labels > PAD_TOKEN)
+    return masked_mean(cross_entropy(logits, labels), tokens)
 
 
 def kl_to_target(logits: jax.Array, target_probs: jax.Array) -> jax.Array:
@@ -228,7 +253,7 @@ def client_data_loss(
     def loss(params, positions, mask):
         idx = idx_row[positions]
         labels = train_y[idx] if label_map is None else label_map(train_y[idx])
-        return masked_mean(cross_entropy(apply(params, train_x[idx]), labels), mask)
+        return batch_loss(apply(params, train_x[idx]), labels, mask)
 
     return loss
 
@@ -286,7 +311,7 @@ def batched_apply(apply: Callable, params, x: jax.Array, batch_size: int = 500) 
     pad = n_batches * batch_size - m
     xb = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
     out = jax.lax.map(lambda xs: apply(params, xs), xb.reshape(n_batches, batch_size, *x.shape[1:]))
-    return out.reshape(n_batches * batch_size, -1)[:m]
+    return out.reshape(n_batches * batch_size, *out.shape[2:])[:m]
 
 
 def predict_probs(apply: Callable, params, inputs: jax.Array, batch_size: int = 500) -> jax.Array:
@@ -296,21 +321,70 @@ def predict_probs(apply: Callable, params, inputs: jax.Array, batch_size: int = 
 
 def accuracy(apply: Callable, params, x: jax.Array, y: jax.Array, batch_size: int = 1000):
     """Accuracy of one model on (M, ...) inputs ``x`` with (M,) labels ``y``; rows labelled -1
-    are padding (the experiments axis pads test sets of different sizes) and do not count."""
+    are padding (the experiments axis pads test sets of different sizes) and do not count.
+    With (M, T) next-token targets: the fraction of the targets that are neither
+    :data:`PAD_TOKEN` nor -1 predicted right (TFF's ``MaskedCategoricalAccuracy`` masking pad)."""
+    if y.ndim == 2:
+        return sequence_metrics(apply, params, x, y, batch_size)["acc"]
     logits = batched_apply(apply, params, x, batch_size)
     valid = y >= 0
     hits = (jnp.argmax(logits, -1) == y) & valid
     return jnp.sum(hits) / jnp.maximum(jnp.sum(valid), 1)
 
 
+def sequence_metrics(apply: Callable, params, x: jax.Array, y: jax.Array, batch_size: int = 1000):
+    """Next-token metrics of one model on (M, T) inputs ``x`` and targets ``y``, over the
+    targets that are neither :data:`PAD_TOKEN` nor -1 (a padding row), ``batch_size`` rows at
+    a time (the (M, T, V) logits are never held at once):
+
+    - ``acc``: fraction of those targets predicted (argmax) right (TFF's masked accuracy);
+    - ``acc_no_eos``: the same without the :data:`EOS_TOKEN` targets (FedJAX's
+      ``accuracy_no_eos``);
+    - ``token_loss``: mean cross-entropy per target token, and ``perplexity`` = exp of it.
+    """
+    m = x.shape[0]
+    batch_size = min(batch_size, m)
+    n_batches = -(-m // batch_size)
+    pad = n_batches * batch_size - m
+    xb = jnp.pad(x, ((0, pad), (0, 0))).reshape(n_batches, batch_size, -1)
+    yb = jnp.pad(y, ((0, pad), (0, 0)), constant_values=-1).reshape(n_batches, batch_size, -1)
+
+    def sums(batch):
+        xs, ys = batch
+        logits = apply(params, xs)
+        tokens = ys > PAD_TOKEN
+        hits = jnp.argmax(logits, -1) == ys
+        ce = cross_entropy(logits, jnp.maximum(ys, 0))
+        no_eos = tokens & (ys != EOS_TOKEN)
+        return jnp.stack([
+            jnp.sum(tokens), jnp.sum(hits & tokens), jnp.sum(no_eos), jnp.sum(hits & no_eos),
+            jnp.sum(jnp.where(tokens, ce, 0.0)),
+        ]).astype(jnp.float32)  # fmt: skip
+
+    n, hits, n_no_eos, hits_no_eos, loss = jnp.sum(jax.lax.map(sums, (xb, yb)), axis=0)
+    token_loss = loss / jnp.maximum(n, 1)
+    return {
+        "acc": hits / jnp.maximum(n, 1),
+        "acc_no_eos": hits_no_eos / jnp.maximum(n_no_eos, 1),
+        "token_loss": token_loss,
+        "perplexity": jnp.exp(token_loss),
+    }
+
+
 def client_loss(apply: Callable, params, x: jax.Array, y: jax.Array, idx_row, count):
-    """Mean cross-entropy of one model on one client's split (``idx_row`` (n_max,), ``count``)."""
+    """Mean cross-entropy of one model on one client's split (``idx_row`` (n_max,), ``count``);
+    per non-pad token for next-token targets (:func:`batch_loss`)."""
     valid = jnp.arange(idx_row.shape[0]) < count
-    return masked_mean(cross_entropy(apply(params, x[idx_row]), y[idx_row]), valid)
+    return batch_loss(apply(params, x[idx_row]), y[idx_row], valid)
 
 
 def client_accuracy(apply: Callable, params, x: jax.Array, y: jax.Array, idx_row, count):
-    """Accuracy of one model on one client's test split (``idx_row`` (t_max,), ``count`` ())."""
+    """Accuracy of one model on one client's test split (``idx_row`` (t_max,), ``count`` ());
+    with next-token targets (t_max, T) the fraction of its non-pad targets predicted right."""
     valid = jnp.arange(idx_row.shape[0]) < count
-    hits = jnp.argmax(apply(params, x[idx_row]), -1) == y[idx_row]
-    return jnp.sum(hits & valid) / jnp.maximum(count, 1)
+    labels = y[idx_row]
+    hits = jnp.argmax(apply(params, x[idx_row]), -1) == labels
+    if labels.ndim == 1:
+        return jnp.sum(hits & valid) / jnp.maximum(count, 1)
+    tokens = valid[:, None] & (labels > PAD_TOKEN)
+    return jnp.sum(hits & tokens) / jnp.maximum(jnp.sum(tokens), 1)

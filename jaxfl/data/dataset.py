@@ -17,11 +17,12 @@ class Dataset:
 
     Attributes:
       name: the data set actually used (e.g. ``"mnist"`` or ``"synthetic(1.0,1.0)"``).
-      train_x: (N, *feature_shape) float32.
-      train_y: (N,) int32 in [0, num_classes).
-      test_x: (M, *feature_shape) float32.
-      test_y: (M,) int32.
-      num_classes: number of labels.
+      train_x: (N, *feature_shape) float32; (N, T) int32 tokens for a language task.
+      train_y: (N,) int32 in [0, num_classes); (N, T) int32 next-token targets for a language
+        task (0 is padding: :data:`jaxfl.core.train.PAD_TOKEN`).
+      test_x: (M, *feature_shape) float32, or (M, T) tokens.
+      test_y: (M,) int32, or (M, T) targets.
+      num_classes: number of labels (the vocabulary size of a language task).
       train_groups: optional natural partition, a list of index arrays into the train split
         (one per client), for data sets that are federated by construction.
       test_groups: the matching list of index arrays into the test split.

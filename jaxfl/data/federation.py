@@ -24,8 +24,9 @@ class Federation:
     """Device arrays of one federated data set (C clients, capacity n_max, L classes).
 
     Attributes:
-      train_x: (N, *feature_shape) float32, every private example of every client.
-      train_y: (N,) int32.
+      train_x: (N, *feature_shape) float32, every private example of every client; (N, T)
+        int32 tokens for a language task.
+      train_y: (N,) int32; (N, T) int32 next-token targets for a language task (0: padding).
       client_idx: (C, n_max) int32 indices into ``train_x``; padded with 0.
       client_count: (C,) int32 number of valid entries per row of ``client_idx``.
       test_x: (M, *feature_shape) float32 global test split.
@@ -70,6 +71,11 @@ class Federation:
     @property
     def public_size(self) -> int:
         return self.public_x.shape[0]
+
+
+def _is_tokens(x: np.ndarray) -> bool:
+    """Whether inputs are token ids (a language task), which keep their integer dtype."""
+    return np.issubdtype(np.asarray(x[:0]).dtype, np.integer)
 
 
 def pack(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -244,7 +250,9 @@ def build_federation(
         client_test_count=jnp.asarray(test_count),
         client_val_idx=jnp.asarray(val_idx),
         client_val_count=jnp.asarray(val_count),
-        public_x=jnp.asarray(public_x, dtype=jnp.float32),
+        public_x=jnp.asarray(
+            public_x, dtype=jnp.int32 if _is_tokens(dataset.train_x) else jnp.float32
+        ),
         public_y=jnp.asarray(public_y, dtype=jnp.int32),
         num_classes=dataset.num_classes,
     )

@@ -233,5 +233,6 @@ def quantity_skew(
 
 
 def label_histograms(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
-    """(C, L) label counts of each client's part."""
-    return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
+    """(C, L) label counts of each client's part (target-token counts, pad included, where
+    ``labels`` are (N, T) next-token targets)."""
+    return np.stack([np.bincount(labels[p].ravel(), minlength=num_classes) for p in parts])

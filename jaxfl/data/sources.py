@@ -203,6 +203,7 @@ def load_dataset(
     synthetic_beta: float = 1.0,
     min_client_examples: int = 1,
     max_client_examples: int | None = None,
+    sequence_length: int = 80,
 ) -> Dataset:
     """Load data set ``name`` (one of :data:`DATASETS`).
 
@@ -214,6 +215,7 @@ def load_dataset(
         ``synthetic_iid`` sets, which generate one natural client per simulated client.
       min_client_examples, max_client_examples: the natural federations' client filter and cap
         (:func:`jaxfl.data.natural.load_natural`, which also takes ``num_clients`` clients).
+      sequence_length: the language tasks' tokens per sequence.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown --dataset {name!r}; allowed: {', '.join(DATASETS)}")
@@ -229,6 +231,7 @@ def load_dataset(
             seed=seed,
             min_examples=min_client_examples,
             max_examples=max_client_examples,
+            sequence_length=sequence_length,
         )
     if name in EMBEDDED_DATASETS:
         return synthetic_federated(

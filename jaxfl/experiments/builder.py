@@ -112,6 +112,7 @@ def build(run: RunConfig, dataset=None) -> Experiment:
             seed=args.seed,
             min_client_examples=args.min_client_examples,
             max_client_examples=args.max_client_examples,
+            sequence_length=args.sequence_length,
         )
     partition = args.partition or ("natural" if dataset.train_groups is not None else "dirichlet")
     public_size = args.public_size
@@ -187,7 +188,7 @@ def build(run: RunConfig, dataset=None) -> Experiment:
         model, model_name = model_groups[0].model, args.models
         models = [g.model for g in model_groups]
     else:
-        model_name = args.model or _default_model(dataset.feature_shape)
+        model_name = args.model or _default_model(dataset)
         model = get_model(
             model_name,
             dataset.feature_shape,
@@ -397,7 +398,10 @@ def _resolved_lowering() -> str:
     return default_conv_lowering()
 
 
-def _default_model(feature_shape) -> str:
+def _default_model(dataset) -> str:
+    feature_shape = dataset.feature_shape
+    if dataset.train_y.ndim == 2:  # next-token targets: the language task's model
+        return "charlstm"
     if len(feature_shape) == 3:
         return "resnet8" if feature_shape[0] >= 32 else "lenet5"
     return "mlp"

@@ -97,7 +97,8 @@ def _step_flops(model, batch: int) -> float:
         return optax.apply_updates(p, opt.update(g, opt.init(p), p)[0])
 
     x = jnp.zeros((batch, *model.feature_shape))
-    return _flops(step, params, x, jnp.zeros((batch,), jnp.int32))
+    logits = jax.eval_shape(model.apply, params, x)  # (B, L), or (B, T, V) for a language model
+    return _flops(step, params, x, jnp.zeros(logits.shape[:-1], jnp.int32))
 
 
 def _group_flops(exp, model, m: int, counts: np.ndarray) -> tuple[float, float]:

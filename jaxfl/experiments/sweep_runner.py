@@ -163,7 +163,8 @@ def dataset_key(args, seed: int) -> tuple:
     """What a sweep's loaded data depends on: its key in ``build_algorithm``'s cache (the seed
     only for data generated from it)."""
     return (args.dataset, args.data_dir, args.clients, args.min_client_examples,
-            args.max_client_examples, seed if _seeded_data(args) else None)  # fmt: skip
+            args.max_client_examples, args.sequence_length,
+            seed if _seeded_data(args) else None)  # fmt: skip
 
 
 def build_algorithm(args, algo: str, seeds, dataset_cache: dict, devices: int) -> AlgorithmSweep:
@@ -191,6 +192,7 @@ def build_algorithm(args, algo: str, seeds, dataset_cache: dict, devices: int) -
                 seed=seed,
                 min_client_examples=args.min_client_examples,
                 max_client_examples=args.max_client_examples,
+                sequence_length=args.sequence_length,
             )
         built[seed] = builder.build(RunConfig.from_flags(seed_args), dataset=dataset_cache.get(key))
     first = built[seeds[0]]

@@ -28,7 +28,10 @@ from jaxfl.core.names import (
     FILE_NATURAL_DATASETS,
     MODEL_NAMES_HELP,
     NATURAL_DATASETS,
+    SEQUENCE_DATASETS,
+    SEQUENCE_MODELS,
     is_model_name,
+    is_sequence_model,
 )
 
 # every --dp-* flag's dest and its default: the settings' and the accountant's two
@@ -96,11 +99,69 @@ def validate(args: argparse.Namespace) -> None:
     if args.clients_per_round is not None and not 1 <= args.clients_per_round <= args.clients:
         _fail("--clients-per-round", args.clients_per_round, f"1..--clients ({args.clients})")
     validate_algorithm_flags(args, _fail)
+    validate_sequence_task(args, _fail)
     if getattr(args, "data_placement", "auto") == "host":
         validate_host_placement(args, _fail)
     validate_privacy_flags(args, _fail)
     validate_clock_flags(args, _fail)
     validate_scale_flags(args, _fail)
+
+
+def validate_sequence_task(args, fail) -> None:
+    """The language tasks (next-token targets, :data:`SEQUENCE_DATASETS`) against what is not
+    written for token positions: an algorithm without the ``sequences`` capability, a
+    non-sequence model (and a sequence model on other data), label flipping, label-based
+    partitions, --domains, --public-dataset, --models; --sequence-length elsewhere."""
+    sequence_data = args.dataset in SEQUENCE_DATASETS
+    if not sequence_data:
+        if getattr(args, "sequence_length", 80) != 80:
+            fail(
+                "--sequence-length",
+                args.sequence_length,
+                f"only with --dataset {', '.join(SEQUENCE_DATASETS)}",
+            )
+        if args.model is not None and is_sequence_model(args.model):
+            fail(
+                "--model",
+                args.model,
+                f"with --dataset {', '.join(SEQUENCE_DATASETS)} only (it reads token sequences)",
+            )
+        return
+    able = with_capability("sequences")
+    if args.algo not in able:
+        fail(
+            "--algo",
+            args.algo,
+            f"{', '.join(able)} with --dataset {args.dataset} (next-token "
+            f"prediction; {args.algo}'s losses are per example and class, not per token)",
+        )
+    if args.model is not None and not is_sequence_model(args.model):
+        fail(
+            "--model",
+            args.model,
+            f"{', '.join(SEQUENCE_MODELS)} or charlstm-H with --dataset "
+            f"{args.dataset} (token sequences)",
+        )
+    if getattr(args, "attack", "none") == "label_flip":
+        fail(
+            "--attack",
+            "label_flip",
+            f"none or scaled_update with --dataset {args.dataset} "
+            "(label flipping permutes classes, not tokens)",
+        )
+    if args.partition not in (None, "natural"):
+        fail(
+            "--partition",
+            args.partition,
+            f"natural with --dataset {args.dataset} (its clients are its speaking roles)",
+        )
+    for flag in ("domains", "public_dataset", "models"):
+        if getattr(args, flag, None):
+            fail(
+                "--" + flag.replace("_", "-"),
+                getattr(args, flag),
+                f"not with --dataset {args.dataset}",
+            )
 
 
 def validate_host_placement(args, fail) -> None:

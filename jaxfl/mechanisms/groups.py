@@ -183,7 +183,8 @@ def others_accuracy_mean(groups: Sequence[Group], client_params, data, chunk_siz
     draws = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(jax.random.key(0), i)))(
         jnp.arange(n)
     )
-    rows = jnp.argsort(jnp.where(data.test_y >= 0, draws, 2.0))[: min(n, OTHERS_TEST_EXAMPLES)]
+    real = data.test_y.reshape(n, -1)[:, 0] >= 0  # a (M, T) target row is padding all along
+    rows = jnp.argsort(jnp.where(real, draws, 2.0))[: min(n, OTHERS_TEST_EXAMPLES)]
     x, y = data.test_x[rows], data.test_y[rows]
     per_group = [
         map_clients(lambda p, g=g: accuracy(g.model.apply, p, x, y), params, chunk_size=chunk_size)

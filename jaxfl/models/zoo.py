@@ -21,9 +21,12 @@ from jaxfl.core.names import IMAGE_MODELS as IMAGE_MODELS
 from jaxfl.core.names import MODEL_NAMES_HELP as MODEL_NAMES_HELP
 from jaxfl.core.names import MODELS as MODELS
 from jaxfl.core.names import is_model_name as is_model_name
+from jaxfl.core.names import is_sequence_model as is_sequence_model
+from jaxfl.core.names import lstm_hidden as lstm_hidden
 from jaxfl.core.names import mlp_hidden as mlp_hidden
 from jaxfl.models import model_tuning
 from jaxfl.models.layers import Conv, default_conv_lowering, max_pool_2x2
+from jaxfl.models.recurrent import CharLSTM
 
 
 class LogReg(nn.Module):
@@ -294,6 +297,11 @@ def get_model(
             f"--model {name} needs image inputs (H, W, C) but the data has shape {feature_shape}; "
             "use --model mlp or logreg for vector data"
         )
+    if is_sequence_model(name) and len(feature_shape) != 1:
+        raise ValueError(
+            f"--model {name} reads token sequences (T,) but the data has inputs {feature_shape}; "
+            "it is for the language tasks (--dataset shakespeare, shakespeare_synthetic)"
+        )
     lowering = conv_lowering or default_conv_lowering()
     build_module = {
         "logreg": lambda lowering, f: LogReg(num_classes, f),
@@ -303,7 +311,10 @@ def get_model(
         "emnist-cnn": lambda lowering, f: EmnistCNN(num_classes, lowering, f),
         "resnet8": lambda lowering, f: ResNet(num_classes, 1, lowering, f),
         "resnet20": lambda lowering, f: ResNet(num_classes, 3, lowering, f),
-    }["mlp" if mlp_hidden(name) else name]
+        "charlstm": lambda lowering, f: CharLSTM(
+            num_classes, lstm_hidden(name) or 256, features_only=f
+        ),  # fmt: skip
+    }["mlp" if mlp_hidden(name) else "charlstm" if lstm_hidden(name) else name]
     build = lambda lowering: build_module(lowering, False)
     module = build("xla" if lowering == "auto" else lowering)
     dummy = jnp.zeros((1, *feature_shape), jnp.float32)

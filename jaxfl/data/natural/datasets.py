@@ -12,7 +12,15 @@
   pixels scaled and standardised per channel as jaxfl's ``cifar100``; the test clients form the
   global test split, and each train client's own test split is drawn from it by its label
   distribution (the clients share no writer-like identity with the test clients).
+- ``shakespeare``: McMahan et al.'s next-character task, one client per speaking role (715 in
+  TFF's and FedJAX's files), from FedJAX's ``shakespeare_{train,test}.sqlite``, TFF's
+  ``shakespeare.sqlite`` (a ``snippets`` column: each role's lines) or LEAF's JSON (80-character
+  windows and their next character); each client's text becomes rows of ``--sequence-length``
+  input and target tokens (:mod:`jaxfl.data.natural.shakespeare`); the test split holds each
+  role's own test text.
 - ``leaf_synthetic``: generated (:mod:`jaxfl.data.natural.leaf_synthetic`), no file.
+- ``shakespeare_synthetic``: generated roles' lines, no file
+  (:mod:`jaxfl.data.natural.shakespeare_synthetic`), preprocessed as ``shakespeare``.
 
 ``--clients N`` takes the first N clients of a fixed shuffled order (a permutation seeded with
 :data:`ORDER_SEED`, the same for every ``--seed``, so runs with different seeds share their
@@ -31,7 +39,15 @@ import numpy as np
 
 from jaxfl.core import names
 from jaxfl.data.dataset import Dataset
-from jaxfl.data.natural import download, fedjax_sqlite, leaf_json, leaf_synthetic, tff_sqlite
+from jaxfl.data.natural import (
+    download,
+    fedjax_sqlite,
+    leaf_json,
+    leaf_synthetic,
+    shakespeare,
+    shakespeare_synthetic,
+    tff_sqlite,
+)
 from jaxfl.data.natural.store import ClientColumns, NaturalDataError, size_summary
 from jaxfl.data.pixels import scale_images
 
@@ -43,8 +59,9 @@ class NaturalSource:
     """Where a natural federation's files are and what they hold.
 
     Attributes:
-      num_classes: labels.
-      fedjax: FedJAX's (train, test) file names, and the (x, y) column names in them.
+      num_classes: labels (the vocabulary size of a text data set).
+      fedjax: FedJAX's (train, test) file names, and the (x, y) column names in them (y None:
+        a text data set's one column of snippets).
       tff: TFF's file name, its (x, y) feature names, and x's shape.
       leaf: whether LEAF's ``train/`` and ``test/`` JSON folders are a source.
       shared_test_clients: whether the test split's clients are the train clients (writers),
@@ -52,6 +69,8 @@ class NaturalSource:
       downloads: the published files fetched when none is found (:mod:`.download`): one
         format's complete set.
       urls: where every format is published (named when the files are missing).
+      text: whether the clients hold text (snippets, or LEAF's character windows) that
+        becomes next-token sequences (:mod:`jaxfl.data.natural.shakespeare`).
     """
 
     num_classes: int
@@ -61,11 +80,16 @@ class NaturalSource:
     shared_test_clients: bool
     downloads: tuple[download.RemoteFile, ...]
     urls: tuple[str, ...]
+    text: bool = False
 
 
 _TFF = "https://storage.googleapis.com/tff-datasets-public"
 _FEDJAX_EMNIST = tuple(
     f"https://storage.googleapis.com/gresearch/fedjax/emnist/federated_emnist_{split}.sqlite"
+    for split in ("train", "test")
+)
+_FEDJAX_SHAKESPEARE = tuple(
+    f"https://storage.googleapis.com/gresearch/fedjax/shakespeare/shakespeare_{split}.sqlite"
     for split in ("train", "test")
 )
 SOURCES = {
@@ -94,8 +118,20 @@ SOURCES = {
         ),),
         urls=(f"{_TFF}/cifar100.sqlite.lzma",),
     ),
+    "shakespeare": NaturalSource(
+        num_classes=shakespeare.VOCAB_SIZE,
+        fedjax=(("shakespeare_train.sqlite", "shakespeare_test.sqlite"), ("snippets", None)),
+        tff=("shakespeare.sqlite", ("snippets", None), ()),
+        leaf=True,
+        shared_test_clients=True,
+        downloads=tuple(download.RemoteFile(u) for u in _FEDJAX_SHAKESPEARE),
+        urls=(*_FEDJAX_SHAKESPEARE, f"{_TFF}/shakespeare.sqlite.lzma"),
+        text=True,
+    ),
 }  # fmt: skip
-NATURAL_DATASETS = ("leaf_synthetic", *SOURCES)
+GENERATED = ("leaf_synthetic", "shakespeare_synthetic")
+TEXT_DATASETS = ("shakespeare", "shakespeare_synthetic")
+NATURAL_DATASETS = ("leaf_synthetic", "shakespeare_synthetic", *SOURCES)
 assert NATURAL_DATASETS == names.NATURAL_DATASETS  # the JAX-free list --help shows
 
 
@@ -151,29 +187,34 @@ def locate(
         return find_files(name, folder)
 
 
-def read_splits(name: str, data_dir: str | Path | None) -> tuple[ClientColumns, ClientColumns]:
+def read_splits(name: str, data_dir: str | Path | None) -> tuple[ClientColumns, ClientColumns, str]:
     """(train, test) clients of ``name`` with columns ``x`` and ``y``, as stored (downloaded
-    first when ``data_dir`` holds none of its files: :func:`locate`)."""
+    first when ``data_dir`` holds none of its files: :func:`locate`), and the format read.
+    A text data set's snippet files give one column, ``snippets``."""
     source = SOURCES[name]
     fmt, files = locate(name, data_dir)
+    if fmt == "leaf":
+        text = object if source.text else None
+        stores = [leaf_json.read(f, *((text, text) if text else ())) for f in files]
+        return stores[0], stores[1], fmt
     if fmt == "fedjax":
         x_name, y_name = source.fedjax[1]
-        stores = [fedjax_sqlite.read(f, (x_name, y_name)) for f in files]
-    elif fmt == "tff":
-        x_name, y_name = source.tff[1]
-        shapes = {x_name: source.tff[2]}
-        stores = [
-            tff_sqlite.read(files[0], split, (x_name, y_name), shapes)
-            for split in ("train", "test")
-        ]
+        names = tuple(n for n in (x_name, y_name) if n is not None)
+        stores = [fedjax_sqlite.read(f, names) for f in files]
     else:
-        x_name, y_name = "x", "y"
-        stores = [leaf_json.read(f) for f in files]
-    renamed = [
-        ClientColumns(s.client_ids, {"x": s.columns[x_name], "y": s.columns[y_name]}, s.offsets)
-        for s in stores
-    ]
-    return renamed[0], renamed[1]
+        x_name, y_name = source.tff[1]
+        names = tuple(n for n in (x_name, y_name) if n is not None)
+        shapes = {x_name: source.tff[2]} if source.tff[2] else {}
+        stores = [tff_sqlite.read(files[0], split, names, shapes) for split in ("train", "test")]
+    if y_name is None:
+        renamed = [ClientColumns(s.client_ids, {"snippets": s.columns[x_name]}, s.offsets)
+                   for s in stores]  # fmt: skip
+    else:
+        renamed = [
+            ClientColumns(s.client_ids, {"x": s.columns[x_name], "y": s.columns[y_name]}, s.offsets)
+            for s in stores
+        ]
+    return renamed[0], renamed[1], fmt
 
 
 def _features(name: str, x: np.ndarray) -> np.ndarray:
@@ -218,11 +259,21 @@ def load_natural(
     seed: int = 0,
     min_examples: int = 1,
     max_examples: int | None = None,
+    sequence_length: int = shakespeare.SEQUENCE_LENGTH,
 ) -> Dataset:
     """The natural federation ``name`` with ``num_clients`` clients, as a :class:`Dataset`
     (clients in ``train_groups``; ``test_groups`` too where the test clients are the train
-    clients). ``seed`` only matters to the generated ``leaf_synthetic``."""
-    if name == "leaf_synthetic":
+    clients). ``seed`` only matters to the generated sets; ``sequence_length`` to the text
+    sets, whose inputs and targets are (N, sequence_length) tokens and whose
+    ``--min-client-examples``/``--max-client-examples`` count those rows."""
+    if name == "shakespeare_synthetic":
+        roles = max(num_clients, shakespeare_synthetic.NUM_ROLES)
+        train, test = shakespeare_synthetic.generate(roles, seed=seed)
+        train, test = (shakespeare.to_sequences(s, sequence_length, "snippets")
+                       for s in (train, test))  # fmt: skip
+        num_classes, shared_test = shakespeare.VOCAB_SIZE, True
+        to_x = lambda x: x  # noqa: E731
+    elif name == "leaf_synthetic":
         generated = leaf_synthetic.generate(max(num_clients, leaf_synthetic.NUM_CLIENTS), seed=seed)
         train = ClientColumns.from_clients(
             [str(k) for k in range(len(generated.train_groups))],
@@ -236,10 +287,15 @@ def load_natural(
         num_classes, shared_test = generated.num_classes, True
         to_x = lambda x: np.asarray(x, np.float32)  # noqa: E731
     else:
-        train, test = read_splits(name, data_dir)
+        train, test, fmt = read_splits(name, data_dir)
         num_classes = SOURCES[name].num_classes
         shared_test = SOURCES[name].shared_test_clients
         to_x = lambda x: _features(name, x)  # noqa: E731
+        if SOURCES[name].text:
+            form = "leaf" if fmt == "leaf" else "snippets"
+            train, test = (shakespeare.to_sequences(s, sequence_length, form)
+                           for s in (train, test))  # fmt: skip
+            to_x = lambda x: x  # noqa: E731
     chosen = choose_clients(train, num_clients, name, min_examples, max_examples)
     test_groups = None
     if shared_test:
@@ -251,7 +307,7 @@ def load_natural(
                 "belong together"
             )
         test = test.select([position[cid] for cid in chosen.client_ids])
-        if (test.sizes > 0).all():
+        if (test.sizes > 0).all() or name in TEXT_DATASETS:  # a role without test text: 0 rows
             test_groups = [test.rows(k) for k in range(test.num_clients)]
     y_train = chosen.columns["y"].astype(np.int32)
     y_test = test.columns["y"].astype(np.int32)
@@ -270,9 +326,7 @@ def load_natural(
         num_classes=num_classes,
         train_groups=[chosen.rows(k) for k in range(chosen.num_clients)],
         test_groups=test_groups,
-        source="embedded"
-        if name == "leaf_synthetic"
-        else f"natural:{data_dir or default_dir(name)}",
+        source="embedded" if name in GENERATED else f"natural:{data_dir or default_dir(name)}",
     )
 
 

@@ -32,9 +32,9 @@ def _files(path: Path) -> list[Path]:
     raise NaturalDataError(f"{path}: no such file or folder (LEAF JSON was expected)")
 
 
-def read(path: str | Path, x_dtype=np.float32) -> ClientColumns:
+def read(path: str | Path, x_dtype=np.float32, y_dtype=np.int64) -> ClientColumns:
     """The users of a LEAF split (a ``.json`` file or a folder of them) with columns ``x``
-    (as ``x_dtype``) and ``y`` (int64)."""
+    (as ``x_dtype``) and ``y`` (as ``y_dtype``; ``object`` for Shakespeare's strings)."""
     ids, examples = [], []
     for file in _files(Path(path)):
         try:
@@ -52,7 +52,7 @@ def read(path: str | Path, x_dtype=np.float32) -> ClientColumns:
             if user not in data:
                 raise NaturalDataError(f"{file}: user {user!r} has no user_data")
             x = np.asarray(data[user]["x"], dtype=x_dtype)
-            y = np.asarray(data[user]["y"], dtype=np.int64)
+            y = np.asarray(data[user]["y"], dtype=y_dtype)
             if len(x) != count or len(y) != count:
                 raise NaturalDataError(
                     f"{file}: user {user!r} has {len(x)} x and {len(y)} y, num_samples says {count}"
