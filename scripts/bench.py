@@ -50,6 +50,7 @@ if __name__ == "__main__":
     _force_host_devices(sys.argv[1:])
 
 import bench_async  # noqa: E402
+import bench_language  # noqa: E402
 import bench_natural  # noqa: E402
 import bench_suites  # noqa: E402
 import jax  # noqa: E402
@@ -288,8 +289,8 @@ def parse_args(argv):
     p.add_argument(
         "--fedjax-python",
         default=os.environ.get("JAXFL_FEDJAX_PYTHON"),
-        help="--suite natural: the python of an environment with FedJAX installed (see "
-        "benchmarks/fedjax_fedavg.py), to run FedJAX's FedAvg on the same federation "
+        help="--suite natural/language: the python of an environment with FedJAX installed "
+        "(see benchmarks/fedjax_fedavg.py), to run FedJAX's FedAvg on the same federation "
         "(default $JAXFL_FEDJAX_PYTHON; none: jaxfl's rows only)",
     )
     p.add_argument(
@@ -327,6 +328,9 @@ def main(argv=None) -> int:
     if args.suite == "natural":
         rows = bench_natural.run_natural_suite(args) + bench_natural.run_emnist_suite(args)
         _write(args, gemm, [], natural_rows=rows)
+        return 0
+    if args.suite == "language":
+        _write(args, gemm, [], language_rows=bench_language.run_language_suite(args, gemm))
         return 0
     if args.suite in ("experiments", "gpu"):
         rows, sweep_rows = [], []
@@ -399,6 +403,7 @@ def _write(
     experiment_rows: list[dict] | None = None,
     async_rows: list[dict] | None = None,
     natural_rows: list[dict] | None = None,
+    language_rows: list[dict] | None = None,
 ):
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -415,6 +420,7 @@ def _write(
                 "experiment_rows": experiment_rows or [],
                 "async_rows": async_rows or [],
                 "natural_rows": natural_rows or [],
+                "language_rows": language_rows or [],
                 "conv_lowerings": _lowering_choices(),
             },
             indent=2,

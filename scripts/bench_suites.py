@@ -17,6 +17,9 @@
   synthetic federation (1,000 clients), 10 and 100 per round, the round with its size-sorted
   chunk schedule against uniform chunks and the per-client loop, with each layout's padding
   efficiency.
+- ``language``: Shakespeare next-character prediction (``scripts/bench_language.py``): the LSTM
+  layer's formulation, then FedAvg with the character LSTM, 10 and 100 roles per round, against
+  the per-client loop and (``--fedjax-python``) FedJAX's own Shakespeare FedAvg.
 - ``gpu``: everything an accelerator session should measure in one command (about 8 minutes on
   one H200): the DS-FL lab round at C = 100, 1,000, 10,000 (memory-sized chunks and chunks of
   64), each conv lowering at C = 100, the FedAvg CNN at C = 10,000, and 1..64 experiments of
@@ -54,6 +57,7 @@ SUITES = {
     "gpu": {},
     "async": {},
     "natural": {},
+    "language": {},
     "lowerings": {
         "algo": ["fedavg"],
         "models": ["lenet5", "cnn", "resnet8"],

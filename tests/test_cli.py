@@ -237,6 +237,11 @@ def _natural_files(dataset: str, folder) -> None:
         ]
         store = ClientColumns.from_clients(["0", "1"], examples)
         tff_sqlite.write(folder / "cifar100.sqlite", {"train": store, "test": store})
+    elif dataset == "shakespeare":
+        snippets = [{"snippets": np.array([b"To be", b"or not"], dtype=object)} for _ in range(2)]
+        store = ClientColumns.from_clients(["a", "b"], snippets)
+        for split in ("train", "test"):
+            fedjax_sqlite.write(folder / f"shakespeare_{split}.sqlite", store)
     else:
         raise AssertionError(f"no fixture for {dataset}")
 
@@ -251,11 +256,11 @@ def test_every_shipped_config_file_parses_and_validates(name, tmp_path):
     except ImportError:  # Python 3.10
         import tomli as tomllib
 
-    from jaxfl.core.names import NATURAL_DATASETS
+    from jaxfl.core.names import EMBEDDED_DATASETS, NATURAL_DATASETS
 
     argv = ["--config", str(ROOT / "configs" / name)]
     dataset = tomllib.loads((ROOT / "configs" / name).read_text()).get("dataset")
-    if dataset in NATURAL_DATASETS and dataset != "leaf_synthetic":
+    if dataset in NATURAL_DATASETS and dataset not in EMBEDDED_DATASETS:
         _natural_files(dataset, tmp_path)
         argv += ["--data-dir", str(tmp_path)]
     args = run.flags.parse(argv)

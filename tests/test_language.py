@@ -225,7 +225,19 @@ def test_the_lstm_layer_is_its_equations_step_by_step():
 
 
 # ----- the round, vmapped against the loop; the command line ----------------------------------
-def test_a_language_round_equals_the_per_client_loop():
+def test_the_transformer_is_causal():
+    from jaxfl.models import get_model
+
+    model = get_model("transformer-S", (20,), 90)
+    params = model.init(jax.random.key(0))
+    x = jnp.arange(40).reshape(2, 20) % 90
+    before, after = model.apply(params, x), model.apply(params, x.at[:, 12].set(7))
+    np.testing.assert_array_equal(before[:, :12], after[:, :12])  # position t reads 0..t only
+    assert not np.allclose(before[:, 12:], after[:, 12:])
+
+
+@pytest.mark.parametrize("model_name", ["charlstm-8", "transformer-S"])
+def test_a_language_round_equals_the_per_client_loop(model_name):
     from jaxfl.algorithms import fedavg
     from jaxfl.data import FederationSpec, build_federation, load_dataset
     from jaxfl.models import get_model
@@ -233,7 +245,7 @@ def test_a_language_round_equals_the_per_client_loop():
     ds = load_dataset("shakespeare_synthetic", None, num_clients=40, sequence_length=20)
     data, _ = build_federation(ds, FederationSpec(num_clients=40, partition="natural",
                                                   public_size=0))  # fmt: skip
-    model = get_model("charlstm-8", data.feature_shape, data.num_classes)
+    model = get_model(model_name, data.feature_shape, data.num_classes)
     config = fedavg.FedAvgConfig(clients_per_round=6, batch_size=4, lr=0.5, client_chunk=3)
     algo = fedavg.make(config, data, model)
     state_v = state_l = algo.init(jax.random.key(0))
@@ -269,7 +281,7 @@ def test_a_run_prints_the_language_metrics(tmp_path, capsys):
         (["--algo", "moon"], "moon's losses are per example and class"),
         (
             ["--algo", "fedavg", "--model", "cnn"],
-            "--model 'cnn' is not allowed; allowed: charlstm or charlstm-H",
+            "--model 'cnn' is not allowed; allowed: charlstm, transformer-S or charlstm-H",
         ),
         (
             ["--algo", "fedavg", "--attack", "label_flip"],
@@ -330,3 +342,14 @@ def test_every_algorithm_for_language_runs_from_the_command_line(algo, tmp_path)
     assert run.main([*argv, "--out", str(tmp_path / "r")]) == 0
     record = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0 <= record.get("test_acc", record.get("client_acc_mean")) <= 1
+
+
+def test_the_round_estimate_counts_every_time_step():
+    """XLA's cost analysis counts a scan's body once; the LSTM's FLOPs are counted by hand:
+    per token and layer 8H(D + H), 2HV for the output, x3 for the backward pass."""
+    from jaxfl.experiments.flops import _step_flops
+    from jaxfl.models import get_model
+
+    model = get_model("charlstm", (80,), 90)
+    per_token = 8 * 256 * (8 + 256) + 8 * 256 * (256 + 256) + 2 * 256 * 90
+    assert _step_flops(model, 4) == 3 * per_token * 4 * 80

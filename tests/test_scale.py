@@ -402,3 +402,26 @@ def test_bench_natural_suite_rows_and_the_fedjax_peer_plumbing(tmp_path):
     (emnist,) = [r for r in rows if r.get("workload") == "emnist-cnn femnist-like"]
     assert emnist["writers"] == 40 and emnist["round_s"] > 0
     assert "fedjax" in emnist["fedjax_error"]  # No module named 'fedjax'
+
+
+@pytest.mark.slow
+def test_bench_language_suite_rows(tmp_path):
+    """scripts/bench.py --suite language, tiny: the LSTM formulations and a FedAvg row on a
+    Shakespeare-like federation in FedJAX's format; FedJAX's failure (not installed here)
+    reaches the row."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--suite", "language", "--tiny",
+         "--rounds", "1", "--devices", "1", "--fedjax-python", sys.executable,
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["language_rows"]
+    assert [r["formulation"] for r in rows[:2]] == [
+        "hoisted input matmul (jaxfl)",
+        "flax OptimizedLSTMCell",
+    ]
+    (fedavg,) = rows[2:]
+    assert fedavg["roles"] == 40 and fedavg["round_s"] > 0 and fedavg["loop_round_s"] > 0
+    assert 0 < fedavg["gemm_fraction"] < 1 and "fedjax" in fedavg["fedjax_error"]

@@ -45,12 +45,16 @@ PARTICIPATIONS = ("fixed", "poisson")
 DP_ACCOUNTANTS = ("rdp", "pld")  # --dp-accountant: dp-accounting's Renyi DP or PLD accountant
 
 # --model
-MODELS = ("logreg", "mlp", "cnn", "emnist-cnn", "lenet5", "resnet8", "resnet20", "charlstm")
+MODELS = (
+    "logreg", "mlp", "cnn", "emnist-cnn", "lenet5", "resnet8", "resnet20", "charlstm",
+    "transformer-S",
+)  # fmt: skip
 IMAGE_MODELS = ("cnn", "emnist-cnn", "lenet5", "resnet8", "resnet20")
-SEQUENCE_MODELS = ("charlstm",)  # token sequences in, next-token logits out
+SEQUENCE_MODELS = ("charlstm", "transformer-S")  # token sequences in, next-token logits out
 MODEL_NAMES_HELP = (
     f"{', '.join(MODELS)}, mlp-H1-H2... (an MLP with those hidden widths), or charlstm-H (the "
-    "character LSTM with H units per layer; charlstm is H=256)"
+    "character LSTM with H units per layer; charlstm is H=256); charlstm and transformer-S "
+    "(a 3-block decoder-only transformer of width 128) are for the language tasks"
 )
 COMPUTE_DTYPES = ("float32", "bfloat16")
 CONV_LOWERINGS = ("rows", "im2col", "patches", "xla")
@@ -79,7 +83,7 @@ def lstm_hidden(name: str) -> int | None:
 
 def is_sequence_model(name: str) -> bool:
     """Whether zoo model ``name`` reads token sequences (the language tasks' models)."""
-    return lstm_hidden(name) is not None
+    return lstm_hidden(name) is not None or name in SEQUENCE_MODELS
 
 
 def is_model_name(name: str) -> bool:

@@ -22,7 +22,9 @@ import numpy as np
 import optax
 
 from jaxfl.core import train
+from jaxfl.core.names import lstm_hidden
 from jaxfl.models import get_model
+from jaxfl.models.recurrent import charlstm_train_flops
 
 
 def gemm_flops_per_s(n: int = 2048, repeats: int = 10) -> float:
@@ -87,7 +89,12 @@ def _xla_model(model):
 
 
 def _step_flops(model, batch: int) -> float:
-    """FLOPs of one SGD step on ``batch`` examples (native convolutions: useful FLOPs only)."""
+    """FLOPs of one SGD step on ``batch`` examples (native convolutions: useful FLOPs only;
+    a recurrent model's counted by hand, its time steps being a scan's)."""
+    hidden = lstm_hidden(model.name)
+    if hidden is not None:
+        tokens = batch * model.feature_shape[0]
+        return float(charlstm_train_flops(tokens, model.num_classes, hidden))
     model = _xla_model(model)
     params = jax.eval_shape(model.init, jax.random.key(0))  # lowering needs shapes only
     opt = optax.sgd(0.1)

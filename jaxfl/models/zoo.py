@@ -25,6 +25,7 @@ from jaxfl.core.names import is_sequence_model as is_sequence_model
 from jaxfl.core.names import lstm_hidden as lstm_hidden
 from jaxfl.core.names import mlp_hidden as mlp_hidden
 from jaxfl.models import model_tuning
+from jaxfl.models.attention import TransformerLM
 from jaxfl.models.layers import Conv, default_conv_lowering, max_pool_2x2
 from jaxfl.models.recurrent import CharLSTM
 
@@ -313,7 +314,10 @@ def get_model(
         "resnet20": lambda lowering, f: ResNet(num_classes, 3, lowering, f),
         "charlstm": lambda lowering, f: CharLSTM(
             num_classes, lstm_hidden(name) or 256, features_only=f
-        ),  # fmt: skip
+        ),
+        "transformer-S": lambda lowering, f: TransformerLM(
+            num_classes, feature_shape[0], features_only=f
+        ),
     }["mlp" if mlp_hidden(name) else "charlstm" if lstm_hidden(name) else name]
     build = lambda lowering: build_module(lowering, False)
     module = build("xla" if lowering == "auto" else lowering)
