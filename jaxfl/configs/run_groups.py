@@ -34,8 +34,10 @@ class DataConfig:
         "(LEAF's synthetic federation: 1000 clients of heavy-tailed sizes, 5 classes). Natural "
         "federations from their published files in --data-dir: emnist62_federated (EMNIST-62 "
         "by writer; FedJAX's or TFF's SQLite, or LEAF's JSON) and cifar100_federated (TFF's "
-        "Pachinko split), and shakespeare (next-character prediction, one client per speaking "
-        "role; FedJAX's or TFF's SQLite, or LEAF's JSON); --clients N takes the first N of a "
+        "Pachinko split), shakespeare (next-character prediction, one client per speaking "
+        "role; FedJAX's or TFF's SQLite, or LEAF's JSON) and stackoverflow (next-word "
+        "prediction, one client per user; FedJAX's or TFF's SQLite with the word counts); "
+        "--clients N takes the first N of a "
         "fixed shuffled order of their clients. 'shakespeare_synthetic': generated roles' "
         "lines, the shakespeare task without a download",
         choices=DATASETS,
@@ -66,11 +68,12 @@ class DataConfig:
         check=">= 1",
         default_help="all",
     )
-    sequence_length: int = setting(
-        80,
-        "language tasks (shakespeare, shakespeare_synthetic): tokens per input and target "
-        "sequence; each client's text is cut into rows of this length (McMahan et al.'s 80)",
+    sequence_length: int | None = setting(
+        None,
+        "language tasks: tokens per input and target row (shakespeare: each role's text cut "
+        "into rows of this length; stackoverflow: each sentence cut or padded to it)",
         check=">= 1",
+        default_help="80 for shakespeare (McMahan et al.'s), 20 for stackoverflow (Reddi et al.'s)",
     )
     data_placement: str = setting(
         "auto",

@@ -58,6 +58,7 @@ def global_model_evaluator(apply: Callable, chunk_size: int | None = None) -> Ca
             test = {
                 "test_acc": seq["acc"],
                 "test_acc_no_eos": seq["acc_no_eos"],
+                "test_acc_no_oov_eos": seq["acc_no_oov_eos"],
                 "test_token_loss": seq["token_loss"],
                 "test_perplexity": seq["perplexity"],
             }
@@ -84,9 +85,15 @@ def client_split(data: Federation, split: str):
     raise ValueError(f"unknown split {split!r}; allowed: train, val, test")
 
 
-def summarize_clients(values: np.ndarray, prefix: str) -> dict[str, float]:
-    """Mean, median, 10th and 90th percentile of a per-client metric."""
+def summarize_clients(
+    values: np.ndarray, prefix: str, counted: np.ndarray | None = None
+) -> dict[str, float]:
+    """Mean, median, 10th and 90th percentile of a per-client metric; ``counted`` (C,) bool
+    keeps only those clients (a language task's users without test text, whose accuracy is
+    no number, are left out; their client_acc entry is 0)."""
     v = np.asarray(values, dtype=np.float64)
+    if counted is not None and np.asarray(counted).any():
+        v = v[np.asarray(counted)]
     return {
         f"{prefix}_mean": float(v.mean()),
         f"{prefix}_median": float(np.median(v)),

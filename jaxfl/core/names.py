@@ -22,13 +22,13 @@ EMBEDDED_DATASETS = (
     "blobs", "synthetic", "synthetic_iid", "leaf_synthetic", "shakespeare_synthetic"
 )  # fmt: skip
 # federated by construction, read from their published files (jaxfl.data.natural): --data-dir
-FILE_NATURAL_DATASETS = ("emnist62_federated", "cifar100_federated", "shakespeare")
+FILE_NATURAL_DATASETS = ("emnist62_federated", "cifar100_federated", "shakespeare", "stackoverflow")
 NATURAL_DATASETS = ("leaf_synthetic", "shakespeare_synthetic", *FILE_NATURAL_DATASETS)
 DATASETS = tuple(TFDS_DATASETS) + EMBEDDED_DATASETS + FILE_NATURAL_DATASETS
 # generated from --seed: a different seed is different data
 SEEDED_DATASETS = ("synthetic", "synthetic_iid", "leaf_synthetic", "shakespeare_synthetic")
 # next-token prediction (jaxfl.data.natural.shakespeare): token inputs and targets (N, T)
-SEQUENCE_DATASETS = ("shakespeare", "shakespeare_synthetic")
+SEQUENCE_DATASETS = ("shakespeare", "shakespeare_synthetic", "stackoverflow")
 
 PARTITIONS = ("iid", "dirichlet", "shards", "classes", "quantity", "rare", "natural")
 # --data-placement: where the training split lives (jaxfl.data.host_store)
@@ -47,14 +47,19 @@ DP_ACCOUNTANTS = ("rdp", "pld")  # --dp-accountant: dp-accounting's Renyi DP or 
 # --model
 MODELS = (
     "logreg", "mlp", "cnn", "emnist-cnn", "lenet5", "resnet8", "resnet20", "charlstm",
-    "transformer-S",
+    "nwp-lstm", "transformer-S",
 )  # fmt: skip
 IMAGE_MODELS = ("cnn", "emnist-cnn", "lenet5", "resnet8", "resnet20")
-SEQUENCE_MODELS = ("charlstm", "transformer-S")  # token sequences in, next-token logits out
+SEQUENCE_MODELS = (
+    "charlstm",
+    "nwp-lstm",
+    "transformer-S",
+)  # token sequences in, next-token logits out
 MODEL_NAMES_HELP = (
     f"{', '.join(MODELS)}, mlp-H1-H2... (an MLP with those hidden widths), or charlstm-H (the "
-    "character LSTM with H units per layer; charlstm is H=256); charlstm and transformer-S "
-    "(a 3-block decoder-only transformer of width 128) are for the language tasks"
+    "character LSTM with H units per layer; charlstm is H=256); charlstm, nwp-lstm (the "
+    "StackOverflow word LSTM) and transformer-S (a 3-block decoder-only transformer of width "
+    "128) are for the language tasks"
 )
 COMPUTE_DTYPES = ("float32", "bfloat16")
 CONV_LOWERINGS = ("rows", "im2col", "patches", "xla")

@@ -340,6 +340,8 @@ def sequence_metrics(apply: Callable, params, x: jax.Array, y: jax.Array, batch_
     - ``acc``: fraction of those targets predicted (argmax) right (TFF's masked accuracy);
     - ``acc_no_eos``: the same without the :data:`EOS_TOKEN` targets (FedJAX's
       ``accuracy_no_eos``);
+    - ``acc_no_oov_eos``: without the EOS and OOV targets, OOV being the vocabulary's last
+      token V - 1 in both language tasks (Reddi et al.'s StackOverflow accuracy);
     - ``token_loss``: mean cross-entropy per target token, and ``perplexity`` = exp of it.
     """
     m = x.shape[0]
@@ -356,16 +358,19 @@ def sequence_metrics(apply: Callable, params, x: jax.Array, y: jax.Array, batch_
         hits = jnp.argmax(logits, -1) == ys
         ce = cross_entropy(logits, jnp.maximum(ys, 0))
         no_eos = tokens & (ys != EOS_TOKEN)
+        in_vocab = no_eos & (ys != logits.shape[-1] - 1)
         return jnp.stack([
             jnp.sum(tokens), jnp.sum(hits & tokens), jnp.sum(no_eos), jnp.sum(hits & no_eos),
-            jnp.sum(jnp.where(tokens, ce, 0.0)),
+            jnp.sum(in_vocab), jnp.sum(hits & in_vocab), jnp.sum(jnp.where(tokens, ce, 0.0)),
         ]).astype(jnp.float32)  # fmt: skip
 
-    n, hits, n_no_eos, hits_no_eos, loss = jnp.sum(jax.lax.map(sums, (xb, yb)), axis=0)
+    totals = jnp.sum(jax.lax.map(sums, (xb, yb)), axis=0)
+    n, hits, n_no_eos, hits_no_eos, n_in_vocab, hits_in_vocab, loss = totals
     token_loss = loss / jnp.maximum(n, 1)
     return {
         "acc": hits / jnp.maximum(n, 1),
         "acc_no_eos": hits_no_eos / jnp.maximum(n_no_eos, 1),
+        "acc_no_oov_eos": hits_in_vocab / jnp.maximum(n_in_vocab, 1),
         "token_loss": token_loss,
         "perplexity": jnp.exp(token_loss),
     }

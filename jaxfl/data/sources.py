@@ -203,7 +203,7 @@ def load_dataset(
     synthetic_beta: float = 1.0,
     min_client_examples: int = 1,
     max_client_examples: int | None = None,
-    sequence_length: int = 80,
+    sequence_length: int | None = None,
 ) -> Dataset:
     """Load data set ``name`` (one of :data:`DATASETS`).
 
@@ -215,7 +215,7 @@ def load_dataset(
         ``synthetic_iid`` sets, which generate one natural client per simulated client.
       min_client_examples, max_client_examples: the natural federations' client filter and cap
         (:func:`jaxfl.data.natural.load_natural`, which also takes ``num_clients`` clients).
-      sequence_length: the language tasks' tokens per sequence.
+      sequence_length: the language tasks' tokens per row (None: the data set's own).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown --dataset {name!r}; allowed: {', '.join(DATASETS)}")

@@ -401,7 +401,7 @@ def _resolved_lowering() -> str:
 def _default_model(dataset) -> str:
     feature_shape = dataset.feature_shape
     if dataset.train_y.ndim == 2:  # next-token targets: the language task's model
-        return "charlstm"
+        return "nwp-lstm" if dataset.name == "stackoverflow" else "charlstm"
     if len(feature_shape) == 3:
         return "resnet8" if feature_shape[0] >= 32 else "lenet5"
     return "mlp"

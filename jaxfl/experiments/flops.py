@@ -92,9 +92,11 @@ def _step_flops(model, batch: int) -> float:
     """FLOPs of one SGD step on ``batch`` examples (native convolutions: useful FLOPs only;
     a recurrent model's counted by hand, its time steps being a scan's)."""
     hidden = lstm_hidden(model.name)
+    tokens = batch * model.feature_shape[0] if len(model.feature_shape) == 1 else 0
     if hidden is not None:
-        tokens = batch * model.feature_shape[0]
         return float(charlstm_train_flops(tokens, model.num_classes, hidden))
+    if model.name == "nwp-lstm":
+        return float(charlstm_train_flops(tokens, model.num_classes, 670, 96, 1, 96))
     model = _xla_model(model)
     params = jax.eval_shape(model.init, jax.random.key(0))  # lowering needs shapes only
     opt = optax.sgd(0.1)

@@ -181,6 +181,15 @@ class Simulation:
         self.emit("run_end", state=state, history=self.history, stop_reason=self.stop_reason)
         return state, self.history
 
+    def _clients_with_tests(self) -> np.ndarray | None:
+        """(C,) bool: the clients with a test split, where some have none (a language task's
+        users or roles without test text); None where every client has one."""
+        counts = getattr(getattr(self.algorithm, "data", None), "client_test_count", None)
+        if counts is None:
+            return None
+        counts = np.asarray(counts)
+        return None if (counts > 0).all() else counts > 0
+
     def _evaluate(self, state, record: dict) -> None:
         evaluated = to_host(wait_ready(self.algorithm.evaluate(state)))
         client_acc = np.asarray(evaluated.pop("client_acc"))
@@ -188,7 +197,7 @@ class Simulation:
         if global_client_acc is not None:
             global_client_acc = np.asarray(global_client_acc)
         record.update({k: float(v) for k, v in evaluated.items()})
-        record.update(summarize_clients(client_acc, "client_acc"))
+        record.update(summarize_clients(client_acc, "client_acc", self._clients_with_tests()))
         record.update(
             personalization_summary(
                 client_acc, global_client_acc, self.local_client_acc, self.seen_clients

@@ -114,7 +114,7 @@ def validate_sequence_task(args, fail) -> None:
     partitions, --domains, --public-dataset, --models; --sequence-length elsewhere."""
     sequence_data = args.dataset in SEQUENCE_DATASETS
     if not sequence_data:
-        if getattr(args, "sequence_length", 80) != 80:
+        if getattr(args, "sequence_length", None) is not None:
             fail(
                 "--sequence-length",
                 args.sequence_length,

@@ -51,17 +51,48 @@ class LSTM(nn.Module):
         return jnp.swapaxes(states, 0, 1)
 
 
-def charlstm_train_flops(tokens: int, vocab: int, hidden: int, embed: int = 8, layers: int = 2):
-    """FLOPs to train :class:`CharLSTM` on ``tokens`` tokens (forward and backward): per token
-    and layer 2 * 4H * (D_in + H) for the two matmuls, 2 * H * V for the output layer, the
-    backward pass twice the forward (the gates' elementwise work left out). Counted by hand
-    because XLA's cost analysis counts a ``lax.scan`` body once, not once per step."""
-    forward = 2 * hidden * vocab
+def charlstm_train_flops(
+    tokens: int,
+    vocab: int,
+    hidden: int,
+    embed: int = 8,
+    layers: int = 2,
+    projection: int | None = None,
+):
+    """FLOPs to train an LSTM language model (:class:`CharLSTM`, :class:`NWPLSTM` with its
+    ``projection``) on ``tokens`` tokens, forward and backward: per token and layer
+    2 * 4H * (D_in + H) for the two matmuls, 2 * H * P + 2 * P * V for a projection P and the
+    output layer (2 * H * V without one), the backward pass twice the forward (the gates'
+    elementwise work left out). Counted by hand because XLA's cost analysis counts a
+    ``lax.scan`` body once, not once per step."""
+    out = hidden if projection is None else projection
+    forward = 2 * out * vocab + (0 if projection is None else 2 * hidden * projection)
     d_in = embed
     for _ in range(layers):
         forward += 2 * 4 * hidden * (d_in + hidden)
         d_in = hidden
     return 3 * forward * tokens
+
+
+class NWPLSTM(nn.Module):
+    """The StackOverflow next-word model of TFF's and Reddi et al.'s baseline
+    (``create_recurrent_model``): a 96-dimensional word embedding, one LSTM layer of 670 units,
+    a dense projection to 96, a dense layer to the ``vocab_size`` (10,004) logits at every
+    position; output untied from the embedding, as published. 4,050,748 parameters at 10,004
+    tokens."""
+
+    vocab_size: int
+    hidden: int = 670
+    embed: int = 96
+    features_only: bool = False
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        x = nn.Embed(self.vocab_size, self.embed)(tokens.astype(jnp.int32))
+        x = nn.Dense(self.embed)(LSTM(self.hidden)(x))
+        if self.features_only:
+            return x
+        return nn.Dense(self.vocab_size)(x)
 
 
 class CharLSTM(nn.Module):

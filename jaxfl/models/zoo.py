@@ -27,7 +27,7 @@ from jaxfl.core.names import mlp_hidden as mlp_hidden
 from jaxfl.models import model_tuning
 from jaxfl.models.attention import TransformerLM
 from jaxfl.models.layers import Conv, default_conv_lowering, max_pool_2x2
-from jaxfl.models.recurrent import CharLSTM
+from jaxfl.models.recurrent import NWPLSTM, CharLSTM
 
 
 class LogReg(nn.Module):
@@ -315,6 +315,7 @@ def get_model(
         "charlstm": lambda lowering, f: CharLSTM(
             num_classes, lstm_hidden(name) or 256, features_only=f
         ),
+        "nwp-lstm": lambda lowering, f: NWPLSTM(num_classes, features_only=f),
         "transformer-S": lambda lowering, f: TransformerLM(
             num_classes, feature_shape[0], features_only=f
         ),

@@ -46,6 +46,7 @@ from jaxfl.data.natural import (
     leaf_synthetic,
     shakespeare,
     shakespeare_synthetic,
+    stackoverflow,
     tff_sqlite,
 )
 from jaxfl.data.natural.store import ClientColumns, NaturalDataError, size_summary
@@ -71,6 +72,8 @@ class NaturalSource:
       urls: where every format is published (named when the files are missing).
       text: whether the clients hold text (snippets, or LEAF's character windows) that
         becomes next-token sequences (:mod:`jaxfl.data.natural.shakespeare`).
+      needs: files every format needs beside its own (StackOverflow's word counts; TFF's
+        ``.tar.bz2`` of it counts too).
     """
 
     num_classes: int
@@ -81,6 +84,7 @@ class NaturalSource:
     downloads: tuple[download.RemoteFile, ...]
     urls: tuple[str, ...]
     text: bool = False
+    needs: tuple[str, ...] = ()
 
 
 _TFF = "https://storage.googleapis.com/tff-datasets-public"
@@ -92,6 +96,11 @@ _FEDJAX_SHAKESPEARE = tuple(
     f"https://storage.googleapis.com/gresearch/fedjax/shakespeare/shakespeare_{split}.sqlite"
     for split in ("train", "test")
 )
+_FEDJAX_STACKOVERFLOW = tuple(
+    f"https://storage.googleapis.com/gresearch/fedjax/stackoverflow/{name}"
+    for name in ("stackoverflow_train.sqlite", "stackoverflow_test.sqlite",
+                 stackoverflow.WORD_COUNTS)
+)  # fmt: skip
 SOURCES = {
     "emnist62_federated": NaturalSource(
         num_classes=62,
@@ -128,9 +137,21 @@ SOURCES = {
         urls=(*_FEDJAX_SHAKESPEARE, f"{_TFF}/shakespeare.sqlite.lzma"),
         text=True,
     ),
+    "stackoverflow": NaturalSource(
+        num_classes=stackoverflow.vocab_size(),
+        fedjax=(("stackoverflow_train.sqlite", "stackoverflow_test.sqlite"), ("tokens", None)),
+        tff=("stackoverflow.sqlite", ("tokens", None), ()),
+        leaf=False,
+        shared_test_clients=True,
+        downloads=tuple(download.RemoteFile(u) for u in _FEDJAX_STACKOVERFLOW),
+        urls=(*_FEDJAX_STACKOVERFLOW, f"{_TFF}/stackoverflow.sqlite.lzma",
+              f"{_TFF}/stackoverflow.word_count.tar.bz2"),
+        text=True,
+        needs=(stackoverflow.WORD_COUNTS,),
+    ),
 }  # fmt: skip
 GENERATED = ("leaf_synthetic", "shakespeare_synthetic")
-TEXT_DATASETS = ("shakespeare", "shakespeare_synthetic")
+TEXT_DATASETS = ("shakespeare", "shakespeare_synthetic", "stackoverflow")
 NATURAL_DATASETS = ("leaf_synthetic", "shakespeare_synthetic", *SOURCES)
 assert NATURAL_DATASETS == names.NATURAL_DATASETS  # the JAX-free list --help shows
 
@@ -148,7 +169,9 @@ def find_files(name: str, data_dir: str | Path | None) -> tuple[str, tuple[Path,
     a NaturalDataError naming what to download otherwise."""
     source = SOURCES[name]
     folder = Path(data_dir) if data_dir is not None else default_dir(name)
-    if folder.is_dir():
+    needed = [f for f in source.needs if not (folder / f).is_file()
+              and not (folder / f"{f}.tar.bz2").is_file()]  # fmt: skip
+    if folder.is_dir() and not needed:
         train, test = (folder / f for f in source.fedjax[0])
         if train.is_file() and test.is_file():
             return "fedjax", (train, test)
@@ -159,10 +182,11 @@ def find_files(name: str, data_dir: str | Path | None) -> tuple[str, tuple[Path,
             return "leaf", (folder / "train", folder / "test")
     where = f"--data-dir {data_dir}" if data_dir is not None else f"{folder} (no --data-dir)"
     leaf = ", or LEAF's train/ and test/ JSON folders" if source.leaf else ""
+    beside = f", beside {' and '.join(source.needs)}" if source.needs else ""
     raise NaturalDataError(
         f"--dataset {name}: {where} holds none of its files: FedJAX's "
-        f"{' and '.join(source.fedjax[0])}, TFF's {source.tff[0]}{leaf}. Download them from "
-        f"{' or '.join(source.urls)} (decompress a .lzma with `xz -d`) into a folder and give "
+        f"{' and '.join(source.fedjax[0])}, TFF's {source.tff[0]}{leaf}{beside}. Download them "
+        f"from {' or '.join(source.urls)} (decompress a .lzma with `xz -d`) into a folder and give "
         "it as --data-dir"
     )
 
@@ -234,11 +258,22 @@ def choose_clients(
 ) -> ClientColumns:
     """The first ``num_clients`` of the fixed shuffled order among the clients with at least
     ``min_examples`` examples, each capped at ``max_examples``."""
-    eligible = np.flatnonzero(store.sizes >= min_examples)
+    chosen = store.select(chosen_positions(store.sizes, num_clients, name, min_examples))
+    return chosen.cap(max_examples) if max_examples is not None else chosen
+
+
+def chosen_positions(
+    sizes: np.ndarray, num_clients: int, name: str, min_examples: int = 1
+) -> np.ndarray:
+    """Positions (into ``sizes``, the clients' example counts in the file's order) of the first
+    ``num_clients`` of the fixed shuffled order among the clients with at least
+    ``min_examples`` examples (:func:`choose_clients`; a reader given them reads only those)."""
+    sizes = np.asarray(sizes)
+    eligible = np.flatnonzero(sizes >= min_examples)
     if len(eligible) == 0:
         raise NaturalDataError(
             f"--dataset {name}: no client has --min-client-examples {min_examples} examples "
-            f"(the largest has {int(store.sizes.max(initial=0))}); lower it"
+            f"(the largest has {int(sizes.max(initial=0))}); lower it"
         )
     if num_clients > len(eligible):
         raise NaturalDataError(
@@ -247,8 +282,7 @@ def choose_clients(
             "or fewer"
         )
     order = np.random.default_rng(ORDER_SEED).permutation(len(eligible))
-    chosen = store.select(eligible[order[:num_clients]])
-    return chosen.cap(max_examples) if max_examples is not None else chosen
+    return eligible[order[:num_clients]]
 
 
 def load_natural(
@@ -259,14 +293,25 @@ def load_natural(
     seed: int = 0,
     min_examples: int = 1,
     max_examples: int | None = None,
-    sequence_length: int = shakespeare.SEQUENCE_LENGTH,
+    sequence_length: int | None = None,
 ) -> Dataset:
     """The natural federation ``name`` with ``num_clients`` clients, as a :class:`Dataset`
     (clients in ``train_groups``; ``test_groups`` too where the test clients are the train
     clients). ``seed`` only matters to the generated sets; ``sequence_length`` to the text
     sets, whose inputs and targets are (N, sequence_length) tokens and whose
-    ``--min-client-examples``/``--max-client-examples`` count those rows."""
-    if name == "shakespeare_synthetic":
+    ``--min-client-examples``/``--max-client-examples`` count those rows (None: 20 for
+    StackOverflow, 80 for Shakespeare)."""
+    if sequence_length is None:
+        stack = name == "stackoverflow"
+        sequence_length = stackoverflow.SEQUENCE_LENGTH if stack else shakespeare.SEQUENCE_LENGTH
+    prechosen = False
+    if name == "stackoverflow":
+        train, test = _read_stackoverflow(
+            data_dir, num_clients, min_examples, max_examples, sequence_length
+        )
+        num_classes, shared_test, prechosen = SOURCES[name].num_classes, True, True
+        to_x = lambda x: x  # noqa: E731
+    elif name == "shakespeare_synthetic":
         roles = max(num_clients, shakespeare_synthetic.NUM_ROLES)
         train, test = shakespeare_synthetic.generate(roles, seed=seed)
         train, test = (shakespeare.to_sequences(s, sequence_length, "snippets")
@@ -296,7 +341,10 @@ def load_natural(
             train, test = (shakespeare.to_sequences(s, sequence_length, form)
                            for s in (train, test))  # fmt: skip
             to_x = lambda x: x  # noqa: E731
-    chosen = choose_clients(train, num_clients, name, min_examples, max_examples)
+    if prechosen:  # read in the fixed shuffled order already, filtered and capped
+        chosen = train
+    else:
+        chosen = choose_clients(train, num_clients, name, min_examples, max_examples)
     test_groups = None
     if shared_test:
         position = {cid: k for k, cid in enumerate(test.client_ids)}
@@ -328,6 +376,38 @@ def load_natural(
         test_groups=test_groups,
         source="embedded" if name in GENERATED else f"natural:{data_dir or default_dir(name)}",
     )
+
+
+def _read_stackoverflow(
+    data_dir, num_clients: int, min_examples: int, max_examples: int | None, sequence_length: int
+) -> tuple[ClientColumns, ClientColumns]:
+    """The chosen users' (train, test) token rows, reading only them
+    (:mod:`jaxfl.data.natural.stackoverflow`); the test split has a (possibly empty) entry
+    for each chosen user, in the same order."""
+    name = "stackoverflow"
+    fmt, files = locate(name, data_dir)
+    folder = files[0].parent
+    table = stackoverflow.token_table(
+        stackoverflow.read_vocabulary(stackoverflow.word_counts_file(folder))
+    )
+    if fmt == "fedjax":
+        ids, sizes = fedjax_sqlite.client_sizes(files[0])
+        chosen = [ids[k] for k in chosen_positions(sizes, num_clients, name, min_examples)]
+        stores = [fedjax_sqlite.read(f, ("tokens",), chosen) for f in files]
+    else:
+        ids, sizes = tff_sqlite.client_sizes(files[0], "train")
+        chosen = [ids[k] for k in chosen_positions(sizes, num_clients, name, min_examples)]
+        stores = [tff_sqlite.read(files[0], split, ("tokens",), client_ids=chosen)
+                  for split in ("train", "test")]  # fmt: skip
+    stores[0] = stores[0].cap(max_examples) if max_examples is not None else stores[0]
+    out = []
+    for store in stores:
+        rows = [stackoverflow.sentences_to_sequences(store.client(k)["tokens"], table,
+                                                     sequence_length)
+                for k in range(store.num_clients)]  # fmt: skip
+        out.append(ClientColumns.from_clients(
+            store.client_ids, [{"x": x, "y": y} for x, y in rows]))  # fmt: skip
+    return out[0], out[1]
 
 
 def describe_sizes(dataset: Dataset) -> dict[str, float]:

@@ -67,9 +67,7 @@ def is_fedjax_sqlite(path: str | Path) -> bool:
     return "federated_data" in sqlite_tables(path)
 
 
-def read(path: str | Path, columns: tuple[str, ...] | None = None) -> ClientColumns:
-    """Every client of a FedJAX SQLite file, in rowid order; ``columns`` keeps only those."""
-    path = Path(path)
+def _check(path: Path) -> None:
     if not path.is_file():
         raise NaturalDataError(f"{path}: no such file (a FedJAX SQLite file was expected)")
     if not is_fedjax_sqlite(path):
@@ -77,10 +75,45 @@ def read(path: str | Path, columns: tuple[str, ...] | None = None) -> ClientColu
             f"{path}: not a FedJAX SQLite file (no federated_data table); give the file "
             "FedJAX's downloads write, or a TFF SQLite or LEAF JSON file"
         )
+
+
+def client_sizes(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """(client ids, (C,) examples each) in rowid order, from the table's ``num_examples``
+    column alone: nothing is decompressed (the client choice reads only what it chooses)."""
+    path = Path(path)
+    _check(path)
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT client_id, num_examples FROM federated_data ORDER BY rowid")
+        rows = rows.fetchall()
+    ids = [c.decode() if isinstance(c, bytes) else str(c) for c, _ in rows]
+    return ids, np.array([n for _, n in rows], dtype=np.int64)
+
+
+def read(
+    path: str | Path,
+    columns: tuple[str, ...] | None = None,
+    client_ids: list[str] | None = None,
+) -> ClientColumns:
+    """The clients of a FedJAX SQLite file, in rowid order (``client_ids``: only those, in
+    that order, one absent from the file as a client without examples, which needs
+    ``columns``); ``columns`` keeps only those."""
+    path = Path(path)
+    _check(path)
     ids, examples = [], []
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        rows = db.execute("SELECT client_id, data, num_examples FROM federated_data ORDER BY rowid")
+        if client_ids is None:
+            rows = db.execute(
+                "SELECT client_id, data, num_examples FROM federated_data ORDER BY rowid"
+            )
+        else:
+            query = "SELECT client_id, data, num_examples FROM federated_data WHERE client_id = ?"
+            found = (db.execute(query, (cid.encode(),)).fetchone() for cid in client_ids)
+            rows = [r or (cid.encode(), None, 0) for r, cid in zip(found, client_ids, strict=True)]
         for client_id, blob, num_examples in rows:
+            if blob is None:  # asked for, not in the file: no examples
+                ids.append(client_id.decode())
+                examples.append({c: np.zeros(0, dtype=object) for c in columns})
+                continue
             cid = client_id.decode() if isinstance(client_id, bytes) else str(client_id)
             try:
                 data = decode_client(blob)

@@ -39,6 +39,8 @@ def splits(path: str | Path) -> list[str]:
 
 
 def _column(values: list, shape: tuple[int, ...] | None, name: str, path: Path, cid: str):
+    if not values:  # a client without examples in this split
+        return np.zeros((0, *(shape or ())), dtype=object if shape is None else np.float32)
     if values and isinstance(values[0], list):  # bytes features: one byte string each
         if any(len(v) != 1 for v in values):
             raise NaturalDataError(f"{path}: client {cid!r}'s {name!r} is not one string each")
@@ -56,13 +58,32 @@ def _column(values: list, shape: tuple[int, ...] | None, name: str, path: Path, 
     return stacked
 
 
+def client_sizes(path: str | Path, split: str) -> tuple[list[str], np.ndarray]:
+    """(client ids, (C,) examples each) of ``split`` in client-id order, from the
+    ``client_metadata`` table alone (no example is parsed)."""
+    path = Path(path)
+    if not is_tff_sqlite(path):
+        raise NaturalDataError(
+            f"{path}: not a TFF SQLite file (no examples and client_metadata tables)"
+        )
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        meta = db.execute(
+            "SELECT client_id, num_examples FROM client_metadata WHERE split_name = ? "
+            "ORDER BY client_id",
+            (split,),
+        ).fetchall()
+    return [str(c) for c, _ in meta], np.array([n for _, n in meta], dtype=np.int64)
+
+
 def read(
     path: str | Path,
     split: str,
     features: Sequence[str],
     shapes: dict[str, tuple[int, ...]] | None = None,
+    client_ids: list[str] | None = None,
 ) -> ClientColumns:
-    """The clients of ``split`` with the given ``features`` as columns."""
+    """The clients of ``split`` with the given ``features`` as columns (``client_ids``: only
+    those, in that order; one absent from the split has no examples)."""
     path = Path(path)
     shapes = shapes or {}
     if not path.is_file():
@@ -80,6 +101,9 @@ def read(
             "ORDER BY client_id",
             (split,),
         ).fetchall()
+        if client_ids is not None:
+            sizes = dict(meta)
+            meta = [(cid, sizes.get(cid, 0)) for cid in client_ids]
         for cid, num_examples in meta:
             rows = db.execute(
                 "SELECT serialized_example_proto FROM examples WHERE split_name = ? AND "
