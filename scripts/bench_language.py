@@ -9,7 +9,8 @@ count of Shakespeare's roles; timing needs no real text), written in FedJAX's SQ
 back by jaxfl as ``--dataset shakespeare``. Each row:
 
 - ``jaxfl s``: the compiled round on each ``--devices`` count (median of ``--rounds``);
-- ``loop s``: the per-client Python loop over the same jitted one-client function, one device;
+- ``loop s``: the per-client Python loop over the same jitted one-client function, one device,
+  every sampled client timed;
 - ``FedJAX s``: with ``--fedjax-python``, FedJAX itself (``benchmarks/fedjax_shakespeare.py``:
   ``fedjax.datasets.shakespeare.preprocess_client`` and ``fedjax.models.shakespeare``'s LSTM on
   the same file, its ``federated_averaging``);
@@ -126,7 +127,9 @@ def run_fedjax(python: str, folder: Path, m: int, rounds: int) -> dict:
     )  # fmt: skip
     if out.returncode != 0:
         return {"fedjax_error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    peer = json.loads(out.stdout.strip().splitlines()[-1])
+    # FedJAX's own environment's jax and device count, kept apart from jaxfl's row keys
+    return {k if k.startswith("fedjax") else f"fedjax_{k}": v for k, v in peer.items()}
 
 
 def run_language_suite(args, gemm: float) -> list[dict]:
@@ -164,9 +167,9 @@ def run_language_suite(args, gemm: float) -> list[dict]:
                 if loop_s is None:
                     exp1 = builder.build(flags.parse_config(argv))
                     state1 = exp1.algorithm.init(jax.random.key(0))
-                    loop_s, _ = time_loop(
-                        exp1, state1, jax.random.key(1), min(m, args.loop_clients)
-                    )
+                    # every client, not a few scaled: the cohort is sorted by size, so its
+                    # first few are its smallest
+                    loop_s, _ = time_loop(exp1, state1, jax.random.key(1), m)
                 per_sequence = charlstm_train_flops(80, 90, hidden)
                 sequences = m * float(np.mean(np.asarray(exp.data.client_count)))
                 useful = per_sequence * sequences

@@ -187,7 +187,9 @@ def run_fedjax(python: str, path: Path, m: int, rounds: int) -> dict:
     )  # fmt: skip
     if out.returncode != 0:
         return {"fedjax_error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    peer = json.loads(out.stdout.strip().splitlines()[-1])
+    # FedJAX's own environment's jax and device count, kept apart from jaxfl's row keys
+    return {k if k.startswith("fedjax") else f"fedjax_{k}": v for k, v in peer.items()}
 
 
 def run_emnist_suite(args) -> list[dict]:

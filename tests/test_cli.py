@@ -242,6 +242,12 @@ def _natural_files(dataset: str, folder) -> None:
         store = ClientColumns.from_clients(["a", "b"], snippets)
         for split in ("train", "test"):
             fedjax_sqlite.write(folder / f"shakespeare_{split}.sqlite", store)
+    elif dataset == "stackoverflow":
+        tokens = [{"tokens": np.array([b"a b", b"c"], dtype=object)} for _ in range(2)]
+        store = ClientColumns.from_clients(["a", "b"], tokens)
+        for split in ("train", "test"):
+            fedjax_sqlite.write(folder / f"stackoverflow_{split}.sqlite", store)
+        (folder / "stackoverflow.word_count").write_text("a 3\nb 2\n")
     else:
         raise AssertionError(f"no fixture for {dataset}")
 
