@@ -19,14 +19,11 @@ compile (first round) and median steady round seconds.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
 import fedjax
-import jax
 import numpy as np
-from fedjax.algorithms import fed_avg
 from fedjax.models import emnist
+from fedjax_timing import time_fedavg
 
 
 def _preprocess(batch):
@@ -44,35 +41,7 @@ def main() -> None:
 
     data = fedjax.SQLiteFederatedData.new(args.path).preprocess_batch(_preprocess)
     model = emnist.create_conv_model(only_digits=False)
-    grad_fn = fedjax.model_grad(model)
-    algorithm = fed_avg.federated_averaging(
-        grad_fn,
-        fedjax.optimizers.sgd(args.lr),
-        fedjax.optimizers.sgd(1.0),
-        fedjax.ShuffleRepeatBatchHParams(batch_size=args.batch_size, num_epochs=1),
-    )
-    state = algorithm.init(model.init(jax.random.PRNGKey(0)))
-    sampler = fedjax.client_samplers.UniformGetClientSampler(
-        data, num_clients=args.clients_per_round, seed=0
-    )
-    times = []
-    for _ in range(args.rounds + 1):
-        clients = sampler.sample()
-        start = time.perf_counter()
-        state, _ = algorithm.apply(state, clients)
-        jax.block_until_ready(state.params)
-        times.append(time.perf_counter() - start)
-    print(
-        json.dumps(
-            {
-                "fedjax_first_round_s": times[0],
-                "fedjax_round_s": float(np.median(times[1:])),
-                "clients_per_round": args.clients_per_round,
-                "jax": jax.__version__,
-                "devices": len(jax.devices()),
-            }
-        )
-    )
+    time_fedavg(data, model, args.clients_per_round, args.batch_size, args.lr, args.rounds)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import time
 
 import fedjax
-import jax
-import numpy as np
-from fedjax.algorithms import fed_avg
 from fedjax.datasets import shakespeare
 from fedjax.models import shakespeare as shakespeare_models
+from fedjax_timing import time_fedavg
 
 
 def main() -> None:
@@ -39,34 +35,7 @@ def main() -> None:
     preprocess = functools.partial(shakespeare.preprocess_client, sequence_length=80)
     data = fedjax.SQLiteFederatedData.new(args.path).preprocess_client(preprocess)
     model = shakespeare_models.create_lstm_model()
-    algorithm = fed_avg.federated_averaging(
-        fedjax.model_grad(model),
-        fedjax.optimizers.sgd(args.lr),
-        fedjax.optimizers.sgd(1.0),
-        fedjax.ShuffleRepeatBatchHParams(batch_size=args.batch_size, num_epochs=1),
-    )
-    state = algorithm.init(model.init(jax.random.PRNGKey(0)))
-    sampler = fedjax.client_samplers.UniformGetClientSampler(
-        data, num_clients=args.clients_per_round, seed=0
-    )
-    times = []
-    for _ in range(args.rounds + 1):
-        clients = sampler.sample()
-        start = time.perf_counter()
-        state, _ = algorithm.apply(state, clients)
-        jax.block_until_ready(state.params)
-        times.append(time.perf_counter() - start)
-    print(
-        json.dumps(
-            {
-                "fedjax_first_round_s": times[0],
-                "fedjax_round_s": float(np.median(times[1:])),
-                "clients_per_round": args.clients_per_round,
-                "jax": jax.__version__,
-                "devices": len(jax.devices()),
-            }
-        )
-    )
+    time_fedavg(data, model, args.clients_per_round, args.batch_size, args.lr, args.rounds)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,6 @@ the recurrence, :mod:`jaxfl.models.recurrent`) against flax's ``OptimizedLSTMCel
 
 from __future__ import annotations
 
-import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from bench_loop import time_loop
-from bench_natural import _time_round
+from bench_natural import _time_round, run_fedjax
 from flax import linen as nn
 
 from jaxfl.cli import flags
@@ -119,19 +117,6 @@ def write_federation(folder: Path, roles: int) -> None:
         fedjax_sqlite.write(folder / f"shakespeare_{split}.sqlite", store)
 
 
-def run_fedjax(python: str, folder: Path, m: int, rounds: int) -> dict:
-    out = subprocess.run(
-        [python, str(FEDJAX_RUNNER), str(folder / "shakespeare_train.sqlite"),
-         "--clients-per-round", str(m), "--rounds", str(rounds)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if out.returncode != 0:
-        return {"fedjax_error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
-    peer = json.loads(out.stdout.strip().splitlines()[-1])
-    # FedJAX's own environment's jax and device count, kept apart from jaxfl's row keys
-    return {k if k.startswith("fedjax") else f"fedjax_{k}": v for k, v in peer.items()}
-
-
 def run_language_suite(args, gemm: float) -> list[dict]:
     """The suite's rows (see the module docstring); prints the tables as it goes."""
     hidden = 32 if args.tiny else 256
@@ -147,11 +132,10 @@ def run_language_suite(args, gemm: float) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         write_federation(Path(tmp), roles)
         for m in cohorts:
-            peer = (
-                run_fedjax(args.fedjax_python, Path(tmp), m, args.rounds)
-                if args.fedjax_python
-                else {}
-            )
+            peer = {}
+            if args.fedjax_python:  # FedJAX's own Shakespeare FedAvg on the same file
+                train_file = Path(tmp) / "shakespeare_train.sqlite"
+                peer = run_fedjax(args.fedjax_python, train_file, m, args.rounds, FEDJAX_RUNNER)
             argv = ["--algo", "fedavg", "--dataset", "shakespeare", "--data-dir", tmp]
             argv += ["--clients", str(roles), "--clients-per-round", str(m), "--lr", "1"]
             argv += ["--model", model, "--batch-size", "4", "--local-epochs", "1"]

@@ -178,10 +178,11 @@ def write_femnist_like(folder: Path, writers: int, seed: int = 0) -> Path:
     return folder / "federated_emnist_train.sqlite"
 
 
-def run_fedjax(python: str, path: Path, m: int, rounds: int) -> dict:
-    """FedJAX's FedAvg on ``path`` (``benchmarks/fedjax_fedavg.py`` in its environment)."""
+def run_fedjax(python: str, path: Path, m: int, rounds: int, runner: Path = FEDJAX_RUNNER) -> dict:
+    """FedJAX's FedAvg on ``path`` (``runner``, default ``benchmarks/fedjax_fedavg.py``, in
+    FedJAX's environment); its failure's last line as ``fedjax_error``."""
     out = subprocess.run(
-        [python, str(FEDJAX_RUNNER), str(path), "--clients-per-round", str(m),
+        [python, str(runner), str(path), "--clients-per-round", str(m),
          "--rounds", str(rounds)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip

@@ -58,14 +58,20 @@ def _column(values: list, shape: tuple[int, ...] | None, name: str, path: Path, 
     return stacked
 
 
-def client_sizes(path: str | Path, split: str) -> tuple[list[str], np.ndarray]:
-    """(client ids, (C,) examples each) of ``split`` in client-id order, from the
-    ``client_metadata`` table alone (no example is parsed)."""
-    path = Path(path)
+def _check(path: Path) -> None:
+    if not path.is_file():
+        raise NaturalDataError(f"{path}: no such file (a TFF SQLite file was expected)")
     if not is_tff_sqlite(path):
         raise NaturalDataError(
             f"{path}: not a TFF SQLite file (no examples and client_metadata tables)"
         )
+
+
+def client_sizes(path: str | Path, split: str) -> tuple[list[str], np.ndarray]:
+    """(client ids, (C,) examples each) of ``split`` in client-id order, from the
+    ``client_metadata`` table alone (no example is parsed)."""
+    path = Path(path)
+    _check(path)
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         meta = db.execute(
             "SELECT client_id, num_examples FROM client_metadata WHERE split_name = ? "
@@ -86,12 +92,7 @@ def read(
     those, in that order; one absent from the split has no examples)."""
     path = Path(path)
     shapes = shapes or {}
-    if not path.is_file():
-        raise NaturalDataError(f"{path}: no such file (a TFF SQLite file was expected)")
-    if not is_tff_sqlite(path):
-        raise NaturalDataError(
-            f"{path}: not a TFF SQLite file (no examples and client_metadata tables)"
-        )
+    _check(path)
     if split not in splits(path):
         raise NaturalDataError(f"{path}: no split {split!r}; it has {', '.join(splits(path))}")
     ids, examples = [], []
