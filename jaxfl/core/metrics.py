@@ -49,8 +49,8 @@ def per_client_accuracy(
 def global_model_evaluator(apply: Callable, chunk_size: int | None = None) -> Callable:
     """``evaluate(state, data)`` of an algorithm with one global model ``state.params``: its
     ``test_acc`` on the global test split and ``client_acc`` (C,) on every client's own split;
-    on a language task also ``test_acc_no_eos``, ``test_token_loss`` and ``test_perplexity``
-    (:func:`jaxfl.core.train.sequence_metrics`)."""
+    on a language task also ``test_acc_no_eos``, ``test_acc_no_oov_eos``, ``test_token_loss``
+    and ``test_perplexity`` (:func:`jaxfl.core.train.sequence_metrics`)."""
 
     def evaluate(state, data: Federation) -> dict:
         if data.test_y.ndim == 2:  # next-token targets: the language task's metrics too
@@ -64,12 +64,11 @@ def global_model_evaluator(apply: Callable, chunk_size: int | None = None) -> Ca
             }
         else:
             test = {"test_acc": global_test_accuracy(apply, state.params, data)}
-        out = test | {
+        return test | {
             "client_acc": per_client_accuracy(
                 apply, state.params, data, personal=False, chunk_size=chunk_size
             )
         }
-        return out
 
     return evaluate
 

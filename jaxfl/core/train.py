@@ -16,6 +16,7 @@ tokens (:func:`batch_loss`), its accuracy the fraction of non-pad targets predic
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -25,6 +26,10 @@ import optax
 
 PAD_TOKEN = 0  # the language tasks' padding target (jaxfl.data.natural.shakespeare's PAD)
 EOS_TOKEN = 2  # their end-of-snippet token (shakespeare's EOS)
+# logits held at once when a language model is evaluated: rows per batch are cut to this many
+# (row, position, token) entries (128 MB of float32; StackOverflow's 10,004 tokens x 20
+# positions: 167 rows), so a user with thousands of test sentences does not hold them all
+EVAL_LOGITS = 2**25
 
 
 class Trained(NamedTuple):
@@ -345,7 +350,7 @@ def sequence_metrics(apply: Callable, params, x: jax.Array, y: jax.Array, batch_
     - ``token_loss``: mean cross-entropy per target token, and ``perplexity`` = exp of it.
     """
     m = x.shape[0]
-    batch_size = min(batch_size, m)
+    batch_size = min(batch_size, m, _eval_rows(apply, params, x))
     n_batches = -(-m // batch_size)
     pad = n_batches * batch_size - m
     xb = jnp.pad(x, ((0, pad), (0, 0))).reshape(n_batches, batch_size, -1)
@@ -376,20 +381,51 @@ def sequence_metrics(apply: Callable, params, x: jax.Array, y: jax.Array, batch_
     }
 
 
+def _eval_rows(apply: Callable, params, x: jax.Array) -> int:
+    """Rows of token inputs ``x`` (M, T) whose logits stay within :data:`EVAL_LOGITS`."""
+    logits = jax.eval_shape(apply, params, x[:1])
+    return max(1, EVAL_LOGITS // max(1, math.prod(logits.shape)))
+
+
+def _client_token_totals(apply: Callable, params, x, y, idx_row, count):
+    """(hits, summed cross-entropy, tokens) of one model over one client's split of next-token
+    rows (``idx_row`` (n,), ``count``): its non-pad targets, in batches of rows whose logits
+    stay within :data:`EVAL_LOGITS` (one batch for a split that fits)."""
+    n = idx_row.shape[0]
+    rows = min(n, _eval_rows(apply, params, x))
+    batches = -(-n // rows)
+    idx = jnp.pad(idx_row, (0, batches * rows - n)).reshape(batches, rows)
+    valid = (jnp.arange(batches * rows) < count).reshape(batches, rows)
+
+    def totals(batch):
+        idx_b, valid_b = batch
+        labels = y[idx_b]
+        logits = apply(params, x[idx_b])
+        tokens = valid_b[:, None] & (labels > PAD_TOKEN)
+        hits = jnp.sum((jnp.argmax(logits, -1) == labels) & tokens)
+        ce = jnp.sum(jnp.where(tokens, cross_entropy(logits, labels), 0.0))
+        return jnp.stack([hits.astype(jnp.float32), ce, jnp.sum(tokens).astype(jnp.float32)])
+
+    return jnp.sum(jax.lax.map(totals, (idx, valid)), axis=0)
+
+
 def client_loss(apply: Callable, params, x: jax.Array, y: jax.Array, idx_row, count):
     """Mean cross-entropy of one model on one client's split (``idx_row`` (n_max,), ``count``);
-    per non-pad token for next-token targets (:func:`batch_loss`)."""
+    per non-pad target token for next-token rows (in bounded batches of rows)."""
     valid = jnp.arange(idx_row.shape[0]) < count
+    if y.ndim == 2:
+        _, ce, tokens = _client_token_totals(apply, params, x, y, idx_row, count)
+        return ce / jnp.maximum(tokens, 1)
     return batch_loss(apply(params, x[idx_row]), y[idx_row], valid)
 
 
 def client_accuracy(apply: Callable, params, x: jax.Array, y: jax.Array, idx_row, count):
     """Accuracy of one model on one client's test split (``idx_row`` (t_max,), ``count`` ());
-    with next-token targets (t_max, T) the fraction of its non-pad targets predicted right."""
+    with next-token targets (t_max, T) the fraction of its non-pad targets predicted right
+    (in bounded batches of rows)."""
+    if y.ndim == 2:
+        hits, _, tokens = _client_token_totals(apply, params, x, y, idx_row, count)
+        return hits / jnp.maximum(tokens, 1)
     valid = jnp.arange(idx_row.shape[0]) < count
-    labels = y[idx_row]
-    hits = jnp.argmax(apply(params, x[idx_row]), -1) == labels
-    if labels.ndim == 1:
-        return jnp.sum(hits & valid) / jnp.maximum(count, 1)
-    tokens = valid[:, None] & (labels > PAD_TOKEN)
-    return jnp.sum(hits & tokens) / jnp.maximum(jnp.sum(tokens), 1)
+    hits = jnp.argmax(apply(params, x[idx_row]), -1) == y[idx_row]
+    return jnp.sum(hits & valid) / jnp.maximum(count, 1)
